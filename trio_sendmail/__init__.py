@@ -1,0 +1,84 @@
+"""trio_sendmail: submit email to real mail servers from trio programs.
+
+* :func:`sendmail`: implicit TLS (RFC 8314), port 465.
+* :func:`sendmail_with_starttls`: STARTTLS (RFC 3207), port 587.
+* :func:`open_session`: many messages over one connection.
+
+See :mod:`trio_sendmail.testing` for a fake server to use in tests.
+"""
+
+from __future__ import annotations
+
+from ._address import Domain, DomainKind, ForwardPath, Mailbox, ReversePath
+from ._api import sendmail, sendmail_with_starttls
+from ._capabilities import Capabilities
+from ._errors import (
+    Outcome,
+    SMTPAddressError,
+    SMTPAuthenticationError,
+    SMTPConnectionError,
+    SMTPError,
+    SMTPInputError,
+    SMTPMessageTooLarge,
+    SMTPNotSupportedError,
+    SMTPPermanentError,
+    SMTPProtocolError,
+    SMTPRecipientsRefused,
+    SMTPResponseError,
+    SMTPSenderRefused,
+    SMTPServiceClosing,
+    SMTPTimeoutError,
+    SMTPTLSError,
+    SMTPTransientError,
+)
+from ._reply import EnhancedStatus, Reply
+from ._sasl import Authentication
+from ._session import (
+    Buffers,
+    SendResult,
+    Session,
+    SessionStatistics,
+    Timeouts,
+    TLSMode,
+    open_session,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Authentication",
+    "Buffers",
+    "Capabilities",
+    "Domain",
+    "DomainKind",
+    "EnhancedStatus",
+    "ForwardPath",
+    "Mailbox",
+    "Outcome",
+    "Reply",
+    "ReversePath",
+    "SMTPAddressError",
+    "SMTPAuthenticationError",
+    "SMTPConnectionError",
+    "SMTPError",
+    "SMTPInputError",
+    "SMTPMessageTooLarge",
+    "SMTPNotSupportedError",
+    "SMTPPermanentError",
+    "SMTPProtocolError",
+    "SMTPRecipientsRefused",
+    "SMTPResponseError",
+    "SMTPSenderRefused",
+    "SMTPServiceClosing",
+    "SMTPTLSError",
+    "SMTPTimeoutError",
+    "SMTPTransientError",
+    "SendResult",
+    "Session",
+    "SessionStatistics",
+    "TLSMode",
+    "Timeouts",
+    "open_session",
+    "sendmail",
+    "sendmail_with_starttls",
+]

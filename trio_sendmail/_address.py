@@ -1,0 +1,789 @@
+"""Mailboxes, paths and domains as SMTP puts them on the wire.
+
+Theory of operation
+-------------------
+
+Everything here is validated once, when a value is built, so that the command encoder can
+write ``MAIL FROM:<…>`` / ``RCPT TO:<…>`` / ``EHLO …`` without looking again.  Every value
+keeps its *wire form*: ``str(value)`` is exactly the text that goes into the command.
+
+* Domains (RFC 5321 §4.1.2 ``Domain``, §4.1.3 address literals): a dot-separated list of
+  ``Let-dig [Ldh-str]`` labels, or a bracketed literal: ``[192.0.2.1]``,
+  ``[IPv6:2001:db8::1]`` or the general ``[tag:content]`` form.  A bare IP address given by
+  the caller becomes the matching literal.  RFC 6531 (SMTPUTF8) also allows U-labels, i.e.
+  labels with non-ASCII characters; such a domain sets ``needs_smtputf8``.
+* Local parts (RFC 5321 §4.1.2): a ``Dot-string`` of ``atext`` atoms or a ``Quoted-string``
+  of ``qtextSMTP`` and ``quoted-pairSMTP``.  The quotes and backslashes are *kept*: the local
+  part is stored as it appears on the wire.  RFC 6531 adds non-ASCII characters to ``atext``
+  and ``qtextSMTP``; they set ``needs_smtputf8``.
+* Paths (RFC 5321 §4.1.2 ``Path``, §4.1.1.2, §4.1.1.3): ``<mailbox>``; the reverse path may be
+  the null path ``<>``, the forward path may be the bare ``<Postmaster>``.  A source route
+  (``<@a,@b:user@c>``) is parsed and dropped, as RFC 5321 §4.1.1.3 and Appendix C ask.
+* Size limits (RFC 5321 §4.5.3.1): local part 64 octets, domain 255 octets, each label 63
+  octets (RFC 1035 §2.3.4), path 256 octets including the angle brackets.  Octets are counted
+  in UTF-8.
+* Injection: CR, LF, NUL and every other control character (and, outside ASCII, every
+  Unicode control, format, surrogate, private-use, unassigned or separator character) is
+  refused up front, whatever the context, so nothing built here can smuggle a second command.
+
+Every malformed input raises :class:`~trio_sendmail.SMTPAddressError`; a value of the wrong
+Python type raises :class:`TypeError`.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+import unicodedata
+from email.headerregistry import Address
+from typing import NoReturn
+
+import attrs
+
+from ._errors import SMTPAddressError
+
+__all__ = [
+    "Domain",
+    "DomainKind",
+    "ForwardPath",
+    "Mailbox",
+    "ReversePath",
+    "domain",
+    "forward_path",
+    "reverse_path",
+]
+
+#: RFC 5321 §4.5.3.1.1: maximum length of a local part, in octets.
+MAX_LOCAL_PART_OCTETS = 64
+#: RFC 5321 §4.5.3.1.2: maximum length of a domain, in octets.
+MAX_DOMAIN_OCTETS = 255
+#: RFC 1035 §2.3.4 (via RFC 5321 §4.5.3.1.2): maximum length of one label, in octets.
+MAX_LABEL_OCTETS = 63
+#: RFC 5321 §4.5.3.1.3: maximum length of a path, angle brackets included, in octets.
+MAX_PATH_OCTETS = 256
+
+_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Non-ASCII characters are screened by _check_chars() before any pattern runs, so the
+# patterns may admit the whole non-ASCII range (RFC 6531 UTF8-non-ascii).
+_NON_ASCII = "\x80-\U0010ffff"
+_ATEXT = rf"A-Za-z0-9!#$%&'*+\-/=?^_`{{|}}~{_NON_ASCII}"
+_DOT_STRING = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*")
+_ATEXT_CHAR = re.compile(rf"[{_ATEXT}]")
+# qtextSMTP = %d32-33 / %d35-91 / %d93-126 ; quoted-pairSMTP = %d92 %d32-126
+_QUOTED_STRING = re.compile(rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e{_NON_ASCII}]|\\[\x20-\x7e])*"')
+# Where a quoted string ends, leniently (the strict check comes afterwards).
+_QUOTED_PREFIX = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_LABEL = re.compile(
+    rf"[A-Za-z0-9{_NON_ASCII}](?:[A-Za-z0-9\-{_NON_ASCII}]*[A-Za-z0-9{_NON_ASCII}])?"
+)
+_LABEL_CHAR = re.compile(rf"[A-Za-z0-9\-{_NON_ASCII}]")
+_IPV4 = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})")
+_IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]+")
+# RFC 5321 §4.1.3: Standardized-tag = Ldh-str ; dcontent = %d33-90 / %d94-126
+_LDH_STR = re.compile(r"[A-Za-z0-9\-]*[A-Za-z0-9]")
+_DCONTENT = re.compile(r"[\x21-\x5a\x5e-\x7e]+")
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UNTIL_ROUTE_SEPARATOR = re.compile(r"[^,:]*")
+
+
+class DomainKind(enum.Enum):
+    """What a :class:`Domain` holds (RFC 5321 §4.1.2, §4.1.3)."""
+
+    #: A domain name, such as ``example.com`` or ``bücher.example``.
+    NAME = "name"
+    #: An IPv4 address literal, such as ``[192.0.2.1]``.
+    IPV4 = "ipv4"
+    #: An IPv6 address literal, such as ``[IPv6:2001:db8::1]``.
+    IPV6 = "ipv6"
+    #: A general address literal ``[tag:content]`` with a tag other than ``IPv6``.
+    GENERAL = "general"
+
+
+def _show(text: str) -> str:
+    """The repr of *text* for an error message, shortened if it is long."""
+    if len(text) > 80:
+        return repr(text[:77]) + "…"
+    return repr(text)
+
+
+def _fail(message: str) -> NoReturn:
+    raise SMTPAddressError(message)
+
+
+def _octets(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def _check_chars(text: str, what: str) -> None:
+    """Refuse control characters and non-ASCII characters that have no place in an address."""
+    match = _ASCII_CONTROL.search(text)
+    if match is not None:
+        _fail(f"{what} {_show(text)} contains the control character {match.group()!r}")
+    if text.isascii():
+        return
+    for char in text:
+        if char >= "\x80":
+            category = unicodedata.category(char)
+            if category[0] in "CZ":
+                _fail(
+                    f"{what} {_show(text)} contains the character U+{ord(char):04X} "
+                    f"(Unicode category {category}), which is not allowed in an address"
+                )
+
+
+def _check_type(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {type(value).__name__}: {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Domains
+
+
+def _parse_ipv4(text: str, match: re.Match[str]) -> ipaddress.IPv4Address:
+    octets = [int(group) for group in match.groups()]
+    if any(octet > 255 for octet in octets):
+        _fail(f"IPv4 address {_show(text)} has a component greater than 255")
+    return ipaddress.IPv4Address(bytes(octets))
+
+
+def _parse_ipv6(text: str) -> ipaddress.IPv6Address:
+    if _IPV6_CHARS.fullmatch(text) is None:
+        _fail(f"{_show(text)} is not a valid IPv6 address")
+    try:
+        return ipaddress.IPv6Address(text)
+    except ValueError as exc:
+        raise SMTPAddressError(f"{_show(text)} is not a valid IPv6 address: {exc}") from exc
+
+
+def _literal(ip: _IPAddress) -> str:
+    if isinstance(ip, ipaddress.IPv4Address):
+        return f"[{ip}]"
+    return f"[IPv6:{ip.compressed}]"
+
+
+def _check_domain_name(text: str) -> None:
+    for label in text.split("."):
+        if not label:
+            if text.startswith("."):
+                _fail(f"domain {_show(text)} starts with a dot")
+            if text.endswith("."):
+                _fail(f"domain {_show(text)} ends with a dot (write it without the final dot)")
+            _fail(f"domain {_show(text)} has two consecutive dots")
+        if _octets(label) > MAX_LABEL_OCTETS:
+            _fail(
+                f"label {_show(label)} of domain {_show(text)} is longer than "
+                f"{MAX_LABEL_OCTETS} octets"
+            )
+        if _LABEL.fullmatch(label) is None:
+            bad = next((c for c in label if _LABEL_CHAR.fullmatch(c) is None), None)
+            if bad is not None:
+                _fail(f"domain {_show(text)} contains the invalid character {bad!r}")
+            _fail(
+                f"label {_show(label)} of domain {_show(text)} must start and end with a "
+                "letter or digit"
+            )
+
+
+def _analyse_domain(text: str) -> tuple[str, DomainKind, _IPAddress | None]:
+    """Validate *text*; return its wire form, its kind and its IP address if any."""
+    if not text:
+        _fail("empty domain")
+    _check_chars(text, "domain")
+    ip: _IPAddress
+    if text.startswith("["):
+        if not text.endswith("]") or len(text) < 2:
+            _fail(f"address literal {_show(text)} does not end with ']'")
+        inner = text[1:-1]
+        if (match := _IPV4.fullmatch(inner)) is not None:
+            ip = _parse_ipv4(inner, match)
+            return _literal(ip), DomainKind.IPV4, ip
+        tag, colon, content = inner.partition(":")
+        if not colon:
+            _fail(
+                f"address literal {_show(text)} is neither an IPv4 address nor of the form "
+                "[tag:content]"
+            )
+        if tag.lower() == "ipv6":
+            ip = _parse_ipv6(content)
+            return _literal(ip), DomainKind.IPV6, ip
+        if _LDH_STR.fullmatch(tag) is None:
+            _fail(f"address literal {_show(text)} has an invalid tag {_show(tag)}")
+        if _DCONTENT.fullmatch(content) is None:
+            _fail(f"address literal {_show(text)} has invalid content {_show(content)}")
+        kind = DomainKind.GENERAL
+    elif ":" in text:
+        ip = _parse_ipv6(text)
+        return _literal(ip), DomainKind.IPV6, ip
+    elif (match := _IPV4.fullmatch(text)) is not None:
+        ip = _parse_ipv4(text, match)
+        return _literal(ip), DomainKind.IPV4, ip
+    else:
+        _check_domain_name(text)
+        kind = DomainKind.NAME
+    if _octets(text) > MAX_DOMAIN_OCTETS:
+        _fail(f"domain {_show(text)} is longer than {MAX_DOMAIN_OCTETS} octets")
+    return text, kind, None
+
+
+@attrs.frozen
+class Domain:
+    """A domain as SMTP writes it: an EHLO name or the part of a mailbox after ``@``.
+
+    It is a domain name (``example.com``; non-ASCII U-labels are allowed, RFC 6531), or an
+    address literal (RFC 5321 §4.1.3): ``[192.0.2.1]``, ``[IPv6:2001:db8::1]`` or the general
+    ``[tag:content]``.  ``Domain(text)`` is the same as :meth:`Domain.parse`.
+
+    Domain names keep the text the caller gave, case included; IP literals are put in
+    canonical form (``[IPv6:2001:DB8:0::1]`` becomes ``[IPv6:2001:db8::1]``).  Two domains
+    are equal when their wire forms are equal: the comparison is *case-sensitive*, so
+    ``Example.COM`` and ``example.com`` differ, although DNS treats them alike.
+
+    Attributes:
+        text: the wire form, as returned by ``str()``.
+        kind: which of the forms above this is.
+        ip: the address of an IPv4 or IPv6 literal, ``None`` for the other kinds.
+        needs_smtputf8: whether the domain contains non-ASCII characters, so that it can
+            only be sent to a server that offers SMTPUTF8 (RFC 6531).
+
+    Raises:
+        SMTPAddressError: *text* is not a valid domain or literal, or it is too long.
+        TypeError: *text* is not a str.
+    """
+
+    text: str
+    kind: DomainKind = attrs.field(init=False, eq=False, repr=False)
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = attrs.field(
+        init=False, eq=False, repr=False
+    )
+    needs_smtputf8: bool = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        wire, kind, ip = _analyse_domain(_check_type(self.text, "domain"))
+        object.__setattr__(self, "text", wire)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "ip", ip)
+        object.__setattr__(self, "needs_smtputf8", not wire.isascii())
+
+    @classmethod
+    def parse(cls, text: str) -> Domain:
+        """Parse a domain name, an address literal, or a bare IP address.
+
+        Args:
+            text: ``"example.com"``, ``"[192.0.2.1]"``, ``"[IPv6:::1]"``, ``"[tag:content]"``,
+                or a bare address such as ``"127.0.0.1"`` or ``"::1"``, which becomes the
+                matching literal.  A trailing dot is refused.
+
+        Returns:
+            The validated domain.
+
+        Raises:
+            SMTPAddressError: *text* is malformed or longer than 255 octets, a label is
+                longer than 63 octets, or it contains a control character.
+            TypeError: *text* is not a str.
+        """
+        return cls(text)
+
+    @classmethod
+    def from_ip(cls, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Domain:
+        """Build the address literal of an IP address.
+
+        Args:
+            addr: the address; an IPv6 address must not carry a scope id.
+
+        Returns:
+            ``[192.0.2.1]`` or ``[IPv6:2001:db8::1]``.
+
+        Raises:
+            SMTPAddressError: *addr* has a scope id (``fe80::1%eth0``), which SMTP cannot carry.
+            TypeError: *addr* is not an IP address object.
+        """
+        if not isinstance(addr, ipaddress.IPv4Address | ipaddress.IPv6Address):
+            raise TypeError(
+                f"expected an IPv4Address or IPv6Address, not {type(addr).__name__}: {addr!r}"
+            )
+        if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
+            _fail(f"IPv6 address {str(addr)!r} has a scope id, which SMTP cannot carry")
+        return cls(_literal(addr))
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def domain(value: Domain | str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> Domain:
+    """Coerce *value* to a :class:`Domain`.
+
+    Args:
+        value: a :class:`Domain` (returned as is), a str (see :meth:`Domain.parse`) or an IP
+            address object (see :meth:`Domain.from_ip`).
+
+    Returns:
+        The domain.
+
+    Raises:
+        SMTPAddressError: *value* is not a valid domain.
+        TypeError: *value* has another type (``bytes``, ``None``, …).
+    """
+    if isinstance(value, Domain):
+        return value
+    if isinstance(value, str):
+        return Domain.parse(value)
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return Domain.from_ip(value)
+    raise TypeError(
+        "expected a Domain, a str or an IPv4Address/IPv6Address, "
+        f"not {type(value).__name__}: {value!r}"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Mailboxes
+
+
+def _explain_dot_string(text: str) -> NoReturn:
+    if not text:
+        _fail("empty local part")
+    if text.startswith("."):
+        _fail(f"local part {_show(text)} starts with a dot (quote it to allow that)")
+    if text.endswith("."):
+        _fail(f"local part {_show(text)} ends with a dot (quote it to allow that)")
+    if ".." in text:
+        _fail(f"local part {_show(text)} has two consecutive dots (quote it to allow that)")
+    # Control and unwanted non-ASCII characters were refused earlier, so *bad* is printable
+    # ASCII, which a Quoted-string can carry (with a backslash for '"' and '\\').
+    bad = next(c for c in text if c != "." and _ATEXT_CHAR.fullmatch(c) is None)
+    _fail(
+        f"local part {_show(text)} contains {bad!r}, which is only allowed in a quoted "
+        'string (e.g. "john doe"@example.com)'
+    )
+
+
+def _explain_quoted_string(text: str) -> NoReturn:
+    index = 1
+    while index < len(text):
+        char = text[index]
+        if char == "\\":
+            if index + 1 >= len(text):
+                break
+            if not " " <= text[index + 1] <= "~":
+                _fail(
+                    f"local part {_show(text)}: a backslash may only escape a printable "
+                    f"ASCII character, not {text[index + 1]!r}"
+                )
+            index += 2
+            continue
+        if char == '"':
+            if index != len(text) - 1:
+                _fail(f"local part {_show(text)} has text after its closing quote")
+            _fail(f"invalid quoted local part {_show(text)}")  # pragma: no cover
+        index += 1
+    _fail(f"local part {_show(text)} has no closing quote")
+
+
+def _check_local_part(text: str) -> None:
+    _check_chars(text, "local part")
+    if text.startswith('"'):
+        if _QUOTED_STRING.fullmatch(text) is None:
+            _explain_quoted_string(text)
+    elif _DOT_STRING.fullmatch(text) is None:
+        _explain_dot_string(text)
+    if _octets(text) > MAX_LOCAL_PART_OCTETS:
+        _fail(f"local part {_show(text)} is longer than {MAX_LOCAL_PART_OCTETS} octets")
+
+
+def _validate_local_part(_instance: object, _attribute: attrs.Attribute[str], value: str) -> None:
+    _check_local_part(_check_type(value, "local part"))
+
+
+def _coerce_domain(value: Domain | str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> Domain:
+    return domain(value)
+
+
+def _quote_local_part(username: str) -> str:
+    """The wire form of a raw user name: itself if it is a Dot-string, else quoted."""
+    if _DOT_STRING.fullmatch(username) is not None:
+        return username
+    escaped = username.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+@attrs.frozen
+class Mailbox:
+    """A mailbox ``local-part@domain`` (RFC 5321 §4.1.2, extended by RFC 6531).
+
+    The local part is kept in its wire form, exactly as given: a Dot-string
+    (``john.doe``) or a Quoted-string *with* its quotes and backslashes
+    (``"john doe"``, ``"a\\"b"``).  Equality is exact: ``"john"@x`` and ``john@x``
+    are different values, and local parts are case-sensitive (RFC 5321 §2.4).
+
+    Attributes:
+        local_part: the local part in wire form, at most 64 octets of UTF-8.
+        domain: the domain; a str or IP address given to the constructor is converted
+            with :func:`domain`.
+
+    Raises:
+        SMTPAddressError: the local part or the domain is malformed or too long.
+        TypeError: an argument has the wrong type.
+    """
+
+    local_part: str = attrs.field(validator=_validate_local_part)
+    domain: Domain = attrs.field(converter=_coerce_domain)
+
+    @classmethod
+    def parse(cls, text: str) -> Mailbox:
+        """Parse ``local-part@domain``.
+
+        Args:
+            text: the mailbox, e.g. ``"a.b@example.com"``, ``'"john doe"@example.com'`` or
+                ``"user@[192.0.2.1]"``, without angle brackets.
+
+        Returns:
+            The mailbox.
+
+        Raises:
+            SMTPAddressError: *text* is malformed or too long, or it contains a control
+                character.
+            TypeError: *text* is not a str.
+        """
+        _check_chars(_check_type(text, "mailbox"), "mailbox")
+        if text.startswith("<"):
+            _fail(
+                f"mailbox {_show(text)} must not have angle brackets "
+                "(use ReversePath.parse or ForwardPath.parse for paths)"
+            )
+        if text.startswith('"'):
+            match = _QUOTED_PREFIX.match(text)
+            if match is None:
+                _fail(f"mailbox {_show(text)}: the quoted local part has no closing quote")
+            local, rest = text[: match.end()], text[match.end() :]
+            if not rest.startswith("@"):
+                _fail(f"mailbox {_show(text)}: the quoted local part must be followed by '@'")
+            domain_text = rest[1:]
+        else:
+            local, at, domain_text = text.partition("@")
+            if not at:
+                _fail(f"mailbox {_show(text)} has no '@domain'")
+        return cls(local, Domain.parse(domain_text))
+
+    @property
+    def needs_smtputf8(self) -> bool:
+        """Whether the mailbox has non-ASCII characters, and so needs SMTPUTF8 (RFC 6531)."""
+        return not self.local_part.isascii() or self.domain.needs_smtputf8
+
+    def __str__(self) -> str:
+        return f"{self.local_part}@{self.domain}"
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
+
+
+def _unwrap_path(text: str, what: str) -> tuple[str, bool]:
+    """Strip the angle brackets and any source route from a path.
+
+    Returns:
+        The mailbox text (possibly empty or ``Postmaster``), and whether a source route
+        was dropped.
+    """
+    _check_chars(_check_type(text, what), what)
+    if text.startswith("<"):
+        if not text.endswith(">") or len(text) < 2:
+            _fail(f"{what} {_show(text)} starts with '<' but does not end with '>'")
+        inner = text[1:-1]
+    elif text.endswith(">"):
+        if "<" in text:
+            _fail(
+                f"{what} {_show(text)} looks like a display name and an address; pass only "
+                f"the address (e.g. {_show(text[text.rfind('<') :])}), or pass an "
+                "email.headerregistry.Address"
+            )
+        _fail(f"{what} {_show(text)} ends with '>' but does not start with '<'")
+    else:
+        inner = text
+    if not inner.startswith("@"):
+        return inner, False
+    # RFC 5321 §4.1.2: A-d-l = At-domain *( "," At-domain ) ; At-domain = "@" Domain
+    index = 0
+    while True:
+        start = index + 1
+        if inner.startswith("[", start):
+            end = inner.find("]", start) + 1
+            if end == 0:
+                _fail(f"{what} {_show(text)}: unterminated address literal in the source route")
+        else:
+            match = _UNTIL_ROUTE_SEPARATOR.match(inner, start)
+            assert match is not None
+            end = match.end()
+        try:
+            Domain.parse(inner[start:end])
+        except SMTPAddressError as exc:
+            raise SMTPAddressError(f"{what} {_show(text)}: bad source route: {exc}") from exc
+        separator = inner[end : end + 1]
+        if separator == ":":
+            mailbox = inner[end + 1 :]
+            if not mailbox:
+                _fail(f"{what} {_show(text)}: no mailbox after the source route")
+            return mailbox, True
+        if separator != "," or not inner.startswith("@", end + 1):
+            _fail(
+                f"{what} {_show(text)}: a source route is '@domain,@domain:' followed by the "
+                "mailbox"
+            )
+        index = end + 1
+
+
+def _check_path_length(mailbox: Mailbox, what: str) -> None:
+    octets = _octets(str(mailbox)) + 2
+    if octets > MAX_PATH_OCTETS:
+        _fail(
+            f"{what} to {_show(str(mailbox))} is {octets} octets long with its angle brackets; "
+            f"the limit is {MAX_PATH_OCTETS}"
+        )
+
+
+def _validate_path_mailbox(
+    _instance: object, _attribute: attrs.Attribute[Mailbox | None], value: Mailbox | None
+) -> None:
+    if value is None:
+        return
+    if not isinstance(value, Mailbox):
+        raise TypeError(
+            f"mailbox must be a Mailbox or None, not {type(value).__name__}: {value!r}"
+        )
+    _check_path_length(value, "path")
+
+
+def _mailbox_from_address(addr: Address, what: str) -> Mailbox | None:
+    if not isinstance(addr, Address):
+        raise TypeError(
+            f"expected an email.headerregistry.Address, not {type(addr).__name__}: {addr!r}"
+        )
+    username, domain_text = addr.username, addr.domain
+    if not domain_text:
+        if not username:
+            return None
+        _fail(f"{what} {_show(addr.addr_spec)} has no domain")
+    if not username:
+        _fail(f"{what} {_show(addr.addr_spec)} has an empty user name")
+    _check_chars(username, "user name")
+    return Mailbox(_quote_local_part(username), Domain.parse(domain_text))
+
+
+@attrs.frozen
+class ReversePath:
+    """The reverse path of ``MAIL FROM:`` (RFC 5321 §4.1.1.2): a mailbox, or the null path.
+
+    Attributes:
+        mailbox: the sender's mailbox, or ``None`` for the null path ``<>`` (used for
+            bounces and other messages that must not be answered).
+
+    Raises:
+        SMTPAddressError: the path would be longer than 256 octets.
+        TypeError: *mailbox* is neither a :class:`Mailbox` nor ``None``.
+    """
+
+    mailbox: Mailbox | None = attrs.field(default=None, validator=_validate_path_mailbox)
+
+    @classmethod
+    def null(cls) -> ReversePath:
+        """The null reverse path ``<>``."""
+        return cls(None)
+
+    @classmethod
+    def parse(cls, text: str) -> ReversePath:
+        """Parse a reverse path.
+
+        Args:
+            text: ``"user@example.com"`` or ``"<user@example.com>"``; ``""`` or ``"<>"`` for
+                the null path.  A source route (``"<@a.example:user@b.example>"``) is
+                accepted and dropped.  Display names (``"Joe <joe@example.com>"``) are
+                refused.
+
+        Returns:
+            The reverse path.
+
+        Raises:
+            SMTPAddressError: *text* is malformed or longer than 256 octets, or it contains
+                a control character.
+            TypeError: *text* is not a str.
+        """
+        if text in ("", "<>"):
+            return cls(None)
+        inner, _ = _unwrap_path(text, "reverse path")
+        return cls(Mailbox.parse(inner))
+
+    @classmethod
+    def from_address(cls, addr: Address) -> ReversePath:
+        """Build a reverse path from an :class:`email.headerregistry.Address`.
+
+        The display name is ignored; a user name that is not a valid Dot-string is quoted.
+
+        Args:
+            addr: the address; an empty one (``Address()``) gives the null path.
+
+        Returns:
+            The reverse path.
+
+        Raises:
+            SMTPAddressError: the address has a user name but no domain, or is otherwise
+                invalid for SMTP.
+            TypeError: *addr* is not an :class:`~email.headerregistry.Address`.
+        """
+        return cls(_mailbox_from_address(addr, "reverse path"))
+
+    @property
+    def is_null(self) -> bool:
+        """Whether this is the null path ``<>``."""
+        return self.mailbox is None
+
+    @property
+    def needs_smtputf8(self) -> bool:
+        """Whether the path has non-ASCII characters, and so needs SMTPUTF8 (RFC 6531)."""
+        return self.mailbox is not None and self.mailbox.needs_smtputf8
+
+    def __str__(self) -> str:
+        return "<>" if self.mailbox is None else f"<{self.mailbox}>"
+
+
+@attrs.frozen
+class ForwardPath:
+    """The forward path of ``RCPT TO:`` (RFC 5321 §4.1.1.3): a mailbox, or ``<Postmaster>``.
+
+    Attributes:
+        mailbox: the recipient's mailbox, or ``None`` for the bare ``<Postmaster>`` of the
+            server itself (no domain), which every SMTP server must accept.
+
+    Raises:
+        SMTPAddressError: the path would be longer than 256 octets.
+        TypeError: *mailbox* is neither a :class:`Mailbox` nor ``None``.
+    """
+
+    mailbox: Mailbox | None = attrs.field(validator=_validate_path_mailbox)
+
+    @classmethod
+    def postmaster(cls) -> ForwardPath:
+        """The bare ``<Postmaster>`` forward path."""
+        return cls(None)
+
+    @classmethod
+    def parse(cls, text: str) -> ForwardPath:
+        """Parse a forward path.
+
+        Args:
+            text: ``"user@example.com"`` or ``"<user@example.com>"``, or ``"Postmaster"`` /
+                ``"<Postmaster>"`` in any case.  A source route is accepted and dropped.
+                Display names and the empty path are refused.
+
+        Returns:
+            The forward path.
+
+        Raises:
+            SMTPAddressError: *text* is malformed, empty or longer than 256 octets, or it
+                contains a control character.
+            TypeError: *text* is not a str.
+        """
+        inner, routed = _unwrap_path(text, "forward path")
+        if not inner:
+            _fail(f"forward path {_show(text)} is empty (the null path is only for senders)")
+        if not routed and inner.lower() == "postmaster":
+            return cls(None)
+        return cls(Mailbox.parse(inner))
+
+    @classmethod
+    def from_address(cls, addr: Address) -> ForwardPath:
+        """Build a forward path from an :class:`email.headerregistry.Address`.
+
+        The display name is ignored; a user name that is not a valid Dot-string is quoted.
+        ``Address(username="postmaster")`` (no domain) gives ``<Postmaster>``.
+
+        Args:
+            addr: the address.
+
+        Returns:
+            The forward path.
+
+        Raises:
+            SMTPAddressError: the address is empty, has no domain, or is otherwise invalid
+                for SMTP.
+            TypeError: *addr* is not an :class:`~email.headerregistry.Address`.
+        """
+        if isinstance(addr, Address) and not addr.domain and addr.username.lower() == "postmaster":
+            return cls(None)
+        mailbox = _mailbox_from_address(addr, "forward path")
+        if mailbox is None:
+            _fail("a forward path cannot be empty (the null path is only for senders)")
+        return cls(mailbox)
+
+    @property
+    def is_postmaster(self) -> bool:
+        """Whether this is the bare ``<Postmaster>`` path (without a domain)."""
+        return self.mailbox is None
+
+    @property
+    def needs_smtputf8(self) -> bool:
+        """Whether the path has non-ASCII characters, and so needs SMTPUTF8 (RFC 6531)."""
+        return self.mailbox is not None and self.mailbox.needs_smtputf8
+
+    def __str__(self) -> str:
+        return "<Postmaster>" if self.mailbox is None else f"<{self.mailbox}>"
+
+
+def reverse_path(value: ReversePath | Mailbox | str | Address) -> ReversePath:
+    """Coerce *value* to a :class:`ReversePath`.
+
+    Args:
+        value: a :class:`ReversePath` (returned as is), a :class:`Mailbox`, a str (see
+            :meth:`ReversePath.parse`; ``""`` is the null path) or an
+            :class:`email.headerregistry.Address` (see :meth:`ReversePath.from_address`).
+
+    Returns:
+        The reverse path.
+
+    Raises:
+        SMTPAddressError: *value* is not a valid reverse path.
+        TypeError: *value* has another type (``bytes``, ``None``, …).
+    """
+    if isinstance(value, ReversePath):
+        return value
+    if isinstance(value, str):
+        return ReversePath.parse(value)
+    if isinstance(value, Mailbox):
+        return ReversePath(value)
+    if isinstance(value, Address):
+        return ReversePath.from_address(value)
+    raise TypeError(
+        "expected a ReversePath, a Mailbox, a str or an email.headerregistry.Address, "
+        f"not {type(value).__name__}: {value!r}"
+    )
+
+
+def forward_path(value: ForwardPath | Mailbox | str | Address) -> ForwardPath:
+    """Coerce *value* to a :class:`ForwardPath`.
+
+    Args:
+        value: a :class:`ForwardPath` (returned as is), a :class:`Mailbox`, a str (see
+            :meth:`ForwardPath.parse`) or an :class:`email.headerregistry.Address` (see
+            :meth:`ForwardPath.from_address`).
+
+    Returns:
+        The forward path.
+
+    Raises:
+        SMTPAddressError: *value* is not a valid forward path.
+        TypeError: *value* has another type (``bytes``, ``None``, …).
+    """
+    if isinstance(value, ForwardPath):
+        return value
+    if isinstance(value, str):
+        return ForwardPath.parse(value)
+    if isinstance(value, Mailbox):
+        return ForwardPath(value)
+    if isinstance(value, Address):
+        return ForwardPath.from_address(value)
+    raise TypeError(
+        "expected a ForwardPath, a Mailbox, a str or an email.headerregistry.Address, "
+        f"not {type(value).__name__}: {value!r}"
+    )

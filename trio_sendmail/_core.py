@@ -1,0 +1,437 @@
+"""The sans-io SMTP client core: one state table, a FIFO of commands in flight.
+
+Theory of operation
+-------------------
+:class:`ClientCore` turns method calls named after SMTP verbs into bytes to
+send, and bytes received into :class:`Event`\\ s (a reply paired with the
+command it answers). It does no I/O and does not import trio: the session
+driver moves the bytes.
+
+* **One state table.** :data:`TABLE` states, for every command, the states in
+  which it may be issued, and the state each reply class (2xx … 5xx) leads to
+  (RFC 5321 §4.1.4 sequencing, §4.2 reply classes, §4.3.2 replies per command;
+  RFC 3207 for STARTTLS, RFC 4954 for AUTH). A reply class the table does not
+  list for that command breaks the protocol. A ``421`` answer to any command
+  closes the session (RFC 5321 §3.8).
+* **A FIFO of commands in flight.** Replies come back in the order the commands
+  went out, also when several are sent in one write (PIPELINING, RFC 2920 §3.1).
+  A command is checked against the state the session will be in once every
+  earlier command in flight succeeds; the confirmed state follows the replies.
+* **A failure is sticky.** A protocol violation sets :attr:`State.BROKEN` and
+  every later call raises; the driver also breaks the core when I/O fails or is
+  cancelled mid-command. A broken session is never reused.
+* **STARTTLS** (RFC 3207 §4.2, §4.2.1 and §6): bytes that arrived after the 220
+  and before the handshake are injected, not trusted: a protocol error. After
+  :meth:`ClientCore.tls_established`, every capability learned before is
+  forgotten and EHLO must be sent again.
+* **Injection.** No command argument may hold CR, LF, NUL or any other control
+  character (RFC 5321 §2.3.8, §4.1.1): it raises before anything is queued.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+
+import attrs
+
+from ._address import Domain, ForwardPath, ReversePath
+from ._capabilities import Capabilities
+from ._data import DataEncoder
+from ._errors import (
+    SMTPAuthenticationError,
+    SMTPInputError,
+    SMTPProtocolError,
+)
+from ._reply import Reply, ReplyParser
+from ._sasl import Mechanism
+
+__all__ = ["TABLE", "ClientCore", "Event", "Rule", "State", "Verb"]
+
+
+class State(enum.Enum):
+    """Where a session stands in the dialogue."""
+
+    CONNECTED = "connected"  #: waiting for the greeting
+    GREETED = "greeted"  #: greeted; EHLO (or HELO) comes next
+    READY = "ready"  #: EHLO accepted, no mail transaction open
+    AUTH = "auth"  #: a SASL exchange is in progress (334 received)
+    TLS = "tls"  #: 220 to STARTTLS received: the transport must handshake now
+    MAIL = "mail"  #: MAIL accepted, no recipient accepted yet
+    RCPT = "rcpt"  #: at least one recipient accepted
+    DATA = "data"  #: 354 received: message data flows until the final dot
+    CLOSED = "closed"  #: QUIT answered, or the server said 421
+    BROKEN = "broken"  #: a protocol error or an interrupted command: never reuse
+
+
+class Verb(enum.Enum):
+    """The commands the core can issue (plus the greeting and the end of data)."""
+
+    CONNECT = "CONNECT"  #: pseudo-command: the greeting answers the connection
+    EHLO = "EHLO"
+    HELO = "HELO"
+    STARTTLS = "STARTTLS"
+    AUTH = "AUTH"
+    AUTH_RESPONSE = "AUTH-RESPONSE"  #: a response line to a 334 challenge
+    MAIL = "MAIL"
+    RCPT = "RCPT"
+    DATA = "DATA"
+    END_DATA = "."  #: pseudo-command: the final dot answers the whole message
+    RSET = "RSET"
+    NOOP = "NOOP"
+    QUIT = "QUIT"
+
+
+#: In a rule's reply map, "stay in the state you are in".
+SAME = None
+
+S = State
+
+
+@attrs.frozen
+class Rule:
+    """What the table says about one command."""
+
+    #: States in which the command may be issued.
+    legal: frozenset[State]
+    #: The state the session will be in if the command succeeds (for pipelining).
+    success: State | None
+    #: Reply class (2 … 5) → next state (``SAME`` keeps the current one).
+    replies: Mapping[int, State | None]
+
+
+_FAIL_SAME = {4: SAME, 5: SAME}
+_IDLE = frozenset({S.GREETED, S.READY, S.MAIL, S.RCPT})
+
+#: The state table (RFC 5321 §4.1.4 and §4.3.2, RFC 3207, RFC 4954).
+TABLE: Mapping[Verb, Rule] = {
+    Verb.CONNECT: Rule(frozenset({S.CONNECTED}), S.GREETED, {2: S.GREETED, 4: S.CLOSED, 5: S.CLOSED}),
+    Verb.EHLO: Rule(frozenset({S.GREETED, S.READY}), S.READY, {2: S.READY, 4: S.GREETED, 5: S.GREETED}),
+    Verb.HELO: Rule(frozenset({S.GREETED, S.READY}), S.READY, {2: S.READY, 4: S.GREETED, 5: S.GREETED}),
+    Verb.STARTTLS: Rule(frozenset({S.READY}), S.TLS, {2: S.TLS, 4: SAME, 5: SAME}),
+    Verb.AUTH: Rule(frozenset({S.READY}), S.READY, {2: S.READY, 3: S.AUTH, 4: S.READY, 5: S.READY}),
+    Verb.AUTH_RESPONSE: Rule(frozenset({S.AUTH}), S.READY, {2: S.READY, 3: S.AUTH, 4: S.READY, 5: S.READY}),
+    Verb.MAIL: Rule(frozenset({S.READY}), S.MAIL, {2: S.MAIL, 4: SAME, 5: SAME}),
+    Verb.RCPT: Rule(frozenset({S.MAIL, S.RCPT}), S.RCPT, {2: S.RCPT, **_FAIL_SAME}),
+    Verb.DATA: Rule(frozenset({S.RCPT}), S.DATA, {3: S.DATA, **_FAIL_SAME}),
+    Verb.END_DATA: Rule(frozenset({S.DATA}), S.READY, {2: S.READY, 4: S.READY, 5: S.READY}),
+    Verb.RSET: Rule(frozenset({S.READY, S.MAIL, S.RCPT}), S.READY, {2: S.READY}),
+    Verb.NOOP: Rule(_IDLE, SAME, {2: SAME, **_FAIL_SAME}),
+    Verb.QUIT: Rule(_IDLE, S.CLOSED, {2: S.CLOSED, 4: S.CLOSED, 5: S.CLOSED}),
+}  # fmt: skip
+
+
+@attrs.frozen
+class Event:
+    """A reply, with the command it answers."""
+
+    verb: Verb
+    reply: Reply
+    #: What the command was about (the path for MAIL and RCPT), else ``None``.
+    subject: object = None
+
+
+@attrs.frozen
+class _Command:
+    verb: Verb
+    subject: object = None
+
+
+def check_argument(text: str, what: str, *, utf8: bool = False) -> None:
+    """Refuse control characters (and non-ASCII unless *utf8*) in a command argument."""
+    for ch in text:
+        if ch < " " or ch == "\x7f":
+            raise SMTPInputError(f"{what} contains the control character {ch!r}")
+    if not utf8 and not text.isascii():
+        raise SMTPInputError(f"{what} is not ASCII (it needs SMTPUTF8)")
+
+
+def _as_int(value: object) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+class ClientCore:
+    """The SMTP client state machine (sans-io).
+
+    Args:
+        transcript: called with each line sent (``"C: …"``) and received
+            (``"S: …"``), secrets already replaced by ``<redacted>``.
+        parser: the reply parser to use (its buffer may be a reused one).
+        out_buffer: a reusable buffer for outgoing commands.
+    """
+
+    def __init__(
+        self,
+        *,
+        transcript: Callable[[str], None] | None = None,
+        parser: ReplyParser | None = None,
+        out_buffer: bytearray | None = None,
+    ) -> None:
+        self.state = State.CONNECTED
+        self._tail = State.CONNECTED
+        self._inflight: deque[_Command] = deque([_Command(Verb.CONNECT)])
+        self._out = out_buffer if out_buffer is not None else bytearray()
+        del self._out[:]
+        self._parser = parser if parser is not None else ReplyParser()
+        self._transcript = transcript
+        self._encoder = DataEncoder()
+        self._mechanism: Mechanism | None = None
+        self._auth_steps = 0
+        self._utf8 = False
+        #: What the server announced in its last reply to EHLO.
+        self.capabilities: Capabilities | None = None
+        #: True once the transport runs TLS (implicit, or after STARTTLS).
+        self.tls = False
+        #: True after a successful AUTH.
+        self.authenticated = False
+        #: The greeting, once received.
+        self.greeting: Reply | None = None
+
+    # ---------------------------------------------------------------- output
+
+    def data_to_send(self) -> bytes:
+        """Take the bytes queued for sending."""
+        if not self._out:
+            return b""
+        data = bytes(self._out)
+        del self._out[:]
+        return data
+
+    @property
+    def awaiting_reply(self) -> bool:
+        """True while a command sent is still waiting for its reply."""
+        return bool(self._inflight)
+
+    @property
+    def inflight(self) -> tuple[Verb, ...]:
+        """The verbs of the commands waiting for a reply, oldest first."""
+        return tuple(c.verb for c in self._inflight)
+
+    def _log(self, line: str) -> None:
+        if self._transcript is not None:
+            self._transcript(line)
+
+    def _issue(self, verb: Verb, line: str, *, subject: object = None, log: str | None = None,
+               utf8: bool = False) -> None:  # fmt: skip
+        if self.state is State.BROKEN:
+            raise SMTPProtocolError("the session is broken by an earlier error")
+        rule = TABLE[verb]
+        if self._tail not in rule.legal:
+            raise SMTPProtocolError(
+                f"{verb.value} is not allowed now (session state: {self._tail.value})"
+            )
+        encoded = line.encode("utf-8" if utf8 else "ascii") + b"\r\n"
+        self._out += encoded
+        self._inflight.append(_Command(verb, subject))
+        if rule.success is not SAME:
+            self._tail = rule.success
+        self._log("C: " + (log if log is not None else line))
+
+    # --------------------------------------------------------------- commands
+
+    def ehlo(self, domain: Domain) -> None:
+        """Queue ``EHLO domain``."""
+        name = str(domain)
+        check_argument(name, "the EHLO domain", utf8=True)
+        self._issue(Verb.EHLO, f"EHLO {name}", utf8=not name.isascii())
+
+    def helo(self, domain: Domain) -> None:
+        """Queue ``HELO domain`` (for servers that refuse EHLO)."""
+        name = str(domain)
+        check_argument(name, "the HELO domain")
+        self._issue(Verb.HELO, f"HELO {name}")
+
+    def starttls(self) -> None:
+        """Queue ``STARTTLS`` (RFC 3207)."""
+        if self.tls:
+            raise SMTPProtocolError("STARTTLS on a session that already runs TLS")
+        self._issue(Verb.STARTTLS, "STARTTLS")
+
+    def tls_established(self) -> None:
+        """Tell the core the TLS handshake succeeded: EHLO must be sent again."""
+        if self.state is not State.TLS:
+            raise SMTPProtocolError("tls_established() without an accepted STARTTLS")
+        self.tls = True
+        self.capabilities = None
+        self.state = self._tail = State.GREETED
+
+    def auth(self, mechanism: Mechanism) -> None:
+        """Queue ``AUTH`` with *mechanism*'s initial response (RFC 4954 §4)."""
+        self._mechanism = mechanism
+        self._auth_steps = 0
+        initial = mechanism.initial_response()
+        if initial is None:
+            self._issue(Verb.AUTH, f"AUTH {mechanism.name}")
+        else:
+            encoded = base64.b64encode(initial).decode("ascii") or "="
+            self._issue(
+                Verb.AUTH,
+                f"AUTH {mechanism.name} {encoded}",
+                log=f"AUTH {mechanism.name} <redacted>",
+            )
+
+    def mail(self, path: ReversePath, params: Iterable[str] = ()) -> None:
+        """Queue ``MAIL FROM:<path> params…``."""
+        params = tuple(params)
+        self._utf8 = "SMTPUTF8" in (p.upper() for p in params)
+        text = str(path)
+        check_argument(text, "the sender", utf8=self._utf8)
+        for param in params:
+            check_argument(param, "a MAIL parameter", utf8=self._utf8)
+        line = " ".join((f"MAIL FROM:{text}", *params))
+        self._issue(Verb.MAIL, line, subject=path, utf8=self._utf8)
+
+    def rcpt(self, path: ForwardPath, params: Iterable[str] = ()) -> None:
+        """Queue ``RCPT TO:<path> params…``."""
+        text = str(path)
+        check_argument(text, "a recipient", utf8=self._utf8)
+        params = tuple(params)
+        for param in params:
+            check_argument(param, "an RCPT parameter", utf8=self._utf8)
+        line = " ".join((f"RCPT TO:{text}", *params))
+        self._issue(Verb.RCPT, line, subject=path, utf8=self._utf8)
+
+    def data(self) -> None:
+        """Queue ``DATA``."""
+        self._issue(Verb.DATA, "DATA")
+
+    def encode_data(self, chunk: bytes | bytearray | memoryview) -> bytes:
+        """Normalise and dot-stuff one chunk of the message (after 354)."""
+        if self.state is not State.DATA:
+            raise SMTPProtocolError(f"message data outside DATA (state: {self.state.value})")
+        return self._encoder.encode(chunk)
+
+    def end_data(self) -> None:
+        """Queue the end of the message data (final CRLF if needed, then ``.CRLF``)."""
+        if self.state is not State.DATA or self._inflight:
+            raise SMTPProtocolError(f"end of data outside DATA (state: {self.state.value})")
+        self._out += self._encoder.finish()
+        self._log(f"C: <{self._encoder.bytes_out} bytes of message data>")
+        self._encoder.reset()
+        self._inflight.append(_Command(Verb.END_DATA))
+        self._tail = State.READY
+
+    def rset(self) -> None:
+        """Queue ``RSET``."""
+        self._issue(Verb.RSET, "RSET")
+
+    def noop(self) -> None:
+        """Queue ``NOOP``."""
+        self._issue(Verb.NOOP, "NOOP")
+
+    def quit(self) -> None:
+        """Queue ``QUIT``."""
+        self._issue(Verb.QUIT, "QUIT")
+
+    def broken(self) -> None:
+        """Mark the session unusable (I/O failed or a command was interrupted)."""
+        self.state = self._tail = State.BROKEN
+
+    # ----------------------------------------------------------------- input
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Take bytes received from the server (b"" is not EOF: the driver handles EOF)."""
+        try:
+            self._parser.feed(data)
+        except SMTPProtocolError:
+            self.broken()
+            raise
+
+    @property
+    def in_reply(self) -> bool:
+        """True when part of a reply has arrived but not all of it."""
+        return self._parser.in_reply
+
+    def next_event(self) -> Event | None:
+        """The next reply paired with its command, or ``None`` until more bytes arrive.
+
+        Raises:
+            SMTPProtocolError: the server broke the protocol; the core is broken.
+            SMTPAuthenticationError: the server accepted AUTH but failed to prove itself.
+        """
+        try:
+            reply = self._parser.next_reply()
+            if reply is None:
+                return None
+            return self._apply(reply)
+        except (SMTPProtocolError, SMTPAuthenticationError):
+            self.broken()
+            raise
+
+    def _apply(self, reply: Reply) -> Event:
+        if self._transcript is not None:
+            last = len(reply.lines) - 1
+            status = f"{reply.enhanced_status} " if reply.enhanced_status else ""
+            for i, line in enumerate(reply.lines):
+                sep = " " if i == last else "-"
+                self._transcript(f"S: {reply.code}{sep}{status}{line}".rstrip())
+        if not self._inflight:
+            if reply.code == 421:
+                self.state = self._tail = State.CLOSED
+                return Event(Verb.NOOP, reply)
+            raise SMTPProtocolError(f"unsolicited reply: {reply}")
+        command = self._inflight.popleft()
+        verb = command.verb
+        if reply.code == 421:
+            self.state = self._tail = State.CLOSED
+            self._inflight.clear()
+            return Event(verb, reply, command.subject)
+        klass = reply.code // 100
+        rule = TABLE[verb]
+        if klass not in rule.replies:
+            raise SMTPProtocolError(f"unexpected reply to {verb.value}: {reply}")
+        if (verb is Verb.DATA and klass == 3 and reply.code != 354) or (
+            verb in (Verb.AUTH, Verb.AUTH_RESPONSE) and klass == 3 and reply.code != 334
+        ):
+            raise SMTPProtocolError(f"unexpected reply to {verb.value}: {reply}")
+        nxt = rule.replies[klass]
+        if nxt is not SAME:
+            self.state = nxt
+        if not self._inflight:
+            self._tail = self.state
+        if verb is Verb.CONNECT:
+            self.greeting = reply
+        elif verb is Verb.EHLO and klass == 2:
+            self.capabilities = Capabilities.from_reply(reply)
+        elif verb is Verb.HELO and klass == 2:
+            self.capabilities = Capabilities(reply.lines[0].split(" ", 1)[0], {})
+        elif verb is Verb.STARTTLS and klass == 2 and self._parser.buffered:
+            raise SMTPProtocolError(
+                "bytes arrived after the 220 reply to STARTTLS, before the TLS handshake "
+                "(RFC 3207 §4.2: plaintext injection)"
+            )
+        elif verb in (Verb.AUTH, Verb.AUTH_RESPONSE):
+            self._auth_reply(reply)
+        return Event(verb, reply, command.subject)
+
+    def _auth_reply(self, reply: Reply) -> None:
+        mechanism = self._mechanism
+        assert mechanism is not None
+        if reply.code == 334:
+            self._auth_steps += 1
+            if self._auth_steps > mechanism.max_steps:
+                raise SMTPProtocolError(
+                    f"the server sent more than {mechanism.max_steps} AUTH challenges "
+                    f"for {mechanism.name}"
+                )
+            try:
+                challenge = base64.b64decode(reply.lines[0].strip(), validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise SMTPProtocolError("AUTH challenge is not valid base64") from exc
+            response = mechanism.respond(challenge)
+            self._issue(
+                Verb.AUTH_RESPONSE,
+                base64.b64encode(response).decode("ascii"),
+                log="<redacted>",
+            )
+            return
+        self._mechanism = None
+        if reply.code == 235:
+            if not mechanism.verify_success(None):
+                raise SMTPAuthenticationError.from_reply(
+                    reply, "AUTH", message="the server failed to prove its identity"
+                )
+            self.authenticated = True

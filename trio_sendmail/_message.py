@@ -1,0 +1,55 @@
+"""What a message can be given as, and how it is read.
+
+A message is ``bytes`` (or any bytes-like object), an
+:class:`email.message.EmailMessage` (any :class:`email.message.Message`), or a
+stream of bytes-like chunks: a :class:`trio.MemoryReceiveChannel` (the seed's
+``unit -> (string * int * int) option Lwt.t``) or any async iterable. A whole
+message lets the session declare ``SIZE=`` and know up front whether it holds
+8-bit bytes; a stream is read one chunk at a time, so memory stays bounded
+whatever its length.
+"""
+
+from __future__ import annotations
+
+import email.message
+from collections.abc import AsyncIterable
+from typing import TypeAlias
+
+import attrs
+
+__all__ = ["Mail", "MailBody", "prepare_mail"]
+
+#: What ``mail=`` accepts.
+Mail: TypeAlias = (
+    bytes | bytearray | memoryview | email.message.Message | AsyncIterable[bytes | bytearray | memoryview]
+)
+
+
+@attrs.frozen
+class MailBody:
+    """A message ready to be sent: either all of it, or a stream of chunks."""
+
+    #: The whole message, when known in advance.
+    data: bytes | memoryview | None = None
+    #: The chunks, for a streamed message.
+    chunks: AsyncIterable[bytes | bytearray | memoryview] | None = None
+
+
+def prepare_mail(mail: Mail) -> MailBody:
+    """Classify *mail*; raises :class:`TypeError` for anything else (before any I/O)."""
+    if isinstance(mail, bytes):
+        return MailBody(data=mail)
+    if isinstance(mail, bytearray | memoryview):
+        view = memoryview(mail).cast("B")
+        return MailBody(data=bytes(view) if isinstance(mail, bytearray) else view)
+    if isinstance(mail, email.message.Message):
+        policy = mail.policy.clone(linesep="\r\n")
+        return MailBody(data=mail.as_bytes(policy=policy))
+    if isinstance(mail, str):
+        raise TypeError("mail must be bytes, not str: encode the message first")
+    if isinstance(mail, AsyncIterable):
+        return MailBody(chunks=mail)
+    raise TypeError(
+        "mail must be bytes, an email.message.EmailMessage, or an async iterable of "
+        f"bytes (such as a trio.MemoryReceiveChannel), not {type(mail).__name__}"
+    )

@@ -1,0 +1,948 @@
+"""The trio layer: connections, TLS, timeouts, and the session driver.
+
+Theory of operation
+-------------------
+A :class:`Session` owns one ``trio.abc.Stream`` and one sans-io
+:class:`~trio_sendmail._core.ClientCore`. SMTP submission is request/reply, so
+the driver needs no background task: it flushes what the core queued, then
+reads until the core has the reply it waits for. Every wait is bounded by the
+phase's timeout from :class:`Timeouts` (RFC 5321 §4.5.3.2), inside the caller's
+own cancel scopes.
+
+* **One error boundary.** :meth:`Session._write` and :meth:`Session._read` are
+  the only places that touch the stream; they turn trio and OS errors into
+  :class:`SMTPConnectionError`, :class:`SMTPTLSError` or
+  :class:`SMTPTimeoutError` (``raise … from exc``). The core raises protocol
+  errors; it never sees a trio exception.
+* **Sticky failure.** Anything that interrupts a command (a timeout, a lost
+  connection, a protocol error, cancellation, an exception from the message
+  source mid-DATA) breaks the session: it is closed without QUIT and refuses
+  every later call. A message whose DATA phase was interrupted is never
+  followed by RSET and another message on that connection.
+* **STARTTLS** (RFC 3207) upgrades the *same* stream in place: the plaintext
+  stream becomes the transport of a :class:`trio.SSLStream`, certificates and
+  host name checked (with SNI), then EHLO is sent again.
+* **AUTH** (RFC 4954) is refused over a connection without TLS before any
+  credential is sent, unless the caller opted in with
+  ``insecure_auth_over_plaintext=True``.
+* **Streaming.** The message is read one chunk at a time, encoded, and written
+  in blocks of at most ``Buffers.send_size`` bytes (small chunks are coalesced,
+  big ones written as they are), so memory is bounded whatever the size.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import itertools
+import logging
+import math
+import socket
+import ssl
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from email.headerregistry import Address
+from typing import NoReturn
+
+import attrs
+import trio
+
+from ._address import Domain, ForwardPath, Mailbox, ReversePath, domain, forward_path, reverse_path
+from ._capabilities import Capabilities
+from ._core import ClientCore, Event, State, Verb, check_argument
+from ._data import normalized_size
+from ._errors import (
+    Outcome,
+    SMTPAuthenticationError,
+    SMTPConnectionError,
+    SMTPError,
+    SMTPInputError,
+    SMTPMessageTooLarge,
+    SMTPNotSupportedError,
+    SMTPProtocolError,
+    SMTPRecipientsRefused,
+    SMTPResponseError,
+    SMTPSenderRefused,
+    SMTPServiceClosing,
+    SMTPTimeoutError,
+    SMTPTLSError,
+)
+from ._message import Mail, MailBody, prepare_mail
+from ._reply import Reply, ReplyParser
+from ._sasl import Authentication, choose_mechanism
+
+__all__ = [
+    "Buffers",
+    "SendResult",
+    "Session",
+    "SessionStatistics",
+    "TLSMode",
+    "Timeouts",
+    "open_session",
+]
+
+logger = logging.getLogger("trio_sendmail.transcript")
+
+#: RFC 8314 §3.3: submission over implicit TLS.
+SUBMISSIONS_PORT = 465
+#: RFC 6409 §3.1: message submission (with STARTTLS).
+SUBMISSION_PORT = 587
+#: RFC 5321 §4.5.4.2: relay between MTAs (a local relay listens here).
+SMTP_PORT = 25
+
+#: Most commands written in one pipelined batch before their replies are read
+#: (RFC 2920 §3.1 asks the client not to let the send window deadlock).
+PIPELINE_BATCH = 100
+
+
+class TLSMode(enum.Enum):
+    """How the connection is secured."""
+
+    #: TLS from the first byte (RFC 8314), port 465 by default.
+    IMPLICIT = "implicit"
+    #: Plain TCP, then STARTTLS, required (RFC 3207), port 587 by default.
+    STARTTLS = "starttls"
+    #: No TLS at all, for a trusted local relay (port 25 by default). Anyone on
+    #: the path can read and change the mail. AUTH is refused on such a
+    #: connection unless ``insecure_auth_over_plaintext=True``.
+    INSECURE_PLAINTEXT = "insecure-plaintext"
+
+
+@attrs.frozen
+class Timeouts:
+    """Bounds, in seconds, on each phase of the dialogue.
+
+    The defaults are those of RFC 5321 §4.5.3.2. Use ``math.inf`` to disable one.
+    The caller's own cancel scopes apply on top of these.
+    """
+
+    #: Opening the TCP connection (not set by the RFC).
+    connect: float = 60.0
+    #: The TLS handshake, implicit or after STARTTLS (not set by the RFC).
+    tls_handshake: float = 60.0
+    #: §4.5.3.2.1: waiting for the 220 greeting.
+    greeting: float = 300.0
+    #: EHLO, STARTTLS, AUTH, RSET and NOOP (the RFC's 5 minutes).
+    command: float = 300.0
+    #: §4.5.3.2.2: the reply to MAIL.
+    mail: float = 300.0
+    #: §4.5.3.2.3: the reply to each RCPT.
+    rcpt: float = 300.0
+    #: §4.5.3.2.4: the 354 reply to DATA.
+    data_init: float = 120.0
+    #: §4.5.3.2.5: writing one block of message data.
+    data_block: float = 180.0
+    #: §4.5.3.2.6: the reply after the final dot (10 minutes: the server may
+    #: be delivering; giving up sooner risks duplicates).
+    data_end: float = 600.0
+    #: The polite QUIT when closing (not set by the RFC).
+    quit: float = 10.0
+
+    def __attrs_post_init__(self) -> None:
+        for field in attrs.fields(Timeouts):
+            value = getattr(self, field.name)
+            if not isinstance(value, int | float) or math.isnan(value) or value <= 0:
+                raise ValueError(f"Timeouts.{field.name} must be a positive number, not {value!r}")
+
+
+class Buffers:
+    """Reusable I/O buffers, the counterpart of the seed's pre-allocated
+    encoder and decoder.
+
+    A :class:`Buffers` can be handed to many sessions in turn; a session holds
+    it from the moment it connects until it is closed. Using it in two sessions
+    at once raises :class:`trio.BusyResourceError`.
+
+    Args:
+        send_size: the most message bytes gathered before one write; small
+            chunks are coalesced up to this size, and a chunk larger than it is
+            written on its own. With the chunk being encoded, this bounds the
+            memory a message costs, whatever its length.
+        receive_size: the most bytes asked of the stream in one read. Replies
+            are also bounded by the parser (see :data:`MAX_REPLY_SIZE`).
+    """
+
+    def __init__(self, *, send_size: int = 64 * 1024, receive_size: int = 16 * 1024) -> None:
+        if send_size < 512 or receive_size < 512:
+            raise ValueError("buffer sizes must be at least 512 bytes")
+        self.send_size = send_size
+        self.receive_size = receive_size
+        self.send_buffer = bytearray()
+        self.receive_buffer = bytearray()
+        self._in_use = False
+
+    def __repr__(self) -> str:
+        return f"<Buffers send_size={self.send_size} receive_size={self.receive_size}>"
+
+    def _acquire(self) -> None:
+        if self._in_use:
+            raise trio.BusyResourceError("these Buffers are in use by another session")
+        self._in_use = True
+
+    def _release(self) -> None:
+        self._in_use = False
+        del self.send_buffer[:]
+        del self.receive_buffer[:]
+
+
+@attrs.frozen(hash=False)
+class SendResult:
+    """The outcome of a message the server accepted.
+
+    Attributes:
+        reply: the server's reply to the end of data (``250 2.0.0 Ok: queued as …``).
+        accepted: the recipients the server accepted.
+        refused: the recipients the server refused, each with its reply (the
+            message went to the others).
+    """
+
+    reply: Reply
+    accepted: tuple[ForwardPath, ...]
+    refused: dict[ForwardPath, Reply] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class SessionStatistics:
+    """Counters of one session (see :meth:`Session.statistics`)."""
+
+    state: str
+    tls: bool
+    authenticated: bool
+    messages_sent: int
+    messages_failed: int
+    round_trips: int
+    bytes_sent: int
+    bytes_received: int
+
+
+_session_ids = itertools.count(1)
+
+
+def _phase_timeout(timeouts: Timeouts, verb: Verb) -> tuple[str, float]:
+    match verb:
+        case Verb.CONNECT:
+            return "greeting", timeouts.greeting
+        case Verb.MAIL:
+            return "mail", timeouts.mail
+        case Verb.RCPT:
+            return "rcpt", timeouts.rcpt
+        case Verb.DATA:
+            return "data_init", timeouts.data_init
+        case Verb.END_DATA:
+            return "data_end", timeouts.data_end
+        case Verb.QUIT:
+            return "quit", timeouts.quit
+        case _:
+            return "command", timeouts.command
+
+
+class Session(trio.abc.AsyncResource):
+    """One SMTP connection, ready to send any number of messages in turn.
+
+    Get one from :func:`open_session`. A session is not safe for concurrent use:
+    a second task calling :meth:`send` while one is running gets
+    :class:`trio.BusyResourceError` (use a pool for concurrency).
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        hostname: str,
+        tls_mode: TLSMode,
+        ssl_context: ssl.SSLContext,
+        timeouts: Timeouts,
+        buffers: Buffers,
+        pipelining: bool = True,
+    ) -> None:
+        self._id = next(_session_ids)
+        self._stream = stream
+        self._hostname = hostname
+        self._tls_mode = tls_mode
+        self._ssl_context = ssl_context
+        self._timeouts = timeouts
+        self._buffers = buffers
+        self._pipelining = pipelining
+        self._core = ClientCore(
+            transcript=self._log,
+            parser=ReplyParser(buffer=buffers.receive_buffer),
+            out_buffer=buffers.send_buffer,
+        )
+        self._busy = False
+        self._closed = False
+        self._sent = 0
+        self._failed = 0
+        self._round_trips = 0
+        self._bytes_sent = 0
+        self._bytes_received = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<trio_sendmail.Session #{self._id} {self._hostname} "
+            f"{self._tls_mode.value} state={self._core.state.value}>"
+        )
+
+    def _log(self, line: str) -> None:
+        logger.debug("[%d] %s", self._id, line)
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the server announced in its last EHLO reply (after TLS, if any)."""
+        return self._core.capabilities or Capabilities()
+
+    @property
+    def tls(self) -> bool:
+        """True when the connection runs TLS."""
+        return self._core.tls
+
+    @property
+    def authenticated(self) -> bool:
+        """True after a successful AUTH."""
+        return self._core.authenticated
+
+    @property
+    def is_usable(self) -> bool:
+        """True when the session can send another message."""
+        return not self._closed and self._core.state is State.READY
+
+    @property
+    def greeting(self) -> Reply | None:
+        """The server's 220 greeting."""
+        return self._core.greeting
+
+    def statistics(self) -> SessionStatistics:
+        """Counters of this session."""
+        return SessionStatistics(
+            state=self._core.state.value,
+            tls=self._core.tls,
+            authenticated=self._core.authenticated,
+            messages_sent=self._sent,
+            messages_failed=self._failed,
+            round_trips=self._round_trips,
+            bytes_sent=self._bytes_sent,
+            bytes_received=self._bytes_received,
+        )
+
+    # --------------------------------------------------- the error boundary
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this SMTP session is closed")
+        if self._core.state is State.BROKEN:
+            raise SMTPConnectionError("this SMTP session is broken by an earlier error")
+        if self._core.state is State.CLOSED:
+            raise SMTPConnectionError("the server closed this SMTP session")
+
+    async def _write(self, data: bytes | bytearray | memoryview, phase: str, timeout: float) -> None:
+        try:
+            with trio.fail_after(timeout):
+                await self._stream.send_all(data)
+        except trio.TooSlowError as exc:
+            self._core.broken()
+            raise SMTPTimeoutError(f"timed out sending ({phase}) after {timeout:g} s",
+                                   phase=phase) from exc  # fmt: skip
+        except (trio.BrokenResourceError, OSError) as exc:
+            self._core.broken()
+            raise SMTPConnectionError(f"connection lost while sending ({phase}): {exc}") from exc
+        except trio.ClosedResourceError:
+            self._core.broken()
+            raise
+        except BaseException:
+            self._core.broken()
+            raise
+        self._bytes_sent += len(data)
+
+    async def _flush(self, phase: str, timeout: float) -> None:
+        data = self._core.data_to_send()
+        if data:
+            await self._write(data, phase, timeout)
+
+    async def _read(self) -> Event:
+        """Flush, then read until the oldest command in flight has its reply."""
+        phase, timeout = _phase_timeout(self._timeouts, self._core.inflight[0])
+        await self._flush(phase, timeout)
+        core = self._core
+        try:
+            with trio.fail_after(timeout):
+                event = core.next_event()
+                if event is None:
+                    self._round_trips += 1
+                while event is None:
+                    data = await self._stream.receive_some(self._buffers.receive_size)
+                    if not data:
+                        core.broken()
+                        if core.in_reply:
+                            raise SMTPProtocolError("the server closed the connection mid-reply")
+                        raise SMTPConnectionError(
+                            f"the server closed the connection (waiting for: {phase})"
+                        )
+                    self._bytes_received += len(data)
+                    core.receive_data(data)
+                    event = core.next_event()
+        except trio.TooSlowError as exc:
+            core.broken()
+            raise SMTPTimeoutError(
+                f"no reply from the server ({phase}) within {timeout:g} s", phase=phase
+            ) from exc
+        except (trio.BrokenResourceError, OSError) as exc:
+            core.broken()
+            raise SMTPConnectionError(f"connection lost ({phase}): {exc}") from exc
+        except BaseException:
+            core.broken()
+            raise
+        if event.reply.code == 421:
+            await self._abort()
+            raise SMTPServiceClosing.from_reply(event.reply, event.verb.value)
+        return event
+
+    async def _abort(self) -> None:
+        """Close the transport at once (no QUIT): the session is over."""
+        if self._core.state is not State.CLOSED:
+            self._core.broken()
+        self._closed = True
+        self._buffers._release()
+        await trio.aclose_forcefully(self._stream)
+
+    async def _command(self, method_name: str, *args: object) -> Event:
+        getattr(self._core, method_name)(*args)
+        return await self._read()
+
+    # ---------------------------------------------------------- opening
+
+    async def _open(
+        self,
+        ehlo_name: Domain | None,
+        authentication: Authentication | None,
+        insecure_auth_over_plaintext: bool,
+    ) -> None:
+        try:
+            if self._tls_mode is TLSMode.IMPLICIT:
+                self._stream = await self._handshake(self._stream)
+                self._core.tls = True
+            greeting = await self._read()
+            if not greeting.reply.is_positive:
+                raise SMTPResponseError.from_reply(greeting.reply, "CONNECT")
+            name = ehlo_name or await _default_ehlo_name(self._stream)
+            await self._ehlo(name)
+            if self._tls_mode is TLSMode.STARTTLS:
+                if not self.capabilities.starttls:
+                    raise SMTPNotSupportedError(
+                        "the server does not offer STARTTLS (no plaintext fallback: "
+                        "use TLSMode.INSECURE_PLAINTEXT only for a trusted local relay)"
+                    )
+                event = await self._command("starttls")
+                if not event.reply.is_positive:
+                    raise SMTPResponseError.from_reply(event.reply, "STARTTLS")
+                self._stream = await self._handshake(self._stream)
+                self._core.tls_established()
+                await self._ehlo(name)
+            if authentication is not None:
+                await self._auth(authentication, insecure_auth_over_plaintext)
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _ehlo(self, name: Domain) -> None:
+        event = await self._command("ehlo", name)
+        if event.reply.is_positive:
+            return
+        if event.reply.code in (500, 502):  # EHLO unknown: an RFC 821 server
+            event = await self._command("helo", name)
+            if event.reply.is_positive:
+                return
+        raise SMTPResponseError.from_reply(event.reply, event.verb.value)
+
+    async def _handshake(self, transport: trio.abc.Stream) -> trio.SSLStream[trio.abc.Stream]:
+        stream = trio.SSLStream(
+            transport,
+            self._ssl_context,
+            server_hostname=self._hostname,
+            https_compatible=False,
+        )
+        timeout = self._timeouts.tls_handshake
+        try:
+            with trio.fail_after(timeout):
+                await stream.do_handshake()
+        except trio.TooSlowError as exc:
+            self._core.broken()
+            raise SMTPTimeoutError(f"TLS handshake took longer than {timeout:g} s",
+                                   phase="tls_handshake") from exc  # fmt: skip
+        except (trio.BrokenResourceError, OSError) as exc:
+            self._core.broken()
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            raise SMTPTLSError(f"TLS handshake with {self._hostname} failed: {cause}") from exc
+        except BaseException:
+            self._core.broken()
+            raise
+        return stream
+
+    async def _auth(self, authentication: Authentication, insecure_plaintext: bool) -> None:
+        if not self._core.tls and not insecure_plaintext:
+            raise SMTPNotSupportedError(
+                "refusing to send credentials over a connection without TLS "
+                "(pass insecure_auth_over_plaintext=True to allow it)"
+            )
+        offered = self.capabilities.auth_mechanisms
+        if not offered:
+            raise SMTPNotSupportedError("the server does not offer AUTH")
+        mechanism = choose_mechanism(authentication, offered)
+        if mechanism is None:
+            wanted = authentication.mechanism or "PLAIN or LOGIN"
+            raise SMTPNotSupportedError(
+                f"the server offers AUTH {' '.join(sorted(offered))}, not {wanted}"
+            )
+        event = await self._command("auth", mechanism(authentication))
+        while event.reply.code == 334:
+            event = await self._read()
+        if event.reply.code != 235:
+            if not (event.reply.is_transient or event.reply.is_permanent):
+                raise SMTPProtocolError(f"unexpected reply to AUTH: {event.reply}")
+            raise SMTPAuthenticationError.from_reply(event.reply, "AUTH")
+
+    # ------------------------------------------------------------ sending
+
+    async def send(
+        self,
+        sender: ReversePath | Mailbox | str | Address,
+        recipients: Iterable[ForwardPath | Mailbox | str | Address],
+        mail: Mail,
+    ) -> SendResult:
+        """Send one message.
+
+        Args:
+            sender: the reverse-path (``""`` or ``"<>"`` for the null path).
+            recipients: the forward-paths; duplicates are sent once.
+            mail: the message: bytes, an :class:`email.message.EmailMessage`, a
+                :class:`trio.MemoryReceiveChannel` of bytes or any async iterable
+                of bytes-like chunks. Line endings are normalised to CRLF and
+                lines starting with ``.`` are stuffed, whatever the chunk
+                boundaries.
+
+        Returns:
+            The server's final reply, with the recipients accepted and refused.
+
+        Raises:
+            SMTPInputError: a bad address or argument (nothing was sent).
+            TypeError: *mail* or one of its chunks is not bytes-like.
+            SMTPNotSupportedError: the message needs SMTPUTF8 or 8BITMIME and the
+                server lacks it, or it exceeds the server's SIZE (nothing was sent).
+            SMTPSenderRefused: MAIL was refused; the transaction was reset and the
+                session is still usable.
+            SMTPRecipientsRefused: every recipient was refused; the transaction
+                was reset and the session is still usable.
+            SMTPResponseError: DATA or the message was refused. The session is
+                still usable.
+            SMTPServiceClosing: the server answered 421; the session is closed.
+            SMTPConnectionError, SMTPTimeoutError, SMTPProtocolError: the session
+                is broken and closed. :attr:`SMTPError.outcome` tells whether
+                the message can have been accepted.
+
+        Every :class:`SMTPError` raised here has its ``outcome`` set. If the
+        message source raises, or the call is cancelled, during DATA, the
+        connection is dropped without the final dot, so the server discards
+        the partial message.
+        """
+        self._check_open()
+        if self._busy:
+            raise trio.BusyResourceError("another task is sending on this session")
+        if self._core.state is not State.READY:
+            raise SMTPProtocolError(f"session not ready (state: {self._core.state.value})")
+        rpath = reverse_path(sender)
+        if isinstance(recipients, str | bytes | Address | ForwardPath | Mailbox):
+            raise TypeError("recipients must be an iterable of addresses, not a single address")
+        fpaths = list(dict.fromkeys(forward_path(r) for r in recipients))
+        if not fpaths:
+            raise SMTPInputError("at least one recipient is required")
+        body = prepare_mail(mail)
+        params = self._mail_params(rpath, fpaths, body)
+        self._busy = True
+        try:
+            result = await self._transaction(rpath, fpaths, body, params)
+        except SMTPError as exc:
+            self._failed += 1
+            if exc.outcome is None:
+                exc.outcome = Outcome.NOT_SENT
+            raise
+        except BaseException:
+            self._failed += 1
+            raise
+        finally:
+            self._busy = False
+        self._sent += 1
+        return result
+
+    def _mail_params(
+        self, rpath: ReversePath, fpaths: list[ForwardPath], body: MailBody
+    ) -> list[str]:
+        caps = self.capabilities
+        params: list[str] = []
+        if body.data is not None:
+            eight_bit = not bytes(body.data[:0]).isascii() or not _isascii(body.data)
+            if eight_bit:
+                if not caps.eightbitmime:
+                    raise SMTPNotSupportedError(
+                        "the message has 8-bit bytes and the server does not offer 8BITMIME "
+                        "(encode it as 7-bit, e.g. with base64 or quoted-printable)"
+                    )
+                params.append("BODY=8BITMIME")
+            size = normalized_size(bytes(body.data) if isinstance(body.data, memoryview)
+                                   else body.data)  # fmt: skip
+            limit = caps.size_limit
+            if limit is not None and size > limit:
+                raise SMTPMessageTooLarge(
+                    f"the message is {size} bytes; the server accepts at most {limit}",
+                    size=size,
+                    limit=limit,
+                )
+            if "SIZE" in caps:
+                params.append(f"SIZE={size}")
+        elif caps.eightbitmime:
+            # A stream of unknown content: declaring 8BITMIME is always safe.
+            params.append("BODY=8BITMIME")
+        if rpath.needs_smtputf8 or any(f.needs_smtputf8 for f in fpaths):
+            if not caps.smtputf8:
+                raise SMTPNotSupportedError(
+                    "a non-ASCII address needs SMTPUTF8, which the server does not offer"
+                )
+            params.append("SMTPUTF8")
+        return params
+
+    async def _transaction(
+        self,
+        rpath: ReversePath,
+        fpaths: list[ForwardPath],
+        body: MailBody,
+        params: list[str],
+    ) -> SendResult:
+        core = self._core
+        pipelining = self._pipelining and self.capabilities.pipelining
+        accepted: list[ForwardPath] = []
+        refused: dict[ForwardPath, Reply] = {}
+        sender_reply: Reply | None = None
+        data_reply: Reply | None = None
+
+        def record(event: Event) -> None:
+            nonlocal sender_reply, data_reply
+            if event.verb is Verb.MAIL:
+                sender_reply = event.reply
+            elif event.verb is Verb.RCPT:
+                assert isinstance(event.subject, ForwardPath)
+                if event.reply.is_positive:
+                    accepted.append(event.subject)
+                else:
+                    refused[event.subject] = event.reply
+            elif event.verb is Verb.DATA:
+                data_reply = event.reply
+
+        if pipelining:
+            # RFC 2920: MAIL, RCPT… and DATA go out together; replies come in order.
+            core.mail(rpath, params)
+            for i, fpath in enumerate(fpaths, 1):
+                core.rcpt(fpath)
+                if i % PIPELINE_BATCH == 0:
+                    while core.awaiting_reply:
+                        record(await self._read())
+            core.data()
+            while core.awaiting_reply:
+                record(await self._read())
+        else:
+            core.mail(rpath, params)
+            record(await self._read())
+            if sender_reply is not None and sender_reply.is_positive:
+                for fpath in fpaths:
+                    core.rcpt(fpath)
+                    record(await self._read())
+                if accepted:
+                    core.data()
+                    record(await self._read())
+
+        assert sender_reply is not None
+        if not sender_reply.is_positive:
+            await self._end_transaction(data_reply)
+            raise SMTPSenderRefused.from_reply(sender_reply, "MAIL")
+        if not accepted:
+            await self._end_transaction(data_reply)
+            raise SMTPRecipientsRefused.from_replies(refused)
+        assert data_reply is not None
+        if data_reply.code != 354:
+            await self._end_transaction(None)
+            raise SMTPResponseError.from_reply(data_reply, "DATA")
+
+        await self._send_body(body)
+        try:
+            event = await self._read()
+        except SMTPError as exc:
+            exc.outcome = Outcome.UNKNOWN
+            raise
+        if not event.reply.is_positive:
+            exc2 = SMTPResponseError.from_reply(event.reply, ".")
+            exc2.outcome = Outcome.REFUSED
+            raise exc2
+        return SendResult(event.reply, tuple(accepted), refused)
+
+    async def _end_transaction(self, data_reply: Reply | None) -> None:
+        """After a refusal: end a pipelined DATA that got 354, then RSET."""
+        core = self._core
+        if data_reply is not None and data_reply.code == 354:
+            # RFC 2920 §3.1: DATA was accepted although nothing else was; send
+            # an empty message's end so that the server refuses it.
+            core.end_data()
+            event = await self._read()
+            if event.reply.is_positive:
+                raise SMTPProtocolError(
+                    "the server accepted a message with no valid recipient"
+                )
+        if core.state in (State.MAIL, State.RCPT):
+            event = await self._command("rset")
+            if not event.reply.is_positive:
+                raise SMTPProtocolError(f"RSET failed: {event.reply}")
+
+    async def _send_body(self, body: MailBody) -> None:
+        core = self._core
+        size = self._buffers.send_size
+        timeout = self._timeouts.data_block
+        buf = self._buffers.send_buffer
+        del buf[:]
+        try:
+            if body.data is not None:
+                view = memoryview(body.data)
+                for start in range(0, len(view), size):
+                    await self._write(core.encode_data(view[start : start + size]),
+                                      "data_block", timeout)  # fmt: skip
+            else:
+                assert body.chunks is not None
+                eight_bit_ok = self.capabilities.eightbitmime
+                async for chunk in body.chunks:
+                    if not isinstance(chunk, bytes | bytearray | memoryview):
+                        raise TypeError(
+                            f"message chunks must be bytes-like, not {type(chunk).__name__}"
+                        )
+                    if not eight_bit_ok and not _isascii(chunk):
+                        raise SMTPNotSupportedError(
+                            "the message has 8-bit bytes and the server does not offer "
+                            "8BITMIME; the connection was dropped before the end of data"
+                        )
+                    encoded = core.encode_data(chunk)
+                    if len(buf) + len(encoded) <= size:
+                        buf += encoded
+                        continue
+                    if buf:
+                        await self._write(buf, "data_block", timeout)
+                        del buf[:]
+                    if len(encoded) >= size:
+                        await self._write(encoded, "data_block", timeout)
+                    else:
+                        buf += encoded
+        except BaseException as exc:
+            # The final dot never went out: drop the connection so that the
+            # server discards the partial message.
+            if isinstance(exc, SMTPError):
+                exc.outcome = Outcome.NOT_SENT
+            await self._abort()
+            raise
+        core.end_data()
+        tail = core.data_to_send()
+        if buf:
+            buf += tail
+            tail = bytes(buf)
+            del buf[:]
+        try:
+            await self._write(tail, "data_end", timeout)
+        except SMTPError as exc:
+            exc.outcome = Outcome.UNKNOWN
+            raise
+
+    async def noop(self) -> Reply:
+        """Send NOOP (e.g. to check an idle connection) and return the reply."""
+        self._check_open()
+        event = await self._command("noop")
+        return event.reply
+
+    async def rset(self) -> Reply:
+        """Send RSET and return the reply."""
+        self._check_open()
+        event = await self._command("rset")
+        return event.reply
+
+    # ------------------------------------------------------------ closing
+
+    async def aclose(self) -> None:
+        """Close the session: QUIT (bounded by ``Timeouts.quit``) when it is
+        healthy, then close the stream. Safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._core.state in (State.GREETED, State.READY) and not self._core.awaiting_reply:
+                with trio.move_on_after(self._timeouts.quit):
+                    try:
+                        self._core.quit()
+                        await self._read()
+                    except SMTPError:
+                        pass
+                    await self._stream.aclose()
+        finally:
+            self._buffers._release()
+            await trio.aclose_forcefully(self._stream)
+
+
+def _isascii(data: bytes | bytearray | memoryview) -> bool:
+    if isinstance(data, memoryview):
+        return bytes(data).isascii()
+    return data.isascii()
+
+
+_default_name: Domain | None = None
+
+
+async def _default_ehlo_name(stream: trio.abc.Stream) -> Domain:
+    """The local FQDN when it is a valid domain name, else an address literal
+    of the local end of the connection (RFC 5321 §4.1.4)."""
+    global _default_name
+    if _default_name is not None:
+        return _default_name
+    candidates = [socket.gethostname()]
+    with trio.move_on_after(2):
+        candidates.append(await trio.to_thread.run_sync(socket.getfqdn, abandon_on_cancel=True))
+    for name in reversed(candidates):
+        if "." in name and not name.endswith((".localdomain", ".local", ".localhost")):
+            try:
+                _default_name = domain(name)
+            except SMTPInputError:
+                continue
+            return _default_name
+    return _local_literal(stream)
+
+
+def _local_literal(stream: trio.abc.Stream) -> Domain:
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        host = stream.socket.getsockname()[0]
+        return Domain.from_ip(ipaddress.ip_address(host.split("%", 1)[0]))
+    return Domain.from_ip(ipaddress.ip_address("127.0.0.1"))
+
+
+def _check_hostname(hostname: str) -> str:
+    if not isinstance(hostname, str) or not hostname:
+        raise SMTPInputError("hostname must be a non-empty str")
+    check_argument(hostname, "the hostname", utf8=True)
+    if " " in hostname:
+        raise SMTPInputError(f"hostname {hostname!r} contains a space")
+    return hostname
+
+
+def _default_port(tls: TLSMode) -> int:
+    return {
+        TLSMode.IMPLICIT: SUBMISSIONS_PORT,
+        TLSMode.STARTTLS: SUBMISSION_PORT,
+        TLSMode.INSECURE_PLAINTEXT: SMTP_PORT,
+    }[tls]
+
+
+def _raise_connect_error(hostname: str, port: int, exc: OSError) -> NoReturn:
+    raise SMTPConnectionError(f"cannot connect to {hostname} port {port}: {exc}") from exc
+
+
+@asynccontextmanager
+async def open_session(
+    hostname: str,
+    *,
+    port: int | None = None,
+    tls: TLSMode = TLSMode.IMPLICIT,
+    ssl_context: ssl.SSLContext | None = None,
+    domain: Domain | str | None = None,
+    authentication: Authentication | None = None,
+    insecure_auth_over_plaintext: bool = False,
+    buffers: Buffers | None = None,
+    timeouts: Timeouts = Timeouts(),  # noqa: B008 (frozen)
+    pipelining: bool = True,
+    stream: trio.abc.Stream | None = None,
+) -> AsyncIterator[Session]:
+    """Open an SMTP session, ready to :meth:`~Session.send` messages.
+
+    The connection is opened, secured (implicit TLS or required STARTTLS),
+    greeted with EHLO and authenticated before the block starts. When the block
+    ends, the session sends QUIT if it is healthy and closes the connection.
+
+    Args:
+        hostname: the server's domain name or IP address; also the name its
+            certificate must carry (checked, with SNI).
+        port: defaults to 465 (implicit TLS), 587 (STARTTLS) or 25 (plaintext).
+        tls: :class:`TLSMode`.
+        ssl_context: trust and TLS settings, the seed's *authenticator*; the
+            default is :func:`ssl.create_default_context`, which verifies the
+            certificate against the system's CAs.
+        domain: the EHLO name; by default the local FQDN, or else an address
+            literal of the local end of the connection.
+        authentication: credentials for AUTH, or ``None`` to skip AUTH.
+        insecure_auth_over_plaintext: allow AUTH on a connection without TLS.
+            Anyone on the path can read the password. Off by default.
+        buffers: reusable I/O buffers; a new pair is made when ``None``.
+        timeouts: the bound of each phase (RFC 5321 §4.5.3.2 by default).
+        pipelining: use PIPELINING (RFC 2920) when the server offers it.
+        stream: an already-connected stream to use instead of opening a TCP
+            connection (for tests, proxies, or Unix sockets); *hostname* is
+            then only used for the certificate check.
+
+    Raises:
+        SMTPInputError: a malformed hostname or EHLO domain.
+        SMTPConnectionError: the connection could not be opened.
+        SMTPTLSError: the TLS handshake or the certificate check failed.
+        SMTPTimeoutError: a phase timed out.
+        SMTPNotSupportedError: STARTTLS or a usable AUTH mechanism is missing,
+            or AUTH would go over plaintext.
+        SMTPAuthenticationError: the credentials were refused.
+        SMTPResponseError: the greeting, EHLO or STARTTLS was refused
+            (:class:`SMTPServiceClosing` for 421).
+        trio.BusyResourceError: *buffers* is in use by another session.
+
+    The connection is closed whenever this raises.
+    """
+    _check_hostname(hostname)
+    if not isinstance(tls, TLSMode):
+        raise TypeError("tls must be a TLSMode")
+    if port is None:
+        port = _default_port(tls)
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise SMTPInputError(f"invalid port {port!r}")
+    ehlo_name = None if domain is None else _coerce_domain(domain)
+    if ssl_context is None:
+        ssl_context = ssl.create_default_context()
+    if buffers is None:
+        buffers = Buffers()
+    buffers._acquire()
+    try:
+        if stream is None:
+            try:
+                with trio.fail_after(timeouts.connect):
+                    stream = await trio.open_tcp_stream(hostname, port)
+            except trio.TooSlowError as exc:
+                raise SMTPTimeoutError(
+                    f"connecting to {hostname} port {port} took longer than "
+                    f"{timeouts.connect:g} s",
+                    phase="connect",
+                ) from exc
+            except OSError as exc:
+                _raise_connect_error(hostname, port, exc)
+    except BaseException:
+        buffers._release()
+        raise
+    session = Session(
+        stream,
+        hostname=hostname,
+        tls_mode=tls,
+        ssl_context=ssl_context,
+        timeouts=timeouts,
+        buffers=buffers,
+        pipelining=pipelining,
+    )
+    await session._open(ehlo_name, authentication, insecure_auth_over_plaintext)
+    async with session:
+        yield session
+
+
+def _coerce_domain(value: Domain | str) -> Domain:
+    return domain(value)
