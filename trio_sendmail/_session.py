@@ -32,6 +32,7 @@ own cancel scopes.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import ipaddress
 import itertools
@@ -39,7 +40,7 @@ import logging
 import math
 import socket
 import ssl
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from email.headerregistry import Address
 from typing import NoReturn
@@ -713,28 +714,7 @@ class Session(trio.abc.AsyncResource):
                                       "data_block", timeout)  # fmt: skip
             else:
                 assert body.chunks is not None
-                eight_bit_ok = self.capabilities.eightbitmime
-                async for chunk in body.chunks:
-                    if not isinstance(chunk, bytes | bytearray | memoryview):
-                        raise TypeError(
-                            f"message chunks must be bytes-like, not {type(chunk).__name__}"
-                        )
-                    if not eight_bit_ok and not _isascii(chunk):
-                        raise SMTPNotSupportedError(
-                            "the message has 8-bit bytes and the server does not offer "
-                            "8BITMIME; the connection was dropped before the end of data"
-                        )
-                    encoded = core.encode_data(chunk)
-                    if len(buf) + len(encoded) <= size:
-                        buf += encoded
-                        continue
-                    if buf:
-                        await self._write(buf, "data_block", timeout)
-                        del buf[:]
-                    if len(encoded) >= size:
-                        await self._write(encoded, "data_block", timeout)
-                    else:
-                        buf += encoded
+                await self._send_chunks(body.chunks)
         except BaseException as exc:
             # The final dot never went out: drop the connection so that the
             # server discards the partial message.
@@ -752,6 +732,44 @@ class Session(trio.abc.AsyncResource):
             await self._write(tail, "data_end", timeout)
         except SMTPError as exc:
             exc.outcome = Outcome.UNKNOWN
+            raise
+
+    async def _send_chunks(self, chunks: AsyncIterable[bytes | bytearray | memoryview]) -> None:
+        core = self._core
+        size = self._buffers.send_size
+        timeout = self._timeouts.data_block
+        buf = self._buffers.send_buffer
+        eight_bit_ok = self.capabilities.eightbitmime
+        iterator = aiter(chunks)
+        try:
+            async for chunk in iterator:
+                if not isinstance(chunk, bytes | bytearray | memoryview):
+                    raise TypeError(
+                        f"message chunks must be bytes-like, not {type(chunk).__name__}"
+                    )
+                if not eight_bit_ok and not _isascii(chunk):
+                    raise SMTPNotSupportedError(
+                        "the message has 8-bit bytes and the server does not offer "
+                        "8BITMIME; the connection was dropped before the end of data"
+                    )
+                encoded = core.encode_data(chunk)
+                if len(buf) + len(encoded) <= size:
+                    buf += encoded
+                    continue
+                if buf:
+                    await self._write(buf, "data_block", timeout)
+                    del buf[:]
+                if len(encoded) >= size:
+                    await self._write(encoded, "data_block", timeout)
+                else:
+                    buf += encoded
+        except BaseException:
+            # We stop reading early: let the source clean up (an async generator
+            # runs its finally blocks; a memory channel's producer is told).
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
             raise
 
     async def noop(self) -> Reply:
