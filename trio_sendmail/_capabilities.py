@@ -45,7 +45,7 @@ class Capabilities(Mapping[str, tuple[str, ...]]):
                 continue
             keyword, params = words[0], words[1:]
             if keyword[:5].upper() == "AUTH=":
-                params = [keyword[5:], *params]
+                params = [keyword[5:], *params] if keyword[5:] else params
                 keyword = "AUTH"
             if not _KEYWORD.fullmatch(keyword):
                 continue
@@ -79,7 +79,7 @@ class Capabilities(Mapping[str, tuple[str, ...]]):
     def size_limit(self) -> int | None:
         """The ``SIZE`` limit in octets (RFC 1870), or ``None`` when unknown or unlimited."""
         params = self._extensions.get("SIZE")
-        if not params or not params[0].isdigit():
+        if not params or not (params[0].isascii() and params[0].isdigit()):
             return None
         limit = int(params[0])
         return limit or None

@@ -405,6 +405,12 @@ class ClientCore:
             )
         elif verb in (Verb.AUTH, Verb.AUTH_RESPONSE):
             self._auth_reply(reply)
+        if not self._inflight and self._parser.buffered and self._parser.peek(3) != b"421":
+            # Only a 421 may come unasked (RFC 5321 §3.8); anything else means
+            # the replies and the commands are out of step.
+            raise SMTPProtocolError(
+                f"the server sent more replies than commands (after: {verb.value} {reply})"
+            )
         return Event(verb, reply, command.subject)
 
     def _auth_reply(self, reply: Reply) -> None:

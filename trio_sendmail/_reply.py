@@ -151,7 +151,7 @@ class EnhancedStatus:
     def parse(cls, text: str) -> EnhancedStatus:
         """Parse ``"5.1.1"``; raises :class:`ValueError` when malformed."""
         match = _ENHANCED.fullmatch(text)
-        if match is None:
+        if match is None or match.end(3) != len(text):
             raise ValueError(f"not an enhanced status code: {text!r}")
         return cls(int(match[1]), int(match[2]), int(match[3]))
 
@@ -247,6 +247,10 @@ class ReplyParser:
         """How many received bytes are not yet part of a returned reply."""
         return len(self._buf)
 
+    def peek(self, size: int) -> bytes:
+        """The first *size* buffered bytes, left in place."""
+        return bytes(self._buf[:size])
+
     @property
     def in_reply(self) -> bool:
         """True when part of a reply has been received."""
@@ -274,6 +278,11 @@ class ReplyParser:
         while True:
             end = buf.find(b"\n", self._scanned)
             if end < 0:
+                if len(buf) >= self._max_line:
+                    # feed() only looks at the first line; a later one may be too long.
+                    raise SMTPProtocolError(
+                        f"reply line longer than {self._max_line} bytes (RFC 5321 §4.5.3.1.5)"
+                    )
                 self._scanned = len(buf)
                 return None
             line_len = end + 1

@@ -62,6 +62,8 @@ class Authentication:
             if "\x00" in value:
                 raise SMTPInputError(f"Authentication.{name} must not contain NUL")
         if self.mechanism is not None:
+            if not isinstance(self.mechanism, str):
+                raise TypeError("Authentication.mechanism must be a str or None")
             object.__setattr__(self, "mechanism", self.mechanism.upper())
             if self.mechanism not in MECHANISMS:
                 raise SMTPInputError(

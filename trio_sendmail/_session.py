@@ -270,7 +270,8 @@ class Session(trio.abc.AsyncResource):
             out_buffer=buffers.send_buffer,
         )
         self._busy = False
-        self._closed = False
+        self._closed = False  # aclose() was called
+        self._transport_closed = False
         self._sent = 0
         self._failed = 0
         self._round_trips = 0
@@ -306,7 +307,7 @@ class Session(trio.abc.AsyncResource):
     @property
     def is_usable(self) -> bool:
         """True when the session can send another message."""
-        return not self._closed and self._core.state is State.READY
+        return not self._transport_closed and self._core.state is State.READY
 
     @property
     def greeting(self) -> Reply | None:
@@ -341,17 +342,14 @@ class Session(trio.abc.AsyncResource):
             with trio.fail_after(timeout):
                 await self._stream.send_all(data)
         except trio.TooSlowError as exc:
-            self._core.broken()
+            await self._io_failed()
             raise SMTPTimeoutError(f"timed out sending ({phase}) after {timeout:g} s",
                                    phase=phase) from exc  # fmt: skip
         except (trio.BrokenResourceError, OSError) as exc:
-            self._core.broken()
+            await self._io_failed()
             raise SMTPConnectionError(f"connection lost while sending ({phase}): {exc}") from exc
-        except trio.ClosedResourceError:
-            self._core.broken()
-            raise
         except BaseException:
-            self._core.broken()
+            await self._io_failed()
             raise
         self._bytes_sent += len(data)
 
@@ -373,7 +371,6 @@ class Session(trio.abc.AsyncResource):
                 while event is None:
                     data = await self._stream.receive_some(self._buffers.receive_size)
                     if not data:
-                        core.broken()
                         if core.in_reply:
                             raise SMTPProtocolError("the server closed the connection mid-reply")
                         raise SMTPConnectionError(
@@ -383,26 +380,35 @@ class Session(trio.abc.AsyncResource):
                     core.receive_data(data)
                     event = core.next_event()
         except trio.TooSlowError as exc:
-            core.broken()
+            await self._io_failed()
             raise SMTPTimeoutError(
                 f"no reply from the server ({phase}) within {timeout:g} s", phase=phase
             ) from exc
         except (trio.BrokenResourceError, OSError) as exc:
-            core.broken()
+            await self._io_failed()
             raise SMTPConnectionError(f"connection lost ({phase}): {exc}") from exc
         except BaseException:
-            core.broken()
+            await self._io_failed()
             raise
         if event.reply.code == 421:
-            await self._abort()
+            await self._io_failed()
             raise SMTPServiceClosing.from_reply(event.reply, event.verb.value)
         return event
 
-    async def _abort(self) -> None:
-        """Close the transport at once (no QUIT): the session is over."""
+    async def _io_failed(self) -> None:
+        """A command was interrupted (or the server closed): the session is over.
+
+        The core is marked broken (unless the server closed it with 421) and the
+        transport is closed at once, without QUIT.
+        """
         if self._core.state is not State.CLOSED:
             self._core.broken()
-        self._closed = True
+        await self._close_transport()
+
+    async def _close_transport(self) -> None:
+        if self._transport_closed:
+            return
+        self._transport_closed = True
         self._buffers._release()
         await trio.aclose_forcefully(self._stream)
 
@@ -467,15 +473,15 @@ class Session(trio.abc.AsyncResource):
             with trio.fail_after(timeout):
                 await stream.do_handshake()
         except trio.TooSlowError as exc:
-            self._core.broken()
+            await self._io_failed()
             raise SMTPTimeoutError(f"TLS handshake took longer than {timeout:g} s",
                                    phase="tls_handshake") from exc  # fmt: skip
         except (trio.BrokenResourceError, OSError) as exc:
-            self._core.broken()
+            await self._io_failed()
             cause = exc.__cause__ if exc.__cause__ is not None else exc
             raise SMTPTLSError(f"TLS handshake with {self._hostname} failed: {cause}") from exc
         except BaseException:
-            self._core.broken()
+            await self._io_failed()
             raise
         return stream
 
@@ -661,15 +667,12 @@ class Session(trio.abc.AsyncResource):
 
         assert sender_reply is not None
         if not sender_reply.is_positive:
-            await self._end_transaction(data_reply)
-            raise SMTPSenderRefused.from_reply(sender_reply, "MAIL")
+            await self._refuse(SMTPSenderRefused.from_reply(sender_reply, "MAIL"), data_reply)
         if not accepted:
-            await self._end_transaction(data_reply)
-            raise SMTPRecipientsRefused.from_replies(refused)
+            await self._refuse(SMTPRecipientsRefused.from_replies(refused), data_reply)
         assert data_reply is not None
         if data_reply.code != 354:
-            await self._end_transaction(None)
-            raise SMTPResponseError.from_reply(data_reply, "DATA")
+            await self._refuse(SMTPResponseError.from_reply(data_reply, "DATA"), None)
 
         await self._send_body(body)
         try:
@@ -682,6 +685,19 @@ class Session(trio.abc.AsyncResource):
             exc2.outcome = Outcome.REFUSED
             raise exc2
         return SendResult(event.reply, tuple(accepted), refused)
+
+    async def _refuse(self, error: SMTPError, data_reply: Reply | None) -> NoReturn:
+        """Raise *error* after ending the refused transaction.
+
+        If ending it fails too (a 421, a lost connection), the session is
+        closed or broken, but *error* is what the caller needs to know.
+        """
+        try:
+            await self._end_transaction(data_reply)
+        except SMTPError as exc:
+            error.__context__ = exc
+            await self._io_failed()
+        raise error
 
     async def _end_transaction(self, data_reply: Reply | None) -> None:
         """After a refusal: end a pipelined DATA that got 354, then RSET."""
@@ -720,7 +736,7 @@ class Session(trio.abc.AsyncResource):
             # server discards the partial message.
             if isinstance(exc, SMTPError):
                 exc.outcome = Outcome.NOT_SENT
-            await self._abort()
+            await self._io_failed()
             raise
         core.end_data()
         tail = core.data_to_send()
@@ -792,6 +808,8 @@ class Session(trio.abc.AsyncResource):
         if self._closed:
             return
         self._closed = True
+        if self._transport_closed:
+            return
         try:
             if self._core.state in (State.GREETED, State.READY) and not self._core.awaiting_reply:
                 with trio.move_on_after(self._timeouts.quit):
@@ -800,10 +818,10 @@ class Session(trio.abc.AsyncResource):
                         await self._read()
                     except SMTPError:
                         pass
-                    await self._stream.aclose()
+                    else:
+                        await self._stream.aclose()
         finally:
-            self._buffers._release()
-            await trio.aclose_forcefully(self._stream)
+            await self._close_transport()
 
 
 def _isascii(data: bytes | bytearray | memoryview) -> bool:

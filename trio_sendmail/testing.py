@@ -100,6 +100,7 @@ import trio
 
 __all__ = [
     "DEFAULT_EXTENSIONS",
+    "DEFAULT_HOSTNAME",
     "FakeSMTPServer",
     "ReceivedMessage",
     "TestCertificates",
@@ -133,6 +134,7 @@ _B64_RE: Final = re.compile(
     rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?",
 )
 _KEYWORD_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+_MECHANISM_RE: Final = re.compile(rb"[A-Za-z0-9_-]+")
 _PARAM_VALUE_RE: Final = re.compile(r"[\x21-\x3c\x3e-\x7e]+")  # RFC 5321 esmtp-value
 _ATEXT: Final = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~"
@@ -376,6 +378,8 @@ class FakeSMTPServer:
         for table in (self.refuse_senders, self.refuse_recipients):
             for reply in table.values():
                 _check_reply("refusal", reply)
+                if reply[0] < 400:
+                    raise ValueError(f"refusal: reply code {reply[0]} is not 4xx or 5xx")
         if self.max_line_length < 8:
             raise ValueError("max_line_length must be at least 8")
 
@@ -759,9 +763,14 @@ class _Session:
         body = raw[:-2] if raw.endswith(b"\r\n") else raw
         verb = body.partition(b" ")[0].upper()
         if verb == b"AUTH":
-            # Record at most the mechanism: the rest is a secret.
+            # Record at most the verb and a well-formed mechanism name: the rest may be secret.
             words = body.split(b" ", 2)
-            recorded = b" ".join(words[:2]) + (b" <redacted>" if len(words) > 2 else b"")
+            recorded = words[0]
+            if len(words) > 1:
+                plausible = _MECHANISM_RE.fullmatch(words[1]) and len(words[1]) <= 40
+                recorded += b" " + words[1] if plausible else b" <redacted>"
+            if len(words) > 2:
+                recorded += b" <redacted>"
         else:
             recorded = body
         self.server.transcript.append(("C", recorded))

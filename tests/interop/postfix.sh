@@ -21,9 +21,24 @@ set -euo pipefail
 
 STATE=${POSTFIX_STATE:-${TMPDIR:-/tmp}/trio_sendmail_postfix}
 STATE=${STATE%/}
-PLAIN_PORT=${POSTFIX_PLAIN_PORT:-10025}
-SUBMISSION_PORT=${POSTFIX_SUBMISSION_PORT:-10587}
-SMTPS_PORT=${POSTFIX_SMTPS_PORT:-10465}
+# Ports: from the environment, else those of the last start in this state
+# folder (so status/stop/env find a running instance), else the defaults.
+saved_setting() {
+    [[ -f $STATE/env.sh ]] || return 0
+    sed -n "s/^export POSTFIX_$1='\([0-9]*\)'\$/\1/p" "$STATE/env.sh"
+}
+PLAIN_PORT=${POSTFIX_PLAIN_PORT:-$(saved_setting PLAIN_PORT)}
+PLAIN_PORT=${PLAIN_PORT:-10025}
+SUBMISSION_PORT=${POSTFIX_SUBMISSION_PORT:-$(saved_setting SUBMISSION_PORT)}
+SUBMISSION_PORT=${SUBMISSION_PORT:-10587}
+SMTPS_PORT=${POSTFIX_SMTPS_PORT:-$(saved_setting SMTPS_PORT)}
+SMTPS_PORT=${SMTPS_PORT:-10465}
+for port in "$PLAIN_PORT" "$SUBMISSION_PORT" "$SMTPS_PORT"; do
+    if ! [[ $port =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
+        echo "postfix.sh: bad port number: $port" >&2
+        exit 2
+    fi
+done
 START_TIMEOUT=${POSTFIX_START_TIMEOUT:-30}
 # Owner of the delivered Maildir files (pipe(8) refuses to run as root).
 VMAIL_USER=${POSTFIX_VMAIL_USER:-nobody}
@@ -434,6 +449,9 @@ EOF
         chmod 644 "$CONF/$f.new"
         mv -f "$CONF/$f.new" "$CONF/$f"
     done
+    # Postfix re-reads a main.cf modified within the last second or so, 300 ms
+    # at a time, in every command (postfix check/start: ~2 s lost).  Backdate.
+    touch -d "@$(($(date +%s) - 10))" "$CONF"/*.cf "$CONF"/*.regexp
 
     # Cyrus SASL: auxprop plugin reading a sasldb file; no saslauthd daemon.
     cat >"$SASLDIR/smtpd.conf" <<EOF
@@ -534,11 +552,13 @@ is_running() {
 
 # Exit 0 if something accepts TCP connections on 127.0.0.1:port.
 port_open() {
+    # shellcheck disable=SC2016 # $0/$1 expand in the inner bash
     timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$HOST" "$1" 2>/dev/null
 }
 
 # Read the SMTP greeting on a plain port; print it.
 plain_greeting() {
+    # shellcheck disable=SC2016 # the script is for the inner bash
     timeout 5 bash -c '
         exec 3<>"/dev/tcp/$0/$1" || exit 1
         IFS= read -r line <&3 || exit 1
@@ -607,7 +627,7 @@ cmd_start() {
     local p
     for p in "$PLAIN_PORT" "$SUBMISSION_PORT" "$SMTPS_PORT"; do
         if port_open "$p"; then
-            command -v ss >/dev/null && ss -ltnp "sport = :$p" >&2 || true
+            if command -v ss >/dev/null; then ss -ltnp "sport = :$p" >&2 || true; fi
             die "port $HOST:$p is already in use by another program (set POSTFIX_*_PORT to move)"
         fi
     done
@@ -679,6 +699,7 @@ cmd_purge() {
 }
 
 with_lock() {
+    [[ $(id -u) == 0 ]] || die "run as root: the Postfix master needs root"
     mkdir -p "$(dirname "$STATE")"
     if command -v flock >/dev/null; then
         exec 9>"$STATE.lock"
