@@ -18,5 +18,3 @@ def certs() -> TestCertificates:
 def transcript(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG, logger="trio_sendmail")
     return caplog
-
-

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import logging
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
-import pytest
 import trio
 import trio.testing
 
 from trio_sendmail import Session, TLSMode, open_session
-from trio_sendmail.testing import FakeSMTPServer, TestCertificates, make_test_certificates
+from trio_sendmail.testing import FakeSMTPServer, TestCertificates
 
 HOST = "mail.example.test"
 CLIENT_NAME = "client.example.test"
@@ -110,10 +109,8 @@ async def raw_server(script: ServerScript) -> AsyncIterator[tuple[trio.abc.Strea
     server = RawServer(srv)
 
     async def run() -> None:
-        try:
+        with contextlib.suppress(EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
             await script(server)
-        except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run)

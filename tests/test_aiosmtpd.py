@@ -10,8 +10,8 @@ import attrs
 import pytest
 import trio
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from aiosmtpd.smtp import SMTP as AioSMTP
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 import trio_sendmail as ts
 from trio_sendmail.testing import TestCertificates
@@ -103,11 +103,15 @@ async def test_starttls_auth_and_exact_bytes(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(produce)
         result = await ts.sendmail_with_starttls(
-            hostname="localhost", port=aiosmtpd_server.port, sender="a@example.com",
-            recipients=["b@example.com", "jöran@example.com"], mail=receive,
+            hostname="localhost",
+            port=aiosmtpd_server.port,
+            sender="a@example.com",
+            recipients=["b@example.com", "jöran@example.com"],
+            mail=receive,
             ssl_context=certs.client_context,
             authentication=ts.Authentication("alice", PASSWORD, mechanism=mechanism),
-            domain=CLIENT_NAME, pipelining=pipelining,
+            domain=CLIENT_NAME,
+            pipelining=pipelining,
         )
     assert result.reply.code == 250
     (envelope,) = aiosmtpd_server.handler.envelopes
@@ -120,9 +124,14 @@ async def test_starttls_auth_and_exact_bytes(
 async def test_wrong_password(aiosmtpd_server: Aiosmtpd, certs: TestCertificates) -> None:
     with pytest.raises(ts.SMTPAuthenticationError) as info:
         await ts.sendmail_with_starttls(
-            hostname="localhost", port=aiosmtpd_server.port, sender="a@example.com",
-            recipients=["b@example.com"], mail=b"x", ssl_context=certs.client_context,
-            authentication=ts.Authentication("alice", "wrong"), domain=CLIENT_NAME,
+            hostname="localhost",
+            port=aiosmtpd_server.port,
+            sender="a@example.com",
+            recipients=["b@example.com"],
+            mail=b"x",
+            ssl_context=certs.client_context,
+            authentication=ts.Authentication("alice", "wrong"),
+            domain=CLIENT_NAME,
         )
     assert info.value.code == 535
     assert aiosmtpd_server.handler.envelopes == []
@@ -132,8 +141,11 @@ async def test_many_messages_over_one_session(
     aiosmtpd_server: Aiosmtpd, certs: TestCertificates
 ) -> None:
     async with ts.open_session(
-        "localhost", port=aiosmtpd_server.port, tls=ts.TLSMode.STARTTLS,
-        ssl_context=certs.client_context, domain=CLIENT_NAME,
+        "localhost",
+        port=aiosmtpd_server.port,
+        tls=ts.TLSMode.STARTTLS,
+        ssl_context=certs.client_context,
+        domain=CLIENT_NAME,
         authentication=ts.Authentication("alice", PASSWORD),
     ) as session:
         for i in range(10):

@@ -363,6 +363,36 @@ async def test_tcp_starttls_and_several_connections(
     assert all(m.tls for m in tls_server.messages)
 
 
+async def test_serve_tcp_with_nursery_start() -> None:
+    server = FakeSMTPServer()
+    async with trio.open_nursery() as nursery:
+        port: int = await nursery.start(partial(server.serve_tcp, host="127.0.0.1"))
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        client = RawClient(stream)
+        assert (await client.reply()).code == 220
+        assert (await client.cmd("QUIT")).code == 221
+        await client.expect_eof()
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+    assert server.connections == 1
+
+
+async def test_lockstep_streams(certs: TestCertificates) -> None:
+    server = FakeSMTPServer(ssl_context=certs.server_context)
+    client_stream, server_stream = trio.testing.lockstep_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle_stream, server_stream)
+        client = RawClient(client_stream)
+        assert (await client.reply()).code == 220
+        await client.ehlo()
+        assert (await client.cmd("STARTTLS")).code == 220
+        await client.starttls(certs.client_context)
+        await client.ehlo()
+        assert (await client.cmd("QUIT")).code == 221
+        await client.expect_eof()
+        await client.stream.aclose()
+
+
 # --- AUTH ---------------------------------------------------------------------------------------
 
 
@@ -452,6 +482,37 @@ async def test_auth_cancel_and_bad_base64(auth_server: FakeSMTPServer) -> None:
         assert (await client.cmd("AUTH")).code == 501
         # Nothing was authenticated: the session still works.
         assert (await client.cmd("NOOP")).code == 250
+
+
+async def test_auth_line_limits_and_odd_lines(auth_server: FakeSMTPServer) -> None:
+    async with connected(auth_server) as client:
+        await client.ehlo()
+        assert (await client.cmd("AUTH PLAIN")).code == 334
+        assert await client.cmd("A" * 13000) == Reply(
+            500, ("5.5.6 Authentication exchange line is too long",)
+        )
+        assert (await client.cmd("AUTH PLAIN")).code == 334
+        await client.send(b"abcd\n")
+        assert (await client.reply()).code == 500
+        # A long but legal response line is fine (RFC 4954 allows up to 12288 octets).
+        assert (await client.cmd("AUTH PLAIN")).code == 334
+        assert (await client.cmd(b64(b"\0alice\0" + b"x" * 6000))).code == 535
+        assert (await client.cmd("AUTH PLAIN " + b64(b"\xff\0alice\0x"))).code == 535
+        assert (await client.cmd("AUTH LOGIN")).code == 334
+        assert (await client.cmd(b64(b"\xff"))).code == 334
+        assert (await client.cmd(b64(PASSWORD))).code == 535
+        assert (await client.cmd(f"AUTH PLAIN\t{PLAIN_OK}")).code == 500
+    assert ("C", b"AUTH <redacted>") in auth_server.transcript
+    assert_no_secret(auth_server)
+
+
+async def test_auth_and_starttls_need_ehlo_not_helo(certs: TestCertificates) -> None:
+    server = FakeSMTPServer(ssl_context=certs.server_context, users=USERS, auth_requires_tls=False)
+    async with connected(server) as client:
+        assert (await client.cmd("HELO")).code == 501
+        assert (await client.cmd("HELO client.example.test")).code == 250
+        assert (await client.cmd("STARTTLS")) == Reply(503, ("5.5.1 Send EHLO first",))
+        assert (await client.cmd(f"AUTH PLAIN {PLAIN_OK}")).code == 503
 
 
 async def test_auth_state_rules() -> None:
@@ -562,6 +623,12 @@ async def test_refusals() -> None:
         "MAIL FROM:<a@b.test> SIZE=1 SIZE=2",
         "MAIL FROM:<a@b.test> BODY=9BIT",
         "MAIL FROM:<a@b.test> SMTPUTF8=yes",
+        'MAIL FROM:<"a"b"@c.test>',
+        'MAIL FROM:<"abc@c.test>',
+        'MAIL FROM:<"a\\"@c.test>',
+        "MAIL FROM:<a@-b.test>",
+        "MAIL FROM:<a@[]>",
+        "MAIL FROM:<@x.test,b.test:a@c.test>",
     ],
 )
 async def test_mail_syntax_errors(command: str) -> None:
@@ -576,14 +643,14 @@ async def test_unusual_but_valid_addresses() -> None:
     server = FakeSMTPServer()
     async with connected(server) as client:
         await client.ehlo()
-        assert (await client.cmd('MAIL FROM:<"john >doe"@b.test>')).code == 250
+        assert (await client.cmd('MAIL FROM:<"john >doe\\"x"@b.test>')).code == 250
         assert (await client.cmd("RCPT TO:<@relay.test:c@[192.0.2.1]>")).code == 250
         assert (await client.cmd("RCPT TO:<x+tag@d.test> ORCPT=rfc822;x@d.test")).code == 555
         assert (await client.cmd("DATA")).code == 354
         await client.send(b".\r\n")
         assert (await client.reply()).code == 250
     [message] = server.messages
-    assert message.sender == '"john >doe"@b.test'
+    assert message.sender == '"john >doe\\"x"@b.test'
     assert message.recipients == ("@relay.test:c@[192.0.2.1]",)
     assert message.data == b""
 
@@ -627,7 +694,7 @@ async def test_size_limits() -> None:
         await client.send(b"x" * 99 + b"\r\n" + b"y" * 99 + b"\r\n.\r\n")
         assert (await client.reply()).code == 552
         # Exactly at the limit, dot-stuffing not counted.
-        body = b"..".ljust(98, b"z") + b"\r\n.\r\n"
+        body = b"..".ljust(99, b"z") + b"\r\n.\r\n"
         assert (await client.send_message("a@b.test", ["c@d.test"], body)).code == 250
     assert len(server.messages) == 1
     assert len(server.messages[0].data) == 100
@@ -676,10 +743,10 @@ async def test_undeclared_8bit_counted_declared_not() -> None:
 
 async def test_dot_unstuffing() -> None:
     server = FakeSMTPServer()
-    raw = b"..hidden\r\n.\r\nnot the end? no: that was it\r\n"
+    raw = b"..hidden\r\n.\r\n"
     async with connected(server) as client:
         await client.ehlo()
-        assert (await client.send_message("a@b.test", ["c@d.test"], raw[:14])).code == 250
+        assert (await client.send_message("a@b.test", ["c@d.test"], raw)).code == 250
         body = b"a\r\n..\r\n...x\r\nb.\r\n.c\r\n.\r\n"
         assert (await client.send_message("a@b.test", ["c@d.test"], body)).code == 250
     first, second = server.messages
@@ -691,7 +758,7 @@ async def test_dot_unstuffing() -> None:
 
 async def test_bare_line_endings_are_counted_and_never_terminate() -> None:
     server = FakeSMTPServer()
-    smuggled = b"a\n.\nMAIL FROM:<x@y.test>\r\nb\r.\r\nc\n.\r\n..\n.\r\n"
+    smuggled = b"a\n.\nMAIL FROM:<x@y.test>\r\nb\r.\r\nc\n.\r\n..\n\r\n.\r\n"
     async with connected(server) as client:
         await client.ehlo()
         reply = await client.send_message("a@b.test", ["c@d.test"], smuggled)
@@ -887,19 +954,47 @@ async def test_bdat() -> None:
     server = FakeSMTPServer(extensions=[*DEFAULT_EXTENSIONS, "CHUNKING", "BINARYMIME"])
     async with connected(server) as client:
         await client.ehlo()
-        assert (await client.cmd("BDAT 3")).code == 503  # no transaction; chunk still consumed
+        await client.send(b"BDAT 3\r\nabc")  # no transaction: refused, chunk still consumed
+        assert (await client.reply()).code == 503
         assert (await client.cmd("NOOP")).code == 250
         assert (await client.cmd("MAIL FROM:<a@b.test> BODY=BINARYMIME")).code == 250
         assert (await client.cmd("RCPT TO:<c@d.test>")).code == 250
         await client.send(b"BDAT 5\r\nab\r\nc")
         assert await client.reply() == Reply(250, ("2.0.0 5 octets received",))
-        await client.send(b"BDAT 4 LAST\r\n\n.\n\r\n")
+        await client.send(b"BDAT 5 LAST\r\n\n.\n\r\n")
         assert (await client.reply()).text.startswith("2.0.0 Ok: queued as")
         assert (await client.cmd("BDAT x")).code == 501
     [message] = server.messages
-    assert message.data == message.raw == b"ab\r\nc\n.\n\r"
+    assert message.data == message.raw == b"ab\r\nc\n.\n\r\n"
     assert server.bare_line_endings == 0  # BINARYMIME: bare LFs are fine
     assert server.transcript.count(("C", b"BDAT 5")) == 1
+
+
+async def test_bdat_size_limit_bare_line_endings_and_mixing() -> None:
+    server = FakeSMTPServer(extensions=["PIPELINING", "CHUNKING", "SIZE 10"])
+    async with connected(server) as client:
+        await client.ehlo()
+        assert (await client.cmd("MAIL FROM:<a@b.test> BODY=BINARYMIME")).code == 555
+        assert (await client.cmd("MAIL FROM:<a@b.test>")).code == 250
+        assert (await client.cmd("RCPT TO:<c@d.test>")).code == 250
+        await client.send(b"BDAT 6\r\na\nbcdeBDAT 6 LAST\r\nfghijk")
+        assert (await client.reply()).code == 250
+        assert await client.reply() == Reply(
+            552, ("Message size exceeds fixed maximum message size",)
+        )
+        assert (await client.cmd("RCPT TO:<c@d.test>")).code == 503  # transaction aborted
+        assert (await client.cmd("MAIL FROM:<a@b.test>")).code == 250
+        assert (await client.cmd("RCPT TO:<c@d.test>")).code == 250
+        assert (await client.cmd("BDAT 1 FOO")).code == 501
+        await client.send(b"BDAT 3\r\na\nb")
+        assert (await client.reply()).code == 250
+        assert await client.cmd("DATA") == Reply(503, ("DATA after BDAT",))
+        await client.send(b"BDAT 0 LAST\r\n")
+        assert (await client.reply()).code == 250
+    [message] = server.messages
+    assert message.data == b"a\nb"
+    assert server.bare_line_endings == 2  # one in the refused message, one in the accepted one
+    assert server.pipelining_violations == 0
 
 
 # --- robustness ---------------------------------------------------------------------------------
@@ -918,14 +1013,26 @@ async def test_eof_mid_data_ends_quietly() -> None:
 
 async def test_broken_stream_ends_quietly() -> None:
     server = FakeSMTPServer()
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.handle_stream, server_stream)
-        await trio.testing.wait_all_tasks_blocked()
-        # Make the server's next send fail, then give it something to reply to.
-        server_stream.send_stream.close()
-        await client_stream.send_all(b"NOOP\r\n")
+    client_stream, server_stream = trio.testing.lockstep_stream_pair()
+    # The client stops reading: the server's greeting fails with BrokenResourceError.
+    await client_stream.receive_stream.aclose()
+    with trio.fail_after(5):
+        await server.handle_stream(server_stream)
+    assert server.connections == 1
     await client_stream.aclose()
+
+
+async def test_server_bugs_are_not_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = FakeSMTPServer()
+
+    async def broken_noop(self: object, arg: str) -> bool:
+        raise ZeroDivisionError
+
+    monkeypatch.setattr("trio_sendmail.testing._Session.cmd_noop", broken_noop)
+    with pytest.RaisesGroup(ZeroDivisionError):
+        async with connected(server) as client:
+            await client.send(b"NOOP\r\n")
+            await client.reply()
 
 
 @pytest.mark.parametrize(

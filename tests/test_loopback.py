@@ -25,9 +25,14 @@ async def test_sendmail_implicit_tls_on_loopback(certs: TestCertificates) -> Non
     server = server_for(certs)
     async with serve_fake_smtp(server, implicit_tls=True) as port:
         result = await ts.sendmail(
-            hostname="localhost", port=port, sender="a@example.com",
-            recipients=["b@example.com"], mail=b"hello", ssl_context=certs.client_context,
-            authentication=AUTH, domain=CLIENT_NAME,
+            hostname="localhost",
+            port=port,
+            sender="a@example.com",
+            recipients=["b@example.com"],
+            mail=b"hello",
+            ssl_context=certs.client_context,
+            authentication=AUTH,
+            domain=CLIENT_NAME,
         )
     assert result.reply.code == 250
     assert server.messages[0].tls and server.messages[0].authenticated_as == "alice"
@@ -37,9 +42,14 @@ async def test_sendmail_with_starttls_on_loopback(certs: TestCertificates) -> No
     server = server_for(certs)
     async with serve_fake_smtp(server) as port:
         await ts.sendmail_with_starttls(
-            hostname="127.0.0.1", port=port, sender="a@example.com",
-            recipients=["b@example.com"], mail=b"hello", ssl_context=certs.client_context,
-            authentication=AUTH, domain=CLIENT_NAME,
+            hostname="127.0.0.1",
+            port=port,
+            sender="a@example.com",
+            recipients=["b@example.com"],
+            mail=b"hello",
+            ssl_context=certs.client_context,
+            authentication=AUTH,
+            domain=CLIENT_NAME,
         )
     assert server.messages[0].tls
 
@@ -58,8 +68,13 @@ async def test_ipv6_loopback_literal_hostname(certs: TestCertificates) -> None:
     server = server_for(certs)
     async with serve_fake_smtp(server, implicit_tls=True, host="::1") as port:
         await ts.sendmail(
-            hostname="::1", port=port, sender="a@example.com", recipients=["b@example.com"],
-            mail=b"x", ssl_context=certs.client_context, domain=CLIENT_NAME,
+            hostname="::1",
+            port=port,
+            sender="a@example.com",
+            recipients=["b@example.com"],
+            mail=b"x",
+            ssl_context=certs.client_context,
+            domain=CLIENT_NAME,
         )
     assert len(server.messages) == 1
 
@@ -76,9 +91,14 @@ async def test_untrusted_certificate_is_a_tls_error(
     async with serve_fake_smtp(server, implicit_tls=implicit) as port:
         with pytest.raises(ts.SMTPTLSError, match="certificate"):
             await send(
-                hostname="localhost", port=port, sender="a@example.com",
-                recipients=["b@example.com"], mail=b"x", ssl_context=context,
-                authentication=AUTH, domain=CLIENT_NAME,
+                hostname="localhost",
+                port=port,
+                sender="a@example.com",
+                recipients=["b@example.com"],
+                mail=b"x",
+                ssl_context=context,
+                authentication=AUTH,
+                domain=CLIENT_NAME,
             )
     assert server.messages == []
     assert not any(line.startswith(b"AUTH") for _, line in server.transcript)
@@ -94,9 +114,14 @@ async def test_wrong_hostname_is_a_tls_error(implicit: bool) -> None:
     async with serve_fake_smtp(server, implicit_tls=implicit) as port:
         with pytest.raises(ts.SMTPTLSError):
             await send(
-                hostname="127.0.0.1", port=port, sender="a@example.com",
-                recipients=["b@example.com"], mail=b"x", ssl_context=certs.client_context,
-                authentication=AUTH, domain=CLIENT_NAME,
+                hostname="127.0.0.1",
+                port=port,
+                sender="a@example.com",
+                recipients=["b@example.com"],
+                mail=b"x",
+                ssl_context=certs.client_context,
+                authentication=AUTH,
+                domain=CLIENT_NAME,
             )
     assert server.messages == []
 
@@ -108,14 +133,18 @@ async def test_sni_carries_the_hostname(certs: TestCertificates) -> None:
     def on_sni(sock: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
         seen.append(name)
 
-    server_context.sni_callback = on_sni  # type: ignore[assignment]
+    server_context.sni_callback = on_sni
     try:
         server = server_for(certs)
         for send, implicit in ((ts.sendmail, True), (ts.sendmail_with_starttls, False)):
             async with serve_fake_smtp(server, implicit_tls=implicit) as port:
                 await send(
-                    hostname="localhost", port=port, sender="a@example.com",
-                    recipients=["b@example.com"], mail=b"x", ssl_context=certs.client_context,
+                    hostname="localhost",
+                    port=port,
+                    sender="a@example.com",
+                    recipients=["b@example.com"],
+                    mail=b"x",
+                    ssl_context=certs.client_context,
                     domain=CLIENT_NAME,
                 )
     finally:
@@ -129,33 +158,34 @@ async def test_connection_refused_is_a_connection_error() -> None:
         port = sock.getsockname()[1]  # nothing listens here once closed
     with pytest.raises(ts.SMTPConnectionError, match="cannot connect"):
         await ts.sendmail(
-            hostname="127.0.0.1", port=port, sender="a@example.com",
-            recipients=["b@example.com"], mail=b"x",
+            hostname="127.0.0.1",
+            port=port,
+            sender="a@example.com",
+            recipients=["b@example.com"],
+            mail=b"x",
         )
 
 
-async def test_connect_timeout(autojump_clock: trio.testing.MockClock) -> None:
+async def test_connect_timeout(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async def never(*args: object, **kwargs: object) -> trio.SocketStream:
         await trio.sleep_forever()
         raise AssertionError  # pragma: no cover
 
-    import trio_sendmail._session as session_module
-
-    original = session_module.trio.open_tcp_stream
-    session_module.trio.open_tcp_stream = never  # type: ignore[assignment]
-    try:
-        with pytest.raises(ts.SMTPTimeoutError) as info:
-            async with ts.open_session("127.0.0.1", timeouts=ts.Timeouts(connect=7)):
-                pass  # pragma: no cover
-    finally:
-        session_module.trio.open_tcp_stream = original
+    monkeypatch.setattr(trio, "open_tcp_stream", never)
+    start = trio.current_time()
+    with pytest.raises(ts.SMTPTimeoutError) as info:
+        async with ts.open_session("127.0.0.1", timeouts=ts.Timeouts(connect=7)):
+            pass  # pragma: no cover
     assert info.value.phase == "connect"
+    assert trio.current_time() - start == pytest.approx(7)
 
 
 async def test_tls_handshake_that_stalls_times_out(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    client, server = trio.testing.memory_stream_pair()  # nobody answers the ClientHello
+    client, _server = trio.testing.memory_stream_pair()  # nobody answers the ClientHello
     start = trio.current_time()
     with pytest.raises(ts.SMTPTimeoutError) as info:
         async with ts.open_session(
@@ -168,8 +198,9 @@ async def test_tls_handshake_that_stalls_times_out(
 
 async def test_default_ehlo_name_is_a_valid_domain(certs: TestCertificates) -> None:
     server = FakeSMTPServer()
-    async with serve_fake_smtp(server) as port, ts.open_session(
-        "127.0.0.1", port=port, tls=ts.TLSMode.INSECURE_PLAINTEXT
+    async with (
+        serve_fake_smtp(server) as port,
+        ts.open_session("127.0.0.1", port=port, tls=ts.TLSMode.INSECURE_PLAINTEXT),
     ):
         pass
     (helo,) = {line for who, line in server.transcript if line.startswith(b"EHLO")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.message
 import logging
+from collections.abc import AsyncIterator
 from email.headerregistry import Address
 
 import pytest
@@ -39,7 +40,11 @@ async def test_send_over_tls_with_auth(
     assert result.accepted == (ts.ForwardPath.parse("b@example.com"),)
     assert result.refused == {}
     (msg,) = server.messages
-    assert (msg.sender, msg.recipients, msg.data) == ("a@example.com", ("b@example.com",), b"Hi\r\n")
+    assert (msg.sender, msg.recipients, msg.data) == (
+        "a@example.com",
+        ("b@example.com",),
+        b"Hi\r\n",
+    )
     assert msg.tls and msg.authenticated_as == "alice"
     assert msg.helo == CLIENT_NAME
     assert server.bare_line_endings == 0 and server.injected_plaintext == []
@@ -59,8 +64,12 @@ async def test_starttls_not_offered_is_an_error_without_fallback(certs: TestCert
     async with serving(server) as stream:
         with pytest.raises(ts.SMTPNotSupportedError, match="STARTTLS"):
             async with ts.open_session(
-                HOST, tls=ts.TLSMode.STARTTLS, stream=stream, ssl_context=certs.client_context,
-                domain=CLIENT_NAME, authentication=AUTH,
+                HOST,
+                tls=ts.TLSMode.STARTTLS,
+                stream=stream,
+                ssl_context=certs.client_context,
+                domain=CLIENT_NAME,
+                authentication=AUTH,
             ):
                 pass  # pragma: no cover
     commands = [line for who, line in server.transcript if who == "C"]
@@ -72,7 +81,10 @@ async def test_auth_over_plaintext_refused_before_any_credential(certs: TestCert
     async with serving(server) as stream:
         with pytest.raises(ts.SMTPNotSupportedError, match="without TLS"):
             async with ts.open_session(
-                HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=stream, domain=CLIENT_NAME,
+                HOST,
+                tls=ts.TLSMode.INSECURE_PLAINTEXT,
+                stream=stream,
+                domain=CLIENT_NAME,
                 authentication=AUTH,
             ):
                 pass  # pragma: no cover
@@ -81,10 +93,17 @@ async def test_auth_over_plaintext_refused_before_any_credential(certs: TestCert
 
 async def test_auth_over_plaintext_when_the_caller_opts_in(certs: TestCertificates) -> None:
     server = FakeSMTPServer(users=USERS, auth_requires_tls=False)
-    async with serving(server) as stream, ts.open_session(
-        HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=stream, domain=CLIENT_NAME,
-        authentication=AUTH, insecure_auth_over_plaintext=True,
-    ) as session:
+    async with (
+        serving(server) as stream,
+        ts.open_session(
+            HOST,
+            tls=ts.TLSMode.INSECURE_PLAINTEXT,
+            stream=stream,
+            domain=CLIENT_NAME,
+            authentication=AUTH,
+            insecure_auth_over_plaintext=True,
+        ) as session,
+    ):
         assert session.authenticated and not session.tls
         await session.send("a@example.com", ["b@example.com"], b"x")
     assert server.messages[0].authenticated_as == "alice"
@@ -92,9 +111,12 @@ async def test_auth_over_plaintext_when_the_caller_opts_in(certs: TestCertificat
 
 async def test_local_relay_in_plaintext_without_auth() -> None:
     server = FakeSMTPServer()
-    async with serving(server) as stream, ts.open_session(
-        HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=stream, domain=CLIENT_NAME
-    ) as session:
+    async with (
+        serving(server) as stream,
+        ts.open_session(
+            HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=stream, domain=CLIENT_NAME
+        ) as session,
+    ):
         for i in range(3):
             await session.send("a@example.com", ["b@example.com"], b"msg %d" % i)
         assert session.statistics().messages_sent == 3
@@ -112,8 +134,12 @@ async def test_auth_failures(certs: TestCertificates, code: int) -> None:
         async with serving(server) as stream:
             with pytest.raises(ts.SMTPAuthenticationError) as info:
                 async with ts.open_session(
-                    HOST, tls=ts.TLSMode.STARTTLS, stream=stream,
-                    ssl_context=certs.client_context, domain=CLIENT_NAME, authentication=wrong,
+                    HOST,
+                    tls=ts.TLSMode.STARTTLS,
+                    stream=stream,
+                    ssl_context=certs.client_context,
+                    domain=CLIENT_NAME,
+                    authentication=wrong,
                 ):
                     pass  # pragma: no cover
         assert info.value.code == 535
@@ -125,15 +151,21 @@ async def test_auth_failures(certs: TestCertificates, code: int) -> None:
 
     async def script(srv: RawServer) -> None:
         await srv.greet_and_ehlo(b"250-srv\r\n250 AUTH PLAIN\r\n")
-        await srv.expect(b"AUTH PLAIN ", b"%d 5.7.0 nope\r\n" % code if code >= 500
-                         else b"%d 4.7.0 try later\r\n" % code)
+        await srv.expect(
+            b"AUTH PLAIN ",
+            b"%d 5.7.0 nope\r\n" % code if code >= 500 else b"%d 4.7.0 try later\r\n" % code,
+        )
         await srv.expect(b"QUIT", b"221 bye\r\n")
 
     async with raw_server(script) as (stream, _):
         with pytest.raises(ts.SMTPAuthenticationError) as info:
             async with ts.open_session(
-                HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=stream, domain=CLIENT_NAME,
-                authentication=AUTH, insecure_auth_over_plaintext=True,
+                HOST,
+                tls=ts.TLSMode.INSECURE_PLAINTEXT,
+                stream=stream,
+                domain=CLIENT_NAME,
+                authentication=AUTH,
+                insecure_auth_over_plaintext=True,
             ):
                 pass  # pragma: no cover
     assert info.value.code == code
@@ -147,8 +179,12 @@ async def test_auth_mechanism_not_offered(certs: TestCertificates) -> None:
     async with serving(server) as stream:
         with pytest.raises(ts.SMTPNotSupportedError, match="PLAIN"):
             async with ts.open_session(
-                HOST, tls=ts.TLSMode.STARTTLS, stream=stream, ssl_context=certs.client_context,
-                domain=CLIENT_NAME, authentication=auth,
+                HOST,
+                tls=ts.TLSMode.STARTTLS,
+                stream=stream,
+                ssl_context=certs.client_context,
+                domain=CLIENT_NAME,
+                authentication=auth,
             ):
                 pass  # pragma: no cover
 
@@ -300,7 +336,7 @@ async def test_8bit_without_8bitmime_is_refused_before_sending(certs: TestCertif
 async def test_8bit_stream_without_8bitmime_drops_the_connection(certs: TestCertificates) -> None:
     server = tls_server(certs, extensions=("PIPELINING",))
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         yield b"ascii first\r\n"
         yield b"caf\xc3\xa9\r\n"
 
@@ -443,8 +479,9 @@ async def test_buffers_are_reused_and_guarded(certs: TestCertificates) -> None:
     buffers = ts.Buffers(send_size=1024, receive_size=512)
     async with fake_session(server, certs, buffers=buffers):
         with pytest.raises(trio.BusyResourceError):
-            async with ts.open_session(HOST, stream=trio.testing.memory_stream_pair()[0],
-                                       buffers=buffers):
+            async with ts.open_session(
+                HOST, stream=trio.testing.memory_stream_pair()[0], buffers=buffers
+            ):
                 pass  # pragma: no cover
     for _ in range(2):
         async with fake_session(server, certs, buffers=buffers) as session:
@@ -459,7 +496,7 @@ async def test_streamed_message_large_chunks_and_small(certs: TestCertificates) 
     server = tls_server(certs)
     buffers = ts.Buffers(send_size=4096)
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for size in (10, 5000, 3, 4096, 1, 20000, 7):
             yield b"." * size + b"\n"
 
@@ -477,7 +514,7 @@ async def test_message_source_raising_mid_data_drops_the_connection(
     class SourceFailed(Exception):
         pass
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         yield b"partial message\r\n"
         raise SourceFailed
 
@@ -495,9 +532,9 @@ async def test_message_source_raising_mid_data_drops_the_connection(
 async def test_bad_chunk_type_mid_data(certs: TestCertificates) -> None:
     server = tls_server(certs)
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         yield b"ok\r\n"
-        yield "text"
+        yield "text"  # type: ignore[misc]
 
     async with fake_session(server, certs) as session:
         with pytest.raises(TypeError, match="bytes-like"):
@@ -527,9 +564,12 @@ async def test_helo_fallback_when_ehlo_is_unknown() -> None:
         await srv.send(b"250 queued\r\n")
         await srv.expect(b"QUIT", b"221 bye\r\n")
 
-    async with raw_server(script) as (stream, _), ts.open_session(
-        HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=stream, domain=CLIENT_NAME
-    ) as session:
+    async with (
+        raw_server(script) as (stream, _),
+        ts.open_session(
+            HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=stream, domain=CLIENT_NAME
+        ) as session,
+    ):
         assert dict(session.capabilities) == {}
         result = await session.send("a@example.com", ["b@example.com"], b"x")
         assert result.reply.code == 250

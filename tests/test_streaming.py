@@ -40,9 +40,12 @@ def test_random_bodies_in_random_chunks_arrive_normalised(body: bytes, cuts: lis
         for chunk in chunks:
             send.send_nowait(chunk)
         send.close()
-        async with serving(server) as stream, ts.open_session(
-            HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=stream, domain=CLIENT_NAME
-        ) as session:
+        async with (
+            serving(server) as stream,
+            ts.open_session(
+                HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=stream, domain=CLIENT_NAME
+            ) as session,
+        ):
             await session.send("a@example.com", ["b@example.com"], receive)
             await session.send("a@example.com", ["b@example.com"], body)
         return server
@@ -73,8 +76,10 @@ async def test_large_stream_is_sent_with_bounded_memory() -> None:
 
     async def sink() -> None:
         buf = bytearray()
+
         async def reply(line: bytes) -> None:
             await server_stream.send_all(line)
+
         await reply(b"220 sink\r\n")
         in_data = False
         while True:

@@ -104,23 +104,30 @@ class Rule:
 
 
 _FAIL_SAME = {4: SAME, 5: SAME}
+_FAIL_GREETED = {4: S.GREETED, 5: S.GREETED}
 _IDLE = frozenset({S.GREETED, S.READY, S.MAIL, S.RCPT})
 
+
+def _rule(legal: set[State], success: State | None, replies: Mapping[int, State | None]) -> Rule:
+    return Rule(frozenset(legal), success, replies)
+
+
 #: The state table (RFC 5321 §4.1.4 and §4.3.2, RFC 3207, RFC 4954).
+#: command: (legal in, state after success, reply class → next state)
 TABLE: Mapping[Verb, Rule] = {
-    Verb.CONNECT: Rule(frozenset({S.CONNECTED}), S.GREETED, {2: S.GREETED, 4: S.CLOSED, 5: S.CLOSED}),
-    Verb.EHLO: Rule(frozenset({S.GREETED, S.READY}), S.READY, {2: S.READY, 4: S.GREETED, 5: S.GREETED}),
-    Verb.HELO: Rule(frozenset({S.GREETED, S.READY}), S.READY, {2: S.READY, 4: S.GREETED, 5: S.GREETED}),
-    Verb.STARTTLS: Rule(frozenset({S.READY}), S.TLS, {2: S.TLS, 4: SAME, 5: SAME}),
-    Verb.AUTH: Rule(frozenset({S.READY}), S.READY, {2: S.READY, 3: S.AUTH, 4: S.READY, 5: S.READY}),
-    Verb.AUTH_RESPONSE: Rule(frozenset({S.AUTH}), S.READY, {2: S.READY, 3: S.AUTH, 4: S.READY, 5: S.READY}),
-    Verb.MAIL: Rule(frozenset({S.READY}), S.MAIL, {2: S.MAIL, 4: SAME, 5: SAME}),
-    Verb.RCPT: Rule(frozenset({S.MAIL, S.RCPT}), S.RCPT, {2: S.RCPT, **_FAIL_SAME}),
-    Verb.DATA: Rule(frozenset({S.RCPT}), S.DATA, {3: S.DATA, **_FAIL_SAME}),
-    Verb.END_DATA: Rule(frozenset({S.DATA}), S.READY, {2: S.READY, 4: S.READY, 5: S.READY}),
-    Verb.RSET: Rule(frozenset({S.READY, S.MAIL, S.RCPT}), S.READY, {2: S.READY}),
-    Verb.NOOP: Rule(_IDLE, SAME, {2: SAME, **_FAIL_SAME}),
-    Verb.QUIT: Rule(_IDLE, S.CLOSED, {2: S.CLOSED, 4: S.CLOSED, 5: S.CLOSED}),
+    Verb.CONNECT:       _rule({S.CONNECTED}, S.GREETED, {2: S.GREETED, 4: S.CLOSED, 5: S.CLOSED}),
+    Verb.EHLO:          _rule({S.GREETED, S.READY}, S.READY, {2: S.READY, **_FAIL_GREETED}),
+    Verb.HELO:          _rule({S.GREETED, S.READY}, S.READY, {2: S.READY, **_FAIL_GREETED}),
+    Verb.STARTTLS:      _rule({S.READY}, S.TLS, {2: S.TLS, **_FAIL_SAME}),
+    Verb.AUTH:          _rule({S.READY}, S.READY, {2: S.READY, 3: S.AUTH, 4: S.READY, 5: S.READY}),
+    Verb.AUTH_RESPONSE: _rule({S.AUTH}, S.READY, {2: S.READY, 3: S.AUTH, 4: S.READY, 5: S.READY}),
+    Verb.MAIL:          _rule({S.READY}, S.MAIL, {2: S.MAIL, **_FAIL_SAME}),
+    Verb.RCPT:          _rule({S.MAIL, S.RCPT}, S.RCPT, {2: S.RCPT, **_FAIL_SAME}),
+    Verb.DATA:          _rule({S.RCPT}, S.DATA, {3: S.DATA, **_FAIL_SAME}),
+    Verb.END_DATA:      _rule({S.DATA}, S.READY, {2: S.READY, 4: S.READY, 5: S.READY}),
+    Verb.RSET:          _rule({S.READY, S.MAIL, S.RCPT}, S.READY, {2: S.READY}),
+    Verb.NOOP:          _rule(set(_IDLE), SAME, {2: SAME, **_FAIL_SAME}),
+    Verb.QUIT:          _rule(set(_IDLE), S.CLOSED, {2: S.CLOSED, 4: S.CLOSED, 5: S.CLOSED}),
 }  # fmt: skip
 
 

@@ -91,10 +91,7 @@ class DataEncoder:
 
     def finish(self) -> bytes:
         """The bytes that end the data: a final CRLF if needed, then ``.CRLF``."""
-        if self._pending_cr or not self._at_line_start:
-            tail = b"\r\n.\r\n"
-        else:
-            tail = b".\r\n"
+        tail = b"\r\n.\r\n" if self._pending_cr or not self._at_line_start else b".\r\n"
         self.bytes_out += len(tail)
         self._pending_cr = False
         self._at_line_start = True

@@ -171,7 +171,9 @@ class SMTPResponseError(SMTPError):
         super().__init__(message or f"{command} refused: {reply}")
 
     @classmethod
-    def from_reply(cls, reply: Reply, command: str, *, message: str | None = None) -> SMTPResponseError:
+    def from_reply(
+        cls, reply: Reply, command: str, *, message: str | None = None
+    ) -> SMTPResponseError:
         """Build the flavour of *cls* that matches *reply*'s class (4xx or 5xx)."""
         flavour = cls.Transient if 400 <= reply.code < 500 else cls.Permanent
         return flavour(reply, command, message=message)

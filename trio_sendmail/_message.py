@@ -21,7 +21,11 @@ __all__ = ["Mail", "MailBody", "prepare_mail"]
 
 #: What ``mail=`` accepts.
 Mail: TypeAlias = (
-    bytes | bytearray | memoryview | email.message.Message | AsyncIterable[bytes | bytearray | memoryview]
+    bytes
+    | bytearray
+    | memoryview
+    | email.message.Message
+    | AsyncIterable[bytes | bytearray | memoryview]
 )
 
 

@@ -305,9 +305,7 @@ class ReplyParser:
         if not (2 <= line[0] - 0x30 <= 5 and line[1] - 0x30 <= 5):
             raise SMTPProtocolError(f"reply code out of range: {_show(line)}")
         if self._lines and code != self._code:
-            raise SMTPProtocolError(
-                f"mixed codes in one reply: {self._code} then {_show(line)}"
-            )
+            raise SMTPProtocolError(f"mixed codes in one reply: {self._code} then {_show(line)}")
         sep = line[3:4]
         if sep not in (b" ", b"-", b""):
             raise SMTPProtocolError(f"malformed reply separator: {_show(line)}")

@@ -337,7 +337,9 @@ class Session(trio.abc.AsyncResource):
         if self._core.state is State.CLOSED:
             raise SMTPConnectionError("the server closed this SMTP session")
 
-    async def _write(self, data: bytes | bytearray | memoryview, phase: str, timeout: float) -> None:
+    async def _write(
+        self, data: bytes | bytearray | memoryview, phase: str, timeout: float
+    ) -> None:
         try:
             with trio.fail_after(timeout):
                 await self._stream.send_all(data)
@@ -708,9 +710,7 @@ class Session(trio.abc.AsyncResource):
             core.end_data()
             event = await self._read()
             if event.reply.is_positive:
-                raise SMTPProtocolError(
-                    "the server accepted a message with no valid recipient"
-                )
+                raise SMTPProtocolError("the server accepted a message with no valid recipient")
         if core.state in (State.MAIL, State.RCPT):
             event = await self._command("rset")
             if not event.reply.is_positive:
@@ -893,7 +893,7 @@ async def open_session(
     authentication: Authentication | None = None,
     insecure_auth_over_plaintext: bool = False,
     buffers: Buffers | None = None,
-    timeouts: Timeouts = Timeouts(),  # noqa: B008 (frozen)
+    timeouts: Timeouts = Timeouts(),
     pipelining: bool = True,
     stream: trio.abc.Stream | None = None,
 ) -> AsyncIterator[Session]:

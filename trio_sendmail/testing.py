@@ -185,7 +185,7 @@ class ReceivedMessage:
         rcpt_options: The ESMTP parameters of each accepted RCPT command, keyed by recipient.
         data: The message as an MTA would store it: transparency dots removed, the final
             ``".\\r\\n"`` removed (so it normally ends with the last line's CRLF). For BDAT, the
-            concatenated chunks.
+            concatenated chunks. Only CRLF ends a line: a dot after a bare LF is kept.
         raw: The exact bytes received after the 354 reply, up to and including the final
             ``".\\r\\n"``. For BDAT, the concatenated chunks (same as *data*).
         tls: Whether the transaction happened over TLS (STARTTLS or implicit TLS).
@@ -323,7 +323,8 @@ class FakeSMTPServer:
         connections: The number of connections served so far.
         transcript: ``("C", line)`` for every command line received and ``("S", line)`` for
             every reply line sent, without the trailing CRLF, across all connections. Message
-            content is not included; AUTH secrets are replaced by ``<redacted>``.
+            content is not included; AUTH secrets are replaced by ``<redacted>``, and an
+            over-long command line is recorded as ``<line too long>``.
         injected_plaintext: Bytes that were buffered behind a STARTTLS command and discarded
             (one entry per occurrence). A correct client leaves this empty.
         bare_line_endings: The number of bare CR and bare LF octets received in message data
@@ -671,7 +672,7 @@ def _b64decode(value: bytes) -> bytes | None:
     return base64.b64decode(value, validate=True)
 
 
-def _count_bare(piece: bytes) -> int:
+def _count_bare(piece: bytes | bytearray) -> int:
     crlf = piece.count(b"\r\n")
     return (piece.count(b"\r") - crlf) + (piece.count(b"\n") - crlf)
 
@@ -1198,7 +1199,11 @@ class _Session:
             txn.chunks = bytearray()
         txn.chunks += chunk
         limit = self.server.size_limit
-        if limit is not None and len(txn.chunks) > limit:
+        too_big = limit is not None and len(txn.chunks) > limit
+        if (too_big or last) and txn.body != "BINARYMIME":
+            # Counted on the whole message: a CRLF may straddle two chunks.
+            self.server.bare_line_endings += _count_bare(txn.chunks)
+        if too_big:
             self.txn = None
             await self.reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
             return False
@@ -1206,8 +1211,6 @@ class _Session:
             await self.reply(250, "2.0.0", f"{len(chunk)} octets received")
             return False
         data = bytes(txn.chunks)
-        if txn.body != "BINARYMIME":
-            self.server.bare_line_endings += _count_bare(data)
         await self.finish_message(data, data, len(data), eight_bit=not data.isascii())
         return False
 

@@ -1,0 +1,62 @@
+"""Developer tasks: ``nox -s lint typecheck tests docs interop``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = ["3.11"]
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package and the tests."""
+    session.install("-e", ".[typecheck]")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite with coverage (Postfix tests skip unless Postfix runs)."""
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest",
+        "--cov=trio_sendmail",
+        "--cov-report=term",
+        "--cov-fail-under=90",
+        *session.posargs,
+    )
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the Sphinx docs with warnings as errors."""
+    session.install("-e", ".[docs]")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session(python=PYTHON)
+def interop(session: nox.Session) -> None:
+    """Start a private Postfix on loopback, run the Postfix tests, stop it."""
+    session.install("-e", ".[test]")
+    session.run("bash", "tests/interop/postfix.sh", "start", external=True)
+    try:
+        session.run(
+            "pytest",
+            "-m",
+            "postfix",
+            "tests/interop",
+            env={"TRIO_SENDMAIL_REQUIRE_POSTFIX": "1"},
+        )
+    finally:
+        session.run("bash", "tests/interop/postfix.sh", "stop", external=True)
