@@ -64,7 +64,10 @@ def test_response_error_flavour_follows_the_code() -> None:
     err = ts.SMTPSenderRefused.from_reply(reply, "MAIL")
     assert isinstance(err, ts.SMTPSenderRefused) and isinstance(err, ts.SMTPTransientError)
     assert (err.code, err.enhanced_status, err.lines, err.command) == (
-        451, ts.EnhancedStatus(4, 3, 0), ("try later",), "MAIL",
+        451,
+        ts.EnhancedStatus(4, 3, 0),
+        ("try later",),
+        "MAIL",
     )
     assert err.is_transient
     assert str(err) == "MAIL refused: 451 4.3.0 try later"
