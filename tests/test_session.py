@@ -573,3 +573,10 @@ async def test_helo_fallback_when_ehlo_is_unknown() -> None:
         assert dict(session.capabilities) == {}
         result = await session.send("a@example.com", ["b@example.com"], b"x")
         assert result.reply.code == 250
+
+
+async def test_unicode_ehlo_name_is_sent_as_a_labels(certs: TestCertificates) -> None:
+    server = tls_server(certs)
+    async with fake_session(server, certs, domain="bücher.example") as session:
+        await session.send("a@example.com", ["b@example.com"], b"x")
+    assert server.messages[0].helo == "xn--bcher-kva.example"

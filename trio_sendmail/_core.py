@@ -101,33 +101,43 @@ class Rule:
     success: State | None
     #: Reply class (2 … 5) → next state (``SAME`` keeps the current one).
     replies: Mapping[int, State | None]
+    #: Nothing may be sent after this command until its reply is in (RFC 2920
+    #: §3.1 for EHLO, DATA, NOOP and QUIT; RFC 3207 STARTTLS; RFC 4954 AUTH).
+    last_in_group: bool = False
 
 
 _FAIL_SAME = {4: SAME, 5: SAME}
 _FAIL_GREETED = {4: S.GREETED, 5: S.GREETED}
+_FAIL_READY = {4: S.READY, 5: S.READY}
+_CLOSE = {4: S.CLOSED, 5: S.CLOSED}
 _IDLE = frozenset({S.GREETED, S.READY, S.MAIL, S.RCPT})
 
 
-def _rule(legal: set[State], success: State | None, replies: Mapping[int, State | None]) -> Rule:
-    return Rule(frozenset(legal), success, replies)
+def _rule(
+    legal: set[State],
+    success: State | None,
+    replies: Mapping[int, State | None],
+    last: bool = False,
+) -> Rule:
+    return Rule(frozenset(legal), success, replies, last)
 
 
 #: The state table (RFC 5321 §4.1.4 and §4.3.2, RFC 3207, RFC 4954).
 #: command: (legal in, state after success, reply class → next state)
 TABLE: Mapping[Verb, Rule] = {
-    Verb.CONNECT:       _rule({S.CONNECTED}, S.GREETED, {2: S.GREETED, 4: S.CLOSED, 5: S.CLOSED}),
-    Verb.EHLO:          _rule({S.GREETED, S.READY}, S.READY, {2: S.READY, **_FAIL_GREETED}),
-    Verb.HELO:          _rule({S.GREETED, S.READY}, S.READY, {2: S.READY, **_FAIL_GREETED}),
-    Verb.STARTTLS:      _rule({S.READY}, S.TLS, {2: S.TLS, **_FAIL_SAME}),
-    Verb.AUTH:          _rule({S.READY}, S.READY, {2: S.READY, 3: S.AUTH, 4: S.READY, 5: S.READY}),
-    Verb.AUTH_RESPONSE: _rule({S.AUTH}, S.READY, {2: S.READY, 3: S.AUTH, 4: S.READY, 5: S.READY}),
+    Verb.CONNECT:       _rule({S.CONNECTED}, S.GREETED, {2: S.GREETED, **_CLOSE}, True),
+    Verb.EHLO:          _rule({S.GREETED, S.READY}, S.READY, {2: S.READY, **_FAIL_GREETED}, True),
+    Verb.HELO:          _rule({S.GREETED, S.READY}, S.READY, {2: S.READY, **_FAIL_GREETED}, True),
+    Verb.STARTTLS:      _rule({S.READY}, S.TLS, {2: S.TLS, **_FAIL_SAME}, True),
+    Verb.AUTH:          _rule({S.READY}, S.READY, {2: S.READY, 3: S.AUTH, **_FAIL_READY}, True),
+    Verb.AUTH_RESPONSE: _rule({S.AUTH}, S.READY, {2: S.READY, 3: S.AUTH, **_FAIL_READY}, True),
     Verb.MAIL:          _rule({S.READY}, S.MAIL, {2: S.MAIL, **_FAIL_SAME}),
     Verb.RCPT:          _rule({S.MAIL, S.RCPT}, S.RCPT, {2: S.RCPT, **_FAIL_SAME}),
-    Verb.DATA:          _rule({S.RCPT}, S.DATA, {3: S.DATA, **_FAIL_SAME}),
-    Verb.END_DATA:      _rule({S.DATA}, S.READY, {2: S.READY, 4: S.READY, 5: S.READY}),
+    Verb.DATA:          _rule({S.RCPT}, S.DATA, {3: S.DATA, **_FAIL_SAME}, True),
+    Verb.END_DATA:      _rule({S.DATA}, S.READY, {2: S.READY, **_FAIL_READY}),
     Verb.RSET:          _rule({S.READY, S.MAIL, S.RCPT}, S.READY, {2: S.READY}),
-    Verb.NOOP:          _rule(set(_IDLE), SAME, {2: SAME, **_FAIL_SAME}),
-    Verb.QUIT:          _rule(set(_IDLE), S.CLOSED, {2: S.CLOSED, 4: S.CLOSED, 5: S.CLOSED}),
+    Verb.NOOP:          _rule(set(_IDLE), SAME, {2: SAME, **_FAIL_SAME}, True),
+    Verb.QUIT:          _rule(set(_IDLE), S.CLOSED, {2: S.CLOSED, **_CLOSE}, True),
 }  # fmt: skip
 
 
@@ -150,14 +160,23 @@ class _Command:
 def check_argument(text: str, what: str, *, utf8: bool = False) -> None:
     """Refuse control characters (and non-ASCII unless *utf8*) in a command argument."""
     for ch in text:
-        if ch < " " or ch == "\x7f":
+        if ch < " " or "\x7f" <= ch <= "\x9f" or ch in "\u2028\u2029\ufeff":
             raise SMTPInputError(f"{what} contains the control character {ch!r}")
     if not utf8 and not text.isascii():
         raise SMTPInputError(f"{what} is not ASCII (it needs SMTPUTF8)")
 
 
-def _as_int(value: object) -> int | None:
-    return value if isinstance(value, int) else None
+def _ascii_domain(domain: Domain) -> str:
+    """The EHLO argument in ASCII: whether the server speaks SMTPUTF8 is not
+    known yet, so U-labels become A-labels (RFC 5890; RFC 6531 §3.7.1)."""
+    name = str(domain)
+    check_argument(name, "the EHLO domain", utf8=True)
+    if name.isascii():
+        return name
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError as exc:
+        raise SMTPInputError(f"cannot convert the EHLO domain {name!r} to A-labels") from exc
 
 
 class ClientCore:
@@ -226,6 +245,11 @@ class ClientCore:
         if self.state is State.BROKEN:
             raise SMTPProtocolError("the session is broken by an earlier error")
         rule = TABLE[verb]
+        if self._inflight and TABLE[self._inflight[-1].verb].last_in_group:
+            raise SMTPProtocolError(
+                f"{verb.value} cannot follow {self._inflight[-1].verb.value} "
+                "before its reply (RFC 2920 §3.1)"
+            )
         if self._tail not in rule.legal:
             raise SMTPProtocolError(
                 f"{verb.value} is not allowed now (session state: {self._tail.value})"
@@ -240,16 +264,12 @@ class ClientCore:
     # --------------------------------------------------------------- commands
 
     def ehlo(self, domain: Domain) -> None:
-        """Queue ``EHLO domain``."""
-        name = str(domain)
-        check_argument(name, "the EHLO domain", utf8=True)
-        self._issue(Verb.EHLO, f"EHLO {name}", utf8=not name.isascii())
+        """Queue ``EHLO domain`` (a U-label name is sent as A-labels)."""
+        self._issue(Verb.EHLO, f"EHLO {_ascii_domain(domain)}")
 
     def helo(self, domain: Domain) -> None:
         """Queue ``HELO domain`` (for servers that refuse EHLO)."""
-        name = str(domain)
-        check_argument(name, "the HELO domain")
-        self._issue(Verb.HELO, f"HELO {name}")
+        self._issue(Verb.HELO, f"HELO {_ascii_domain(domain)}")
 
     def starttls(self) -> None:
         """Queue ``STARTTLS`` (RFC 3207)."""
@@ -283,13 +303,14 @@ class ClientCore:
     def mail(self, path: ReversePath, params: Iterable[str] = ()) -> None:
         """Queue ``MAIL FROM:<path> params…``."""
         params = tuple(params)
-        self._utf8 = "SMTPUTF8" in (p.upper() for p in params)
+        utf8 = "SMTPUTF8" in (p.upper() for p in params)
         text = str(path)
-        check_argument(text, "the sender", utf8=self._utf8)
+        check_argument(text, "the sender", utf8=utf8)
         for param in params:
-            check_argument(param, "a MAIL parameter", utf8=self._utf8)
+            check_argument(param, "a MAIL parameter", utf8=utf8)
         line = " ".join((f"MAIL FROM:{text}", *params))
-        self._issue(Verb.MAIL, line, subject=path, utf8=self._utf8)
+        self._issue(Verb.MAIL, line, subject=path, utf8=utf8)
+        self._utf8 = utf8
 
     def rcpt(self, path: ForwardPath, params: Iterable[str] = ()) -> None:
         """Queue ``RCPT TO:<path> params…``."""
@@ -340,12 +361,27 @@ class ClientCore:
     # ----------------------------------------------------------------- input
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        """Take bytes received from the server (b"" is not EOF: the driver handles EOF)."""
+        """Take bytes received from the server (use :meth:`receive_eof` for EOF)."""
+        if self.state is State.TLS:
+            # RFC 3207 §4.2: after the 220, the next bytes must be a TLS handshake.
+            self.broken()
+            raise SMTPProtocolError(
+                "bytes arrived after the 220 reply to STARTTLS, before the TLS handshake "
+                "(RFC 3207 §4.2: plaintext injection)"
+            )
         try:
             self._parser.feed(data)
         except SMTPProtocolError:
             self.broken()
             raise
+
+    def receive_eof(self) -> None:
+        """The server closed the connection. The core is broken either way;
+        raises SMTPProtocolError when the close cut a reply short."""
+        if self.state is not State.CLOSED:
+            self.broken()
+        if self._parser.in_reply:
+            raise SMTPProtocolError("the server closed the connection in the middle of a reply")
 
     @property
     def in_reply(self) -> bool:
@@ -412,7 +448,8 @@ class ClientCore:
             )
         elif verb in (Verb.AUTH, Verb.AUTH_RESPONSE):
             self._auth_reply(reply)
-        if not self._inflight and self._parser.buffered and self._parser.peek(3) != b"421":
+        head = self._parser.peek(3)
+        if not self._inflight and head and not b"421".startswith(head):
             # Only a 421 may come unasked (RFC 5321 §3.8); anything else means
             # the replies and the commands are out of step.
             raise SMTPProtocolError(
@@ -442,6 +479,8 @@ class ClientCore:
             )
             return
         self._mechanism = None
+        if reply.is_positive and reply.code != 235:
+            raise SMTPProtocolError(f"unexpected reply to AUTH: {reply}")
         if reply.code == 235:
             if not mechanism.verify_success(None):
                 raise SMTPAuthenticationError.from_reply(
