@@ -1,0 +1,1 @@
+"""Interop tests against real mail servers started on loopback (see README.md)."""
