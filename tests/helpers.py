@@ -74,13 +74,19 @@ class RawServer:
         return line
 
     async def data(self) -> bytes:
-        """Read message data up to and including CRLF.CRLF."""
-        while b"\r\n.\r\n" not in self.buffer:
+        """Read message data up to and including the end-of-data line."""
+        while True:
+            if self.buffer.startswith(b".\r\n"):
+                end = 3
+                break
+            index = self.buffer.find(b"\r\n.\r\n")
+            if index >= 0:
+                end = index + 5
+                break
             chunk = await self.stream.receive_some()
             if not chunk:
                 raise EOFError
             self.buffer += chunk
-        end = self.buffer.index(b"\r\n.\r\n") + 5
         data = bytes(self.buffer[:end])
         del self.buffer[:end]
         return data

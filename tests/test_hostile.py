@@ -420,3 +420,188 @@ async def test_cancelled_session_is_broken_and_never_reused(
         # The producer learns that nobody reads any more.
         with pytest.raises(trio.BrokenResourceError):
             await send.send(b"more")
+
+
+async def test_pipelined_data_accepted_although_every_recipient_was_refused() -> None:
+    """RFC 2920 §3.1: a 354 after all RCPTs failed is answered by ending the data
+    at once, so that the server refuses the empty message (which ends the
+    transaction: no RSET is needed)."""
+
+    async def script(srv: RawServer) -> None:
+        await srv.greet_and_ehlo()
+        await srv.expect(b"MAIL FROM:", b"")
+        await srv.expect(b"RCPT TO:", b"")
+        await srv.expect(b"DATA", b"250 ok\r\n550 5.1.1 no\r\n354 go ahead anyway\r\n")
+        assert await srv.data() == b".\r\n"  # an empty message, ended at once
+        await srv.send(b"554 5.5.1 no valid recipients\r\n")
+        await srv.expect(b"MAIL FROM:", b"")
+        await srv.expect(b"RCPT TO:", b"")
+        await srv.expect(b"DATA", b"250 ok\r\n250 ok\r\n354 go\r\n")
+        assert await srv.data() == b"second\r\n.\r\n"
+        await srv.send(b"250 queued\r\n")
+        await srv.expect(b"QUIT", b"221 bye\r\n")
+
+    async with (
+        raw_server(script) as (stream, _),
+        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+    ):
+        with pytest.raises(ts.SMTPRecipientsRefused):
+            await session.send("a@example.com", ["b@example.com"], b"first")
+        assert session.is_usable
+        await session.send("a@example.com", ["b@example.com"], b"second")
+
+
+async def test_pipelined_data_that_a_server_accepts_with_no_recipient() -> None:
+    async def script(srv: RawServer) -> None:
+        await srv.greet_and_ehlo()
+        await srv.expect(b"MAIL", b"")
+        await srv.expect(b"RCPT", b"")
+        await srv.expect(b"DATA", b"250 ok\r\n550 no\r\n354 go\r\n")
+        await srv.data()
+        await srv.send(b"250 accepted nothing?\r\n")
+        await srv.eof()
+
+    async with (
+        raw_server(script) as (stream, _),
+        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+    ):
+        with pytest.raises(ts.SMTPRecipientsRefused) as info:
+            await session.send("a@example.com", ["b@example.com"], b"x")
+        assert isinstance(info.value.__context__, ts.SMTPProtocolError)
+        assert not session.is_usable
+
+
+async def test_data_refused() -> None:
+    async def script(srv: RawServer) -> None:
+        await srv.greet_and_ehlo()
+        await srv.expect(b"MAIL", b"")
+        await srv.expect(b"RCPT", b"")
+        await srv.expect(b"DATA", b"250 ok\r\n250 ok\r\n451 4.3.0 not now\r\n")
+        await srv.expect(b"RSET", b"250 ok\r\n")
+        await srv.expect(b"QUIT", b"221 bye\r\n")
+
+    async with (
+        raw_server(script) as (stream, _),
+        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+    ):
+        with pytest.raises(ts.SMTPResponseError) as info:
+            await session.send("a@example.com", ["b@example.com"], b"x")
+        assert info.value.command == "DATA" and info.value.is_transient
+        assert info.value.outcome is ts.Outcome.NOT_SENT
+        assert session.is_usable
+
+
+async def test_many_recipients_are_pipelined_in_bounded_batches() -> None:
+    recipients = [f"r{i}@example.com" for i in range(250)]
+    batches: list[int] = []
+
+    async def script(srv: RawServer) -> None:
+        await srv.greet_and_ehlo()
+        await srv.expect(b"MAIL", b"")
+        pending = 1
+        for _ in recipients:
+            await srv.expect(b"RCPT", b"")
+            pending += 1
+            if not srv.buffer:
+                # Everything sent so far has been read: answer it all.
+                batches.append(pending)
+                await srv.send(b"250 ok\r\n" * pending)
+                pending = 0
+        await srv.expect(b"DATA", b"250 ok\r\n" * pending + b"354 go\r\n")
+        batches.append(pending + 1)
+        await srv.data()
+        await srv.send(b"250 ok\r\n")
+        await srv.expect(b"QUIT", b"221 bye\r\n")
+
+    async with (
+        raw_server(script) as (stream, _),
+        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+    ):
+        result = await session.send("a@example.com", recipients, b"x")
+    assert len(result.accepted) == 250
+    assert sum(batches) == 252 and max(batches) <= 101  # MAIL + 100 RCPT
+    # greeting, EHLO, three batches (the last one ends with DATA), the dot, QUIT
+    assert session.statistics().round_trips == 1 + 1 + 3 + 1 + 1
+
+
+async def test_server_does_not_offer_auth() -> None:
+    async def script(srv: RawServer) -> None:
+        await srv.greet_and_ehlo(b"250 srv\r\n")
+        await srv.expect(b"QUIT", b"221 bye\r\n")
+
+    async with raw_server(script) as (stream, _):
+        with pytest.raises(ts.SMTPNotSupportedError, match="does not offer AUTH"):
+            async with ts.open_session(
+                HOST,
+                tls=PLAIN,
+                stream=stream,
+                domain=CLIENT_NAME,
+                authentication=ts.Authentication("u", "pw"),
+                insecure_auth_over_plaintext=True,
+            ):
+                pass  # pragma: no cover
+
+
+async def test_ehlo_refused() -> None:
+    async def script(srv: RawServer) -> None:
+        await srv.send(b"220 srv\r\n")
+        await srv.expect(b"EHLO", b"550 5.7.1 go away\r\n")
+        await srv.expect(b"QUIT", b"221 bye\r\n")
+
+    async with raw_server(script) as (stream, _):
+        with pytest.raises(ts.SMTPResponseError) as info:
+            async with ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME):
+                pass  # pragma: no cover
+    assert info.value.command == "EHLO" and info.value.code == 550
+
+
+async def test_server_disconnects_mid_data() -> None:
+    async def script(srv: RawServer) -> None:
+        await srv.greet_and_ehlo()
+        await srv.expect(b"MAIL", b"")
+        await srv.expect(b"RCPT", b"")
+        await srv.expect(b"DATA", b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await srv.stream.aclose()
+
+    async with (
+        raw_server(script) as (stream, _),
+        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+    ):
+        await trio.sleep(0.01)
+        with pytest.raises(ts.SMTPConnectionError) as info:
+            await session.send("a@example.com", ["b@example.com"], b"x" * 1_000_000)
+        assert info.value.outcome is ts.Outcome.NOT_SENT
+        assert not session.is_usable
+
+
+async def test_server_disconnects_after_the_final_dot() -> None:
+    async def script(srv: RawServer) -> None:
+        await srv.greet_and_ehlo()
+        await srv.expect(b"MAIL", b"")
+        await srv.expect(b"RCPT", b"")
+        await srv.expect(b"DATA", b"250 ok\r\n250 ok\r\n354 go\r\n")
+        await srv.data()
+        await srv.stream.aclose()
+
+    async with (
+        raw_server(script) as (stream, _),
+        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+    ):
+        with pytest.raises(ts.SMTPConnectionError) as info:
+            await session.send("a@example.com", ["b@example.com"], b"x")
+        assert info.value.outcome is ts.Outcome.UNKNOWN
+
+
+async def test_session_not_ready_after_the_server_closed_it() -> None:
+    async def script(srv: RawServer) -> None:
+        await srv.greet_and_ehlo()
+        await srv.expect(b"NOOP", b"421 4.3.2 bye\r\n")
+
+    async with (
+        raw_server(script) as (stream, _),
+        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+    ):
+        with pytest.raises(ts.SMTPServiceClosing):
+            await session.noop()
+        with pytest.raises(ts.SMTPConnectionError, match="closed"):
+            await session.send("a@example.com", ["b@example.com"], b"x")

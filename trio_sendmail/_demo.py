@@ -57,8 +57,11 @@ async def _stream(
             await send.send(data[start : start + 16])
 
 
-async def run_demo(write: Callable[[str], object] = sys.stdout.write) -> int:
-    """Run the demo, writing to *write*; returns the number of messages delivered."""
+async def run_demo(write: Callable[[str], object] | None = None) -> int:
+    """Run the demo, writing to *write* (stdout by default); returns the number
+    of messages delivered."""
+    if write is None:
+        write = sys.stdout.write
     from .testing import FakeSMTPServer, make_test_certificates, serve_fake_smtp
 
     certs = make_test_certificates("localhost", "127.0.0.1")

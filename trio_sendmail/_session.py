@@ -168,7 +168,11 @@ class Buffers:
             raise ValueError("buffer sizes must be at least 512 bytes")
         self.send_size = send_size
         self.receive_size = receive_size
+        #: Message data gathered before a write.
         self.send_buffer = bytearray()
+        #: Commands queued by the core before a write.
+        self.command_buffer = bytearray()
+        #: Received bytes not yet parsed into replies.
         self.receive_buffer = bytearray()
         self._in_use = False
 
@@ -183,6 +187,7 @@ class Buffers:
     def _release(self) -> None:
         self._in_use = False
         del self.send_buffer[:]
+        del self.command_buffer[:]
         del self.receive_buffer[:]
 
 
@@ -267,7 +272,7 @@ class Session(trio.abc.AsyncResource):
         self._core = ClientCore(
             transcript=self._log,
             parser=ReplyParser(buffer=buffers.receive_buffer),
-            out_buffer=buffers.send_buffer,
+            out_buffer=buffers.command_buffer,
         )
         self._busy = False
         self._closed = False  # aclose() was called
