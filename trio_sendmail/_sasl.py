@@ -86,6 +86,10 @@ class Mechanism(abc.ABC):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} for {self._auth.username!r}>"
 
+    async def prepare(self) -> None:
+        """Do any waiting the mechanism needs before it starts (e.g. fetch an
+        OAuth token). Called by the session just before ``AUTH`` is sent."""
+
     def initial_response(self) -> bytes | None:
         """The response to send with the AUTH command, or ``None`` to wait for 334."""
         return None

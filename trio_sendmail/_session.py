@@ -506,7 +506,9 @@ class Session(trio.abc.AsyncResource):
             raise SMTPNotSupportedError(
                 f"the server offers AUTH {' '.join(sorted(offered))}, not {wanted}"
             )
-        event = await self._command("auth", mechanism(authentication))
+        step = mechanism(authentication)
+        await step.prepare()
+        event = await self._command("auth", step)
         while event.reply.code == 334:
             event = await self._read()
         if event.reply.code != 235:
