@@ -7,7 +7,8 @@ import inspect
 import trio_sendmail as ts
 
 PUBLIC = {
-    "Authentication", "Buffers", "Capabilities", "Domain", "DomainKind", "EnhancedStatus",
+    "Authentication", "Buffers", "Capabilities", "DSN", "DSNNotify", "DSNReturn",
+    "Domain", "DomainKind", "EnhancedStatus",
     "ForwardPath", "Mailbox", "Outcome", "Reply", "ReversePath", "SMTPAddressError",
     "SMTPAuthenticationError", "SMTPConnectionError", "SMTPError", "SMTPInputError",
     "SMTPMessageTooLarge", "SMTPNotSupportedError", "SMTPPermanentError", "SMTPProtocolError",

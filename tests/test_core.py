@@ -158,6 +158,12 @@ def awaiting(verb: Verb) -> ClientCore:
         core = in_data()
         core.encode_data(b"body")
         core.end_data()
+    elif verb is Verb.BDAT:
+        core = in_rcpt()
+        core.bdat(4, last=False)
+    elif verb is Verb.BDAT_LAST:
+        core = in_rcpt()
+        core.bdat(4, last=True)
     elif verb is Verb.RSET:
         core = in_mail()
         core.rset()
@@ -1186,3 +1192,26 @@ def test_every_verb_can_be_issued_from_some_reachable_state() -> None:
     for verb in Verb:
         core = awaiting(verb)
         assert core.inflight == (verb,)
+
+
+def test_bdat_chunks_then_last(feed: Feed) -> None:
+    core = in_rcpt()
+    core.bdat(5, last=False)
+    assert core.data_to_send() == b"BDAT 5\r\n"
+    core.bdat(0, last=True)  # BDAT may be pipelined (RFC 3030 §4.2)
+    assert core.data_to_send() == b"BDAT 0 LAST\r\n"
+    events = feed(core, b"250 2.0.0 5 octets\r\n250 2.0.0 queued\r\n")
+    assert [e.verb for e in events] == [Verb.BDAT, Verb.BDAT_LAST]
+    assert state_of(core) is State.READY
+
+
+def test_bdat_refused_leaves_the_transaction_for_rset(feed: Feed) -> None:
+    core = in_rcpt()
+    core.bdat(3, last=True)
+    core.data_to_send()
+    feed(core, b"554 5.6.0 no\r\n")
+    assert state_of(core) is State.RCPT
+    core.rset()
+    assert core.data_to_send() == b"RSET\r\n"
+    with pytest.raises(SMTPInputError):
+        core.bdat(-1, last=True)

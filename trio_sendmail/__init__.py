@@ -12,6 +12,7 @@ from __future__ import annotations
 from ._address import Domain, DomainKind, ForwardPath, Mailbox, ReversePath
 from ._api import sendmail, sendmail_with_starttls
 from ._capabilities import Capabilities
+from ._dsn import DSN, DSNNotify, DSNReturn
 from ._errors import (
     Outcome,
     SMTPAddressError,
@@ -46,9 +47,12 @@ from ._session import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "DSN",
     "Authentication",
     "Buffers",
     "Capabilities",
+    "DSNNotify",
+    "DSNReturn",
     "Domain",
     "DomainKind",
     "EnhancedStatus",

@@ -63,6 +63,7 @@ class State(enum.Enum):
     MAIL = "mail"  #: MAIL accepted, no recipient accepted yet
     RCPT = "rcpt"  #: at least one recipient accepted
     DATA = "data"  #: 354 received: message data flows until the final dot
+    BDAT = "bdat"  #: BDAT chunks flow (RFC 3030) until BDAT … LAST
     CLOSED = "closed"  #: QUIT answered, or the server said 421
     BROKEN = "broken"  #: a protocol error or an interrupted command: never reuse
 
@@ -80,6 +81,8 @@ class Verb(enum.Enum):
     RCPT = "RCPT"
     DATA = "DATA"
     END_DATA = "."  #: pseudo-command: the final dot answers the whole message
+    BDAT = "BDAT"  #: one chunk of the message (RFC 3030)
+    BDAT_LAST = "BDAT-LAST"  #: the last chunk: its reply answers the whole message
     RSET = "RSET"
     NOOP = "NOOP"
     QUIT = "QUIT"
@@ -135,7 +138,9 @@ TABLE: Mapping[Verb, Rule] = {
     Verb.RCPT:          _rule({S.MAIL, S.RCPT}, S.RCPT, {2: S.RCPT, **_FAIL_SAME}),
     Verb.DATA:          _rule({S.RCPT}, S.DATA, {3: S.DATA, **_FAIL_SAME}, True),
     Verb.END_DATA:      _rule({S.DATA}, S.READY, {2: S.READY, **_FAIL_READY}),
-    Verb.RSET:          _rule({S.READY, S.MAIL, S.RCPT}, S.READY, {2: S.READY}),
+    Verb.BDAT:          _rule({S.RCPT, S.BDAT}, S.BDAT, {2: S.BDAT, **_FAIL_SAME}),
+    Verb.BDAT_LAST:     _rule({S.RCPT, S.BDAT}, S.READY, {2: S.READY, **_FAIL_SAME}),
+    Verb.RSET:          _rule({S.READY, S.MAIL, S.RCPT, S.BDAT}, S.READY, {2: S.READY}),
     Verb.NOOP:          _rule(set(_IDLE), SAME, {2: SAME, **_FAIL_SAME}, True),
     Verb.QUIT:          _rule(set(_IDLE), S.CLOSED, {2: S.CLOSED, **_CLOSE}, True),
 }  # fmt: skip
@@ -325,6 +330,16 @@ class ClientCore:
     def data(self) -> None:
         """Queue ``DATA``."""
         self._issue(Verb.DATA, "DATA")
+
+    def bdat(self, size: int, *, last: bool) -> None:
+        """Queue ``BDAT size [LAST]`` (RFC 3030 §2). The caller sends exactly
+        *size* octets of message data right after the bytes queued here."""
+        if size < 0:
+            raise SMTPInputError("BDAT size must not be negative")
+        if last:
+            self._issue(Verb.BDAT_LAST, f"BDAT {size} LAST", log=f"BDAT {size} LAST")
+        else:
+            self._issue(Verb.BDAT, f"BDAT {size}")
 
     def encode_data(self, chunk: bytes | bytearray | memoryview) -> bytes:
         """Normalise and dot-stuff one chunk of the message (after 354)."""

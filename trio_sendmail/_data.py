@@ -43,16 +43,20 @@ def _normalize(chunk: bytes) -> bytes:
 
 
 class DataEncoder:
-    """Encodes one message body for the DATA phase.
+    """Encodes one message body for the DATA phase (or, with ``stuff=False``,
+    for BDAT, RFC 3030 §2: line endings normalised, no dot-stuffing, no
+    terminator).
 
     Feed every chunk to :meth:`encode`, send what it returns, then send what
     :meth:`finish` returns (the final line break, when the body lacks one, and
-    ``.CRLF``). The encoder is then reset for the next message.
+    ``.CRLF`` when stuffing). Call :meth:`reset` before the next message.
     """
 
-    __slots__ = ("_at_line_start", "_pending_cr", "bytes_in", "bytes_out")
+    __slots__ = ("_at_line_start", "_pending_cr", "bytes_in", "bytes_out", "stuff")
 
-    def __init__(self) -> None:
+    def __init__(self, *, stuff: bool = True) -> None:
+        #: Dot-stuff and terminate (DATA), or only normalise (BDAT).
+        self.stuff = stuff
         self._pending_cr = False
         self._at_line_start = True
         #: Bytes taken in since the last reset.
@@ -81,17 +85,20 @@ class DataEncoder:
             if not data:
                 return b""
         data = _normalize(data)
-        if b"\n." in data:
-            data = data.replace(b"\r\n.", b"\r\n..")
-        if self._at_line_start and data[0] == _DOT:
-            data = b"." + data
+        if self.stuff:
+            if b"\n." in data:
+                data = data.replace(b"\r\n.", b"\r\n..")
+            if self._at_line_start and data[0] == _DOT:
+                data = b"." + data
         self._at_line_start = data[-1] == _LF
         self.bytes_out += len(data)
         return data
 
     def finish(self) -> bytes:
-        """The bytes that end the data: a final CRLF if needed, then ``.CRLF``."""
-        tail = b"\r\n.\r\n" if self._pending_cr or not self._at_line_start else b".\r\n"
+        """The bytes that end the data: a final CRLF if needed, then ``.CRLF``
+        (only the CRLF when not stuffing)."""
+        crlf = b"\r\n" if self._pending_cr or not self._at_line_start else b""
+        tail = crlf + b".\r\n" if self.stuff else crlf
         self.bytes_out += len(tail)
         self._pending_cr = False
         self._at_line_start = True

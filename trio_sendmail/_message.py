@@ -34,7 +34,7 @@ class MailBody:
     """A message ready to be sent: either all of it, or a stream of chunks."""
 
     #: The whole message, when known in advance.
-    data: bytes | memoryview | None = None
+    data: bytes | None = None
     #: The chunks, for a streamed message.
     chunks: AsyncIterable[bytes | bytearray | memoryview] | None = None
 
@@ -44,8 +44,8 @@ def prepare_mail(mail: Mail) -> MailBody:
     if isinstance(mail, bytes):
         return MailBody(data=mail)
     if isinstance(mail, bytearray | memoryview):
-        view = memoryview(mail).cast("B")
-        return MailBody(data=bytes(view) if isinstance(mail, bytearray) else view)
+        # A private copy: the caller may reuse its buffer while we send.
+        return MailBody(data=bytes(memoryview(mail).cast("B")))
     if isinstance(mail, email.message.Message):
         policy = mail.policy.clone(linesep="\r\n")
         return MailBody(data=mail.as_bytes(policy=policy))
