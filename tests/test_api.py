@@ -7,6 +7,8 @@ import inspect
 import trio_sendmail as ts
 
 PUBLIC = {
+    "BulkMessage", "BulkProgress", "BulkResult", "BulkStatus", "BulkSummary", "Pool",
+    "PoolLimits", "PoolStatistics", "open_pool", "send_bulk",
     "Authentication", "Buffers", "Capabilities", "DSN", "DSNNotify", "DSNReturn",
     "Domain", "DomainKind", "EnhancedStatus",
     "ForwardPath", "Mailbox", "Outcome", "Reply", "ReversePath", "SMTPAddressError",

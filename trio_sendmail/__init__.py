@@ -3,6 +3,7 @@
 * :func:`sendmail`: implicit TLS (RFC 8314), port 465.
 * :func:`sendmail_with_starttls`: STARTTLS (RFC 3207), port 587.
 * :func:`open_session`: many messages over one connection.
+* :func:`open_pool` and :func:`send_bulk`: concurrent sending over many connections.
 
 See :mod:`trio_sendmail.testing` for a fake server to use in tests.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from ._address import Domain, DomainKind, ForwardPath, Mailbox, ReversePath
 from ._api import sendmail, sendmail_with_starttls
+from ._bulk import BulkMessage, BulkProgress, BulkResult, BulkStatus, BulkSummary, send_bulk
 from ._capabilities import Capabilities
 from ._dsn import DSN, DSNNotify, DSNReturn
 from ._errors import (
@@ -32,6 +34,7 @@ from ._errors import (
     SMTPTLSError,
     SMTPTransientError,
 )
+from ._pool import Pool, PoolLimits, PoolStatistics, open_pool
 from ._reply import EnhancedStatus, Reply
 from ._sasl import Authentication
 from ._session import (
@@ -50,6 +53,11 @@ __all__ = [
     "DSN",
     "Authentication",
     "Buffers",
+    "BulkMessage",
+    "BulkProgress",
+    "BulkResult",
+    "BulkStatus",
+    "BulkSummary",
     "Capabilities",
     "DSNNotify",
     "DSNReturn",
@@ -59,6 +67,9 @@ __all__ = [
     "ForwardPath",
     "Mailbox",
     "Outcome",
+    "Pool",
+    "PoolLimits",
+    "PoolStatistics",
     "Reply",
     "ReversePath",
     "SMTPAddressError",
@@ -82,7 +93,9 @@ __all__ = [
     "SessionStatistics",
     "TLSMode",
     "Timeouts",
+    "open_pool",
     "open_session",
+    "send_bulk",
     "sendmail",
     "sendmail_with_starttls",
 ]

@@ -339,6 +339,7 @@ class Session(trio.abc.AsyncResource):
             out_buffer=buffers.command_buffer,
         )
         self._busy = False
+        self._end_of_data_sent = False
         self._closed = False  # aclose() was called
         self._transport_closed = False
         self._sent = 0
@@ -378,6 +379,13 @@ class Session(trio.abc.AsyncResource):
     def is_usable(self) -> bool:
         """True when the session can send another message."""
         return not self._transport_closed and self._core.state is State.READY
+
+    @property
+    def end_of_data_sent(self) -> bool:
+        """Whether the latest :meth:`send` got as far as writing the end of the
+        message (the final dot, or ``BDAT … LAST``). When that send was
+        cancelled, True means the server may have accepted the message."""
+        return self._end_of_data_sent
 
     @property
     def greeting(self) -> Reply | None:
@@ -640,6 +648,7 @@ class Session(trio.abc.AsyncResource):
         if self._busy:
             raise trio.BusyResourceError("another task is sending on this session")
         self._busy = True
+        self._end_of_data_sent = False
         try:
             options = _Options(dsn, requiretls, binary)
             result = await self._send(sender, recipients, mail, options)
@@ -806,6 +815,8 @@ class Session(trio.abc.AsyncResource):
         """Write the queued BDAT command followed by its *data*."""
         command = self._core.data_to_send()
         phase = "data_end" if last else "data_block"
+        if last:
+            self._end_of_data_sent = True
         try:
             if len(data) <= self._buffers.send_size:
                 await self._write(command + data, phase, self._timeouts.data_block)
@@ -874,6 +885,7 @@ class Session(trio.abc.AsyncResource):
         buf += core.data_to_send()
         tail = bytes(buf)
         del buf[:]
+        self._end_of_data_sent = True
         try:
             await self._write(tail, "data_end", timeout)
         except SMTPError as exc:
@@ -1112,19 +1124,85 @@ async def open_session(
 
     The connection is closed whenever this raises.
     """
-    _check_hostname(hostname)
-    if not isinstance(tls, TLSMode):
-        raise TypeError("tls must be a TLSMode")
-    if port is None:
-        port = _default_port(tls)
-    if not isinstance(port, int) or not 0 < port < 65536:
-        raise SMTPInputError(f"invalid port {port!r}")
-    ehlo_name = None if domain is None else _coerce_domain(domain)
-    if ssl_context is None:
-        ssl_context = ssl.create_default_context()
+    config = _SessionConfig.make(
+        hostname,
+        port=port,
+        tls=tls,
+        ssl_context=ssl_context,
+        domain=domain,
+        authentication=authentication,
+        insecure_auth_over_plaintext=insecure_auth_over_plaintext,
+        timeouts=timeouts,
+        pipelining=pipelining,
+        chunking=chunking,
+    )
+    session = await _connect(config, buffers=buffers, stream=stream)
+    async with session:
+        yield session
+
+
+@attrs.frozen
+class _SessionConfig:
+    """Validated connection parameters (shared by open_session and the pool)."""
+
+    hostname: str
+    port: int
+    tls: TLSMode
+    ssl_context: ssl.SSLContext = attrs.field(repr=False)
+    ehlo_name: Domain | None
+    authentication: Authentication | None = attrs.field(repr=False)
+    insecure_auth_over_plaintext: bool
+    timeouts: Timeouts
+    pipelining: bool
+    chunking: bool
+
+    @classmethod
+    def make(
+        cls,
+        hostname: str,
+        *,
+        port: int | None,
+        tls: TLSMode,
+        ssl_context: ssl.SSLContext | None,
+        domain: Domain | str | None,
+        authentication: Authentication | None,
+        insecure_auth_over_plaintext: bool,
+        timeouts: Timeouts,
+        pipelining: bool,
+        chunking: bool,
+    ) -> _SessionConfig:
+        _check_hostname(hostname)
+        if not isinstance(tls, TLSMode):
+            raise TypeError("tls must be a TLSMode")
+        if port is None:
+            port = _default_port(tls)
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise SMTPInputError(f"invalid port {port!r}")
+        return cls(
+            hostname=hostname,
+            port=port,
+            tls=tls,
+            ssl_context=ssl_context if ssl_context is not None else ssl.create_default_context(),
+            ehlo_name=None if domain is None else _coerce_domain(domain),
+            authentication=authentication,
+            insecure_auth_over_plaintext=insecure_auth_over_plaintext,
+            timeouts=timeouts,
+            pipelining=pipelining,
+            chunking=chunking,
+        )
+
+
+async def _connect(
+    config: _SessionConfig,
+    *,
+    buffers: Buffers | None = None,
+    stream: trio.abc.Stream | None = None,
+) -> Session:
+    """Open, secure, greet and authenticate one session (closed if this raises)."""
     if buffers is None:
         buffers = Buffers()
     buffers._acquire()
+    hostname, port, timeouts = config.hostname, config.port, config.timeouts
     try:
         if stream is None:
             try:
@@ -1144,16 +1222,17 @@ async def open_session(
     session = Session(
         stream,
         hostname=hostname,
-        tls_mode=tls,
-        ssl_context=ssl_context,
+        tls_mode=config.tls,
+        ssl_context=config.ssl_context,
         timeouts=timeouts,
         buffers=buffers,
-        pipelining=pipelining,
-        chunking=chunking,
+        pipelining=config.pipelining,
+        chunking=config.chunking,
     )
-    await session._open(ehlo_name, authentication, insecure_auth_over_plaintext)
-    async with session:
-        yield session
+    await session._open(
+        config.ehlo_name, config.authentication, config.insecure_auth_over_plaintext
+    )
+    return session
 
 
 def _coerce_domain(value: Domain | str) -> Domain:

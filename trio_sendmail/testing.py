@@ -57,9 +57,11 @@ Over loopback TCP (when a real socket matters)::
 #   reply; everything buffered before the handshake is discarded and recorded in
 #   `injected_plaintext` (the STARTTLS command-injection defence); all session state (EHLO,
 #   authentication, transaction) is forgotten afterwards.
-# - RFC 4954 (AUTH): PLAIN and LOGIN, with or without initial response, "*" cancellation,
-#   strict base64, 538 over plaintext, 503 during a transaction or after success. Secrets are
-#   never written to the transcript.
+# - RFC 4954 (AUTH): PLAIN, LOGIN, CRAM-MD5 (RFC 2195), SCRAM-SHA-256 (RFC 7677/5802, no
+#   channel binding), XOAUTH2 and OAUTHBEARER (RFC 7628, with the §3.2.2 error challenge), with
+#   or without initial response, "*" cancellation, strict base64, 538 over plaintext, 503 during
+#   a transaction or after success. Secrets (responses, the SCRAM server signature) are never
+#   written to the transcript.
 # - RFC 2920 (PIPELINING): any number of commands per read; a command that must end a group
 #   (EHLO, DATA, QUIT, NOOP, AUTH, ...) but is followed by more bytes, or any pipelining when
 #   PIPELINING was not offered, is counted in `pipelining_violations`.
@@ -87,9 +89,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import hmac
+import json
 import re
+import secrets
 import ssl
+import time
 import types
 from collections.abc import AsyncIterator, Mapping, Sequence
 from functools import partial
@@ -125,7 +131,19 @@ _RECEIVE_SIZE: Final = 65536
 _DATA_PIECE: Final = 65536
 # RFC 4954 §4: 12288 octets is enough for the deployed SASL mechanisms.
 _SASL_LINE_LIMIT: Final = 12288
-_IMPLEMENTED_MECHANISMS: Final = frozenset({"PLAIN", "LOGIN"})
+_IMPLEMENTED_MECHANISMS: Final = frozenset(
+    {"PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256", "XOAUTH2", "OAUTHBEARER"}
+)
+# The JSON body of the RFC 7628 §3.2.2 error challenge sent for an unknown OAuth token.
+_OAUTH_ERROR: Final[Mapping[str, str]] = {
+    "status": "invalid_token",
+    "scope": "smtp",
+    "schemes": "bearer",
+}
+_SASLNAME_RE: Final = re.compile(r"(?:[^=,]|=2C|=3D)+")
+_SCRAM_NONCE_RE: Final = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
+_OAUTH_KEY_RE: Final = re.compile(r"[A-Za-z]+")
+_CRAM_DIGEST_RE: Final = re.compile(rb"[0-9a-f]{32}")
 # RFC 2920 §3.1 (and RFC 4954 §4 for AUTH): commands that must end a pipelined group.
 _GROUP_ENDERS: Final = frozenset({"EHLO", "HELO", "DATA", "VRFY", "EXPN", "TURN", "QUIT", "NOOP"})
 _NEEDS_HELO: Final = frozenset({"MAIL", "RCPT", "DATA", "BDAT", "AUTH", "STARTTLS"})
@@ -302,9 +320,21 @@ class FakeSMTPServer:
             sets the message size limit.
         ssl_context: Server-side TLS context, needed for STARTTLS and implicit TLS.
         starttls: Offer STARTTLS (when *ssl_context* is set and the connection is not TLS yet).
-        users: Username to password. AUTH is offered when this is non-empty.
-        auth_mechanisms: The advertised SASL mechanisms. Only PLAIN and LOGIN are implemented;
-            others may be advertised (to test a client's choice) but are refused with 504.
+        users: Username to password (in plaintext: CRAM-MD5 needs it, and SCRAM-SHA-256
+            derives its verifier from it at every exchange). AUTH is offered when this or
+            *tokens* is non-empty.
+        tokens: OAuth 2.0 bearer token to username, for XOAUTH2 and OAUTHBEARER. Any other
+            token gets the RFC 7628 §3.2.2 error challenge (base64 JSON
+            ``{"status":"invalid_token",...}``), then, after the client's dummy response
+            (``\x01`` for OAUTHBEARER, empty for XOAUTH2), ``535 5.7.8``.
+        auth_mechanisms: The advertised SASL mechanisms, in order. PLAIN, LOGIN, CRAM-MD5,
+            SCRAM-SHA-256, XOAUTH2 and OAUTHBEARER are implemented; others may be advertised
+            (to test a client's choice) but are refused with 504, and so is an implemented
+            one that is not advertised.
+        scram_iterations: The SCRAM-SHA-256 iteration count (a random 16-byte salt is drawn
+            for each exchange).
+        scram_bad_server_signature: Send a wrong SCRAM server signature (``v=``) after a
+            correct client proof, then 235: a correct client must still fail.
         auth_requires_tls: Refuse AUTH over plaintext with 538 5.7.11, and don't advertise it.
         require_auth: Refuse MAIL with 530 5.7.0 until the client has authenticated.
         login_prompts: The raw (un-encoded) AUTH LOGIN username and password prompts.
@@ -342,9 +372,12 @@ class FakeSMTPServer:
     ssl_context: ssl.SSLContext | None = attrs.field(default=None, repr=False)
     starttls: bool = True
     users: dict[str, str] = attrs.field(factory=dict, converter=_to_users, repr=False)
+    tokens: dict[str, str] = attrs.field(factory=dict, converter=_to_users, repr=False)
     auth_mechanisms: tuple[str, ...] = attrs.field(
         default=("PLAIN", "LOGIN"), converter=_to_upper_tuple
     )
+    scram_iterations: int = 4096
+    scram_bad_server_signature: bool = False
     auth_requires_tls: bool = True
     require_auth: bool = False
     login_prompts: tuple[bytes, bytes] = (b"Username:", b"Password:")
@@ -383,6 +416,8 @@ class FakeSMTPServer:
                     raise ValueError(f"refusal: reply code {reply[0]} is not 4xx or 5xx")
         if self.max_line_length < 8:
             raise ValueError("max_line_length must be at least 8")
+        if self.scram_iterations < 1:
+            raise ValueError("scram_iterations must be at least 1")
 
     @property
     def size_limit(self) -> int | None:
@@ -816,7 +851,7 @@ class _Session:
 
     def auth_offered(self) -> bool:
         server = self.server
-        return bool(server.users) and (self.tls or not server.auth_requires_tls)
+        return bool(server.users or server.tokens) and (self.tls or not server.auth_requires_tls)
 
     async def cmd_ehlo(self, arg: str) -> bool:
         self.check_group_end(last=True)
@@ -933,7 +968,7 @@ class _Session:
             await self.reply(503, "5.5.1", "Already authenticated")
         elif self.txn is not None:
             await self.reply(503, "5.5.1", "AUTH not permitted during a mail transaction")
-        elif not server.users:
+        elif not server.users and not server.tokens:
             await self.reply(502, "5.5.1", "AUTH not available")
         elif not self.tls and server.auth_requires_tls:
             await self.reply(538, "5.7.11", "Encryption required for requested authentication")
@@ -948,13 +983,26 @@ class _Session:
                     return False
             if mechanism == "PLAIN":
                 await self.auth_plain(response)
-            else:
+            elif mechanism == "LOGIN":
                 await self.auth_login(response)
+            elif mechanism == "CRAM-MD5":
+                await self.auth_cram_md5(response)
+            elif mechanism == "SCRAM-SHA-256":
+                await self.auth_scram(response)
+            else:
+                await self.auth_oauth(mechanism, response)
         return False
 
-    async def sasl_step(self, challenge: bytes) -> bytes | None:
-        """Send a 334 challenge and return the decoded response; None after replying an error."""
-        await self.send(334, base64.b64encode(challenge).decode("ascii"))
+    async def sasl_step(self, challenge: bytes, *, secret: bool = False) -> bytes | None:
+        """Send a 334 challenge and return the decoded response; None after replying an error.
+
+        A *secret* challenge (a proof) is recorded as ``334 <redacted>``."""
+        if secret:
+            self.server.transcript.append(("S", b"334 <redacted>"))
+            wire = b"334 " + base64.b64encode(challenge) + b"\r\n"
+            await self.stream.send_all(wire)
+        else:
+            await self.send(334, base64.b64encode(challenge).decode("ascii"))
         raw = await self.reader.read_line(_SASL_LINE_LIMIT)
         self.server.transcript.append(("C", b"<redacted>"))
         if raw is None:
@@ -1016,8 +1064,114 @@ class _Session:
         ):
             await self.auth_failed()
             return
+        await self.auth_succeeded(username)
+
+    async def auth_succeeded(self, username: str) -> None:
         self.authenticated_as = username
         await self.reply(235, "2.7.0", "Authentication successful")
+
+    async def auth_cram_md5(self, response: bytes | None) -> None:
+        """RFC 2195: a unique msg-id challenge; the answer is ``user SP hex(HMAC-MD5)``."""
+        if response is not None:
+            # RFC 4954 §4: the client does not begin a CRAM-MD5 exchange.
+            await self.reply(501, "5.5.2", "CRAM-MD5 does not allow an initial response")
+            return
+        server = self.server
+        challenge = f"<{secrets.randbelow(10**9)}.{int(time.time())}@{server.hostname}>".encode()
+        answer = await self.sasl_step(challenge)
+        if answer is None:
+            return
+        username_raw, _, digest = answer.rpartition(b" ")
+        try:
+            username = username_raw.decode("utf-8")
+        except UnicodeDecodeError:
+            username = ""
+        password = server.users.get(username)
+        if password is None or not _CRAM_DIGEST_RE.fullmatch(digest):
+            await self.auth_failed()
+            return
+        expected = hmac.digest(password.encode("utf-8"), challenge, "md5").hex().encode()
+        if not hmac.compare_digest(expected, digest):
+            await self.auth_failed()
+            return
+        await self.auth_succeeded(username)
+
+    async def auth_oauth(self, mechanism: str, response: bytes | None) -> None:
+        """XOAUTH2 or OAUTHBEARER (RFC 7628), with the §3.2.2 error challenge."""
+        if response is None:
+            response = await self.sasl_step(b"")
+            if response is None:
+                return
+        parse = _parse_oauthbearer if mechanism == "OAUTHBEARER" else _parse_xoauth2
+        parsed = parse(response)
+        if parsed is None:
+            await self.auth_failed()
+            return
+        user, token = parsed
+        owner = None
+        for known, name in self.server.tokens.items():
+            if hmac.compare_digest(known.encode("utf-8"), token.encode("utf-8")):
+                owner = name
+        if owner is not None and user in (None, owner):
+            await self.auth_succeeded(owner)
+            return
+        error = json.dumps(_OAUTH_ERROR, separators=(",", ":")).encode()
+        dummy = await self.sasl_step(error)
+        if dummy is None:
+            return
+        if dummy != (b"\x01" if mechanism == "OAUTHBEARER" else b""):
+            await self.reply(501, "5.5.2", "Expected the dummy response to the error challenge")
+            return
+        await self.auth_failed()
+
+    async def auth_scram(self, response: bytes | None) -> None:
+        """SCRAM-SHA-256 (RFC 7677, RFC 5802) without channel binding."""
+        if response is None:
+            response = await self.sasl_step(b"")
+            if response is None:
+                return
+        first = _parse_scram_client_first(response)
+        if first is None:
+            await self.auth_failed()
+            return
+        gs2_header, bare, username, client_nonce = first
+        server = self.server
+        password = server.users.get(username)
+        # An unknown user goes through the same steps (no user enumeration) and fails.
+        secret = password if password is not None else secrets.token_hex(16)
+        salt = secrets.token_bytes(16)
+        salted = hashlib.pbkdf2_hmac(
+            "sha256", secret.encode("utf-8"), salt, server.scram_iterations
+        )
+        stored_key = hashlib.sha256(hmac.digest(salted, b"Client Key", "sha256")).digest()
+        server_key = hmac.digest(salted, b"Server Key", "sha256")
+        nonce = client_nonce + secrets.token_urlsafe(18)
+        salt_b64 = base64.b64encode(salt).decode("ascii")
+        server_first = f"r={nonce},s={salt_b64},i={server.scram_iterations}"
+        final = await self.sasl_step(server_first.encode("ascii"))
+        if final is None:
+            return
+        parsed = _parse_scram_client_final(final, gs2_header, nonce)
+        if parsed is None or password is None:
+            await self.auth_failed()
+            return
+        without_proof, proof = parsed
+        auth_message = f"{bare},{server_first},{without_proof}".encode()
+        client_signature = hmac.digest(stored_key, auth_message, "sha256")
+        client_key = bytes(a ^ b for a, b in zip(proof, client_signature, strict=True))
+        if not hmac.compare_digest(hashlib.sha256(client_key).digest(), stored_key):
+            await self.auth_failed()
+            return
+        signature = hmac.digest(server_key, auth_message, "sha256")
+        if server.scram_bad_server_signature:
+            signature = bytes(byte ^ 0x5A for byte in signature)
+        answer = await self.sasl_step(b"v=" + base64.b64encode(signature), secret=True)
+        if answer is None:
+            return
+        if answer:
+            await self.auth_failed()
+            return
+        await self.auth_succeeded(username)
 
     async def auth_failed(self) -> None:
         await self.reply(535, "5.7.8", "Authentication credentials invalid")
@@ -1249,6 +1403,107 @@ class _Session:
                 )
             )
         await self.send(code, text)
+
+
+def _unescape_saslname(value: str) -> str | None:
+    """RFC 5802 §5.1 saslname: ``=2C`` is ``,`` and ``=3D`` is ``=``; None if malformed."""
+    if not _SASLNAME_RE.fullmatch(value):
+        return None
+    return value.replace("=2C", ",").replace("=3D", "=")
+
+
+def _bearer(value: str) -> str | None:
+    """The token of an ``auth=Bearer <token>`` value (the scheme is case-insensitive)."""
+    scheme, _, token = value.partition(" ")
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _parse_xoauth2(response: bytes) -> tuple[str | None, str] | None:
+    """``user=U ^A auth=Bearer T ^A ^A`` -> (user, token), or None if malformed."""
+    try:
+        text = response.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not text.endswith("\x01\x01"):
+        return None
+    fields = text[:-2].split("\x01")
+    if len(fields) != 2 or not fields[0].startswith("user=") or not fields[1].startswith("auth="):
+        return None
+    token = _bearer(fields[1][5:])
+    return None if token is None else (fields[0][5:], token)
+
+
+def _parse_oauthbearer(response: bytes) -> tuple[str | None, str] | None:
+    """RFC 7628 §3.1 client response -> (authzid or None, token), or None if malformed."""
+    try:
+        text = response.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    parts = text.split(",", 2)
+    if len(parts) != 3 or parts[0] not in ("n", "y"):  # no channel binding is offered
+        return None
+    authz, rest = parts[1], parts[2]
+    user = None
+    if authz:
+        if not authz.startswith("a="):
+            return None
+        user = _unescape_saslname(authz[2:])
+        if user is None:
+            return None
+    if len(rest) < 2 or rest[0] != "\x01" or not rest.endswith("\x01\x01"):
+        return None
+    pairs: dict[str, str] = {}
+    for pair in rest[1:-2].split("\x01") if len(rest) > 2 else []:
+        key, equals, value = pair.partition("=")
+        if not equals or not _OAUTH_KEY_RE.fullmatch(key) or key in pairs:
+            return None
+        pairs[key] = value
+    token = _bearer(pairs.get("auth", ""))
+    return None if token is None else (user, token)
+
+
+def _parse_scram_client_first(response: bytes) -> tuple[str, str, str, str] | None:
+    """-> (gs2 header, client-first-message-bare, username, client nonce), or None."""
+    try:
+        text = response.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    parts = text.split(",", 2)
+    if len(parts) != 3 or parts[0] not in ("n", "y"):  # SCRAM-SHA-256-PLUS is not offered
+        return None
+    flag, authz, bare = parts
+    attributes = bare.split(",")
+    if len(attributes) < 2 or not attributes[0].startswith("n="):
+        return None
+    if not attributes[1].startswith("r=") or not _SCRAM_NONCE_RE.fullmatch(attributes[1][2:]):
+        return None
+    username = _unescape_saslname(attributes[0][2:])
+    if username is None:
+        return None
+    if authz and (not authz.startswith("a=") or _unescape_saslname(authz[2:]) != username):
+        return None
+    return f"{flag},{authz},", bare, username, attributes[1][2:]
+
+
+def _parse_scram_client_final(
+    response: bytes, gs2_header: str, nonce: str
+) -> tuple[str, bytes] | None:
+    """-> (client-final-message-without-proof, proof), or None if malformed or foreign."""
+    try:
+        text = response.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    without_proof, separator, proof_b64 = text.rpartition(",p=")
+    attributes = without_proof.split(",")
+    if not separator or len(attributes) < 2:
+        return None
+    binding = _b64decode(attributes[0][2:].encode()) if attributes[0].startswith("c=") else None
+    if binding != gs2_header.encode("utf-8") or attributes[1] != f"r={nonce}":
+        return None
+    proof = _b64decode(proof_b64.encode())
+    if proof is None or len(proof) != hashlib.sha256().digest_size:
+        return None
+    return without_proof, proof
 
 
 def _lookup(table: Mapping[str, tuple[int, str]], address: str) -> tuple[int, str] | None:

@@ -1,0 +1,500 @@
+"""A connection pool for concurrent sending.
+
+Theory of operation
+-------------------
+A :class:`Pool` owns up to ``max_connections`` :class:`~trio_sendmail.Session`\\ s
+and a nursery for its own housekeeping (closing connections, reaping idle
+ones), so that no task of the pool outlives its ``async with`` block.
+
+* **Reuse.** :meth:`Pool.send` takes the most recently used idle connection
+  (the one least likely to have been dropped by the server), or opens a new
+  one while fewer than the *target size* are open, or else waits: callers park
+  in FIFO order on a :class:`trio.lowlevel.ParkingLot`, so back-pressure needs
+  no queue of its own.
+* **Health.** A connection that was interrupted in any way is discarded (the
+  session breaks itself, see :attr:`Session.is_usable`). One that sat idle for
+  ``idle_check_after`` seconds is checked with NOOP before reuse. If a reused
+  connection turns out to be closed by the server before anything of the
+  message was accepted (the MAIL command fails on a dead socket, or with 421),
+  the message is sent again on another connection, and the caller sees no
+  error; a message whose data began to flow is never sent twice.
+* **Back-off.** When the server refuses new connections (421 at the greeting,
+  or a refused TCP connect under load), the target size shrinks to the number
+  of connections that work, and new attempts wait with exponential back-off and
+  jitter. The target grows back by one each time a caller had to wait and no
+  refusal happened for ``regrow_after`` seconds.
+* **Limits.** A connection is retired after ``max_messages_per_connection``
+  messages or ``max_age`` seconds, and closed when idle longer than
+  ``max_idle`` seconds (RFC 5321 §4.5.3.2.7: servers drop idle clients after
+  5 minutes; providers much sooner).
+* **Closing** sends QUIT on idle connections, under a short shielded timeout,
+  and closes the rest.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import ssl
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from email.headerregistry import Address
+
+import attrs
+import trio
+
+from ._address import Domain, ForwardPath, Mailbox, ReversePath
+from ._dsn import DSN
+from ._errors import (
+    Outcome,
+    SMTPAuthenticationError,
+    SMTPConnectionError,
+    SMTPError,
+    SMTPNotSupportedError,
+    SMTPServiceClosing,
+    SMTPTLSError,
+)
+from ._message import Mail, prepare_mail
+from ._sasl import Authentication
+from ._session import SendResult, Session, Timeouts, TLSMode, _connect, _SessionConfig
+
+__all__ = ["Pool", "PoolLimits", "PoolStatistics", "open_pool"]
+
+
+@attrs.frozen
+class PoolLimits:
+    """The bounds of a :class:`Pool`.
+
+    Args:
+        max_connections: the most connections open at once.
+        max_messages_per_connection: a connection is retired after this many messages.
+        max_idle: seconds an idle connection is kept open.
+        max_age: seconds after which a connection is retired once idle.
+        idle_check_after: an idle connection older than this is checked with
+            NOOP before reuse.
+        connect_retries: consecutive failed attempts to open a connection, when
+            none is open, before :meth:`Pool.send` gives up.
+        regrow_after: seconds without a refused connection before a shrunk
+            pool may grow again.
+        max_connect_rate: the most new connections per second, or ``None``
+            (providers limit both messages and connections per second).
+    """
+
+    max_connections: int = 8
+    max_messages_per_connection: int = 1000
+    max_idle: float = 60.0
+    max_age: float = 600.0
+    idle_check_after: float = 5.0
+    connect_retries: int = 5
+    regrow_after: float = 30.0
+    max_connect_rate: float | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_connections < 1 or self.max_messages_per_connection < 1:
+            raise ValueError("max_connections and max_messages_per_connection must be >= 1")
+        for name in ("max_idle", "max_age", "idle_check_after", "regrow_after"):
+            value = getattr(self, name)
+            if math.isnan(value) or value < 0:
+                raise ValueError(f"PoolLimits.{name} must be >= 0")
+        if self.connect_retries < 1:
+            raise ValueError("connect_retries must be >= 1")
+        if self.max_connect_rate is not None and not self.max_connect_rate > 0:
+            raise ValueError("max_connect_rate must be a positive number per second")
+
+
+class _RateLimiter:
+    """Spaces events at least ``1 / rate`` seconds apart (no bursts)."""
+
+    def __init__(self, rate: float | None) -> None:
+        if rate is not None and not rate > 0:
+            raise ValueError("a rate must be a positive number per second")
+        self._interval = 0.0 if rate is None else 1.0 / rate
+        self._next = -math.inf
+
+    async def wait(self) -> None:
+        if not self._interval:
+            await trio.lowlevel.checkpoint()
+            return
+        now = trio.current_time()
+        start = max(now, self._next)
+        self._next = start + self._interval
+        await trio.sleep_until(start)
+
+
+@attrs.frozen
+class PoolStatistics:
+    """Counters of a :class:`Pool` (see :meth:`Pool.statistics`)."""
+
+    #: Connections open (idle + busy), and being opened.
+    connections_open: int
+    connections_idle: int
+    connections_busy: int
+    connections_opening: int
+    #: How many connections the pool allows itself now (shrinks after refusals).
+    target_size: int
+    #: Tasks waiting for a connection.
+    waiting: int
+    messages_sent: int
+    #: Messages sent again on another connection after a stale one failed.
+    retries: int
+    #: Messages whose send raised.
+    failures: int
+    #: Connection attempts that failed.
+    connection_failures: int
+
+
+@attrs.define(eq=False)
+class _Connection:
+    session: Session
+    created: float
+    last_used: float
+    messages: int = 0
+
+
+@attrs.define
+class _Tracker:
+    """How far a send went, for callers that must report cancelled sends."""
+
+    end_of_data_sent: bool = False
+    #: A streamed message had chunks read: it cannot be sent again.
+    stream_started: bool = False
+
+
+class _Replayable:
+    """Wraps a message stream, noting whether any chunk was taken."""
+
+    def __init__(self, chunks: AsyncIterable[bytes | bytearray | memoryview]) -> None:
+        self._chunks = chunks
+        self.started = False
+
+    def __aiter__(self) -> AsyncIterator[bytes | bytearray | memoryview]:
+        self.started = True
+        return aiter(self._chunks)
+
+
+# Errors that say the connection (not the message) is the problem.
+_STALE = (SMTPConnectionError, SMTPServiceClosing)
+# Errors that make every further attempt pointless.
+_FATAL = (SMTPAuthenticationError, SMTPTLSError, SMTPNotSupportedError)
+
+
+class Pool(trio.abc.AsyncResource):
+    """Concurrency-safe sending over many connections; get one from :func:`open_pool`."""
+
+    def __init__(self, config: _SessionConfig, limits: PoolLimits, nursery: trio.Nursery) -> None:
+        self._config = config
+        self._limits = limits
+        self._nursery = nursery
+        self._idle: list[_Connection] = []  # most recently used last
+        self._busy: set[_Connection] = set()
+        self._opening = 0
+        self._target = limits.max_connections
+        self._lot = trio.lowlevel.ParkingLot()
+        self._closed = False
+        self._last_refusal = -math.inf
+        self._connect_failures = 0  # consecutive
+        self._sent = 0
+        self._retries = 0
+        self._failures = 0
+        self._connection_failures = 0
+        self._connect_limiter = _RateLimiter(limits.max_connect_rate)
+
+    def __repr__(self) -> str:
+        c = self._config
+        return (
+            f"<trio_sendmail.Pool {c.hostname}:{c.port} {c.tls.value} "
+            f"open={self._open_count()} target={self._target}>"
+        )
+
+    def _open_count(self) -> int:
+        return len(self._idle) + len(self._busy) + self._opening
+
+    def statistics(self) -> PoolStatistics:
+        """Counters of this pool."""
+        return PoolStatistics(
+            connections_open=self._open_count(),
+            connections_idle=len(self._idle),
+            connections_busy=len(self._busy),
+            connections_opening=self._opening,
+            target_size=self._target,
+            waiting=self._lot.statistics().tasks_waiting,
+            messages_sent=self._sent,
+            retries=self._retries,
+            failures=self._failures,
+            connection_failures=self._connection_failures,
+        )
+
+    # ------------------------------------------------------------ sending
+
+    async def send(
+        self,
+        sender: ReversePath | Mailbox | str | Address,
+        recipients: Iterable[ForwardPath | Mailbox | str | Address],
+        mail: Mail,
+        *,
+        dsn: DSN | None = None,
+        requiretls: bool = False,
+        binary: bool = False,
+    ) -> SendResult:
+        """Send one message over a pooled connection; safe from any number of tasks.
+
+        Arguments and errors are those of :meth:`Session.send`, plus the
+        connection errors of :func:`open_session` when no connection can be
+        opened. A message is sent again on another connection only when the
+        connection it was given had been closed by the server before any of the
+        message was accepted.
+
+        Raises:
+            trio.ClosedResourceError: the pool is closed.
+        """
+        return await self._send(sender, recipients, mail, dsn, requiretls, binary, _Tracker())
+
+    async def _send(
+        self,
+        sender: ReversePath | Mailbox | str | Address,
+        recipients: Iterable[ForwardPath | Mailbox | str | Address],
+        mail: Mail,
+        dsn: DSN | None,
+        requiretls: bool,
+        binary: bool,
+        tracker: _Tracker,
+    ) -> SendResult:
+        if self._closed:
+            raise trio.ClosedResourceError("this pool is closed")
+        if not isinstance(recipients, str | bytes | Address | ForwardPath | Mailbox):
+            recipients = list(recipients)  # it may be needed twice
+        body = prepare_mail(mail)
+        source: bytes | _Replayable
+        if body.data is not None:
+            source = body.data
+        else:
+            assert body.chunks is not None
+            source = _Replayable(body.chunks)
+        while True:
+            connection = await self._acquire()
+            reused = connection.messages > 0
+            try:
+                result = await connection.session.send(
+                    sender, recipients, source, dsn=dsn, requiretls=requiretls, binary=binary
+                )
+            except SMTPError as exc:
+                tracker.end_of_data_sent = connection.session.end_of_data_sent
+                tracker.stream_started = isinstance(source, _Replayable) and source.started
+                await self._release(connection)
+                stale = (
+                    reused
+                    and isinstance(exc, _STALE)
+                    and exc.outcome is Outcome.NOT_SENT
+                    and not (isinstance(source, _Replayable) and source.started)
+                )
+                if stale and not self._closed:
+                    self._retries += 1
+                    continue
+                self._failures += 1
+                raise
+            except BaseException:
+                self._failures += 1
+                tracker.end_of_data_sent = connection.session.end_of_data_sent
+                tracker.stream_started = isinstance(source, _Replayable) and source.started
+                await self._release(connection)
+                raise
+            connection.messages += 1
+            self._sent += 1
+            await self._release(connection)
+            return result
+
+    # ---------------------------------------------------- acquire / release
+
+    async def _acquire(self) -> _Connection:
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("this pool is closed")
+            now = trio.current_time()
+            while self._idle:
+                connection = self._idle.pop()
+                if self._retire(connection, now):
+                    self._close_soon(connection)
+                    continue
+                self._busy.add(connection)
+                idle_for = now - connection.last_used
+                if idle_for >= self._limits.idle_check_after and not await self._healthy(
+                    connection
+                ):
+                    self._busy.discard(connection)
+                    self._close_soon(connection)
+                    continue
+                return connection
+            if self._open_count() < self._target:
+                opened = await self._open()
+                if opened is not None:
+                    return opened
+                continue
+            if (
+                self._target < self._limits.max_connections
+                and now - self._last_refusal >= self._limits.regrow_after
+            ):
+                self._target += 1
+                continue
+            await self._lot.park()
+
+    async def _healthy(self, connection: _Connection) -> bool:
+        if not connection.session.is_usable:
+            return False
+        try:
+            with trio.move_on_after(self._config.timeouts.quit):
+                reply = await connection.session.noop()
+                return reply.is_positive
+        except SMTPError:
+            return False
+        return False
+
+    async def _open(self) -> _Connection | None:
+        """Open one connection; None after a refusal that the pool absorbed."""
+        self._opening += 1
+        try:
+            await self._connect_limiter.wait()
+            session = await _connect(self._config)
+        except _FATAL:
+            self._connection_failures += 1
+            raise
+        except (SMTPError, OSError) as exc:
+            self._connection_failures += 1
+            self._connect_failures += 1
+            self._last_refusal = trio.current_time()
+            self._opening -= 1
+            working = len(self._idle) + len(self._busy) + self._opening
+            if working == 0 and self._connect_failures >= self._limits.connect_retries:
+                self._connect_failures = 0
+                raise
+            # Shrink to what works, and back off before the next attempt.
+            self._target = max(1, working)
+            await trio.sleep(self._backoff())
+            if not isinstance(exc, SMTPError):  # pragma: no cover - _connect wraps OSError
+                raise
+            return None
+        except BaseException:
+            self._opening -= 1
+            raise
+        self._opening -= 1
+        self._connect_failures = 0
+        now = trio.current_time()
+        connection = _Connection(session, created=now, last_used=now)
+        self._busy.add(connection)
+        return connection
+
+    def _backoff(self) -> float:
+        base = min(10.0, 0.1 * 2.0 ** min(self._connect_failures, 10))
+        return base * (0.5 + random.random() / 2)  # jitter: 50 to 100 %
+
+    def _retire(self, connection: _Connection, now: float) -> bool:
+        return (
+            not connection.session.is_usable
+            or connection.messages >= self._limits.max_messages_per_connection
+            or now - connection.created >= self._limits.max_age
+            or now - connection.last_used >= self._limits.max_idle
+        )
+
+    async def _release(self, connection: _Connection) -> None:
+        self._busy.discard(connection)
+        connection.last_used = now = trio.current_time()
+        if self._closed:
+            await self._close(connection)
+        elif self._retire(connection, now):
+            self._close_soon(connection)
+        else:
+            self._idle.append(connection)
+        self._lot.unpark()
+
+    def _close_soon(self, connection: _Connection) -> None:
+        self._nursery.start_soon(self._close, connection)
+        self._lot.unpark()
+
+    async def _close(self, connection: _Connection) -> None:
+        with trio.CancelScope(shield=True):
+            await connection.session.aclose()
+
+    async def _reap(self) -> None:
+        """Close idle connections past their time, forever."""
+        while True:
+            await trio.sleep(max(0.5, min(self._limits.max_idle, self._limits.max_age) / 4))
+            now = trio.current_time()
+            keep = []
+            for connection in self._idle:
+                if self._retire(connection, now):
+                    self._close_soon(connection)
+                else:
+                    keep.append(connection)
+            self._idle = keep
+
+    # ------------------------------------------------------------ closing
+
+    async def aclose(self) -> None:
+        """QUIT idle connections (each bounded by ``Timeouts.quit``, shielded),
+        close the pool; busy connections are closed when their send ends."""
+        if self._closed:
+            return
+        self._closed = True
+        idle, self._idle = self._idle, []
+        async with trio.open_nursery() as nursery:
+            for connection in idle:
+                nursery.start_soon(self._close, connection)
+        self._lot.unpark_all()
+
+
+_DEFAULT_TIMEOUTS = Timeouts()
+_DEFAULT_LIMITS = PoolLimits()
+
+
+@asynccontextmanager
+async def open_pool(
+    hostname: str,
+    *,
+    port: int | None = None,
+    tls: TLSMode = TLSMode.IMPLICIT,
+    ssl_context: ssl.SSLContext | None = None,
+    domain: Domain | str | None = None,
+    authentication: Authentication | None = None,
+    insecure_auth_over_plaintext: bool = False,
+    timeouts: Timeouts = _DEFAULT_TIMEOUTS,
+    pipelining: bool = True,
+    chunking: bool = True,
+    limits: PoolLimits = _DEFAULT_LIMITS,
+) -> AsyncIterator[Pool]:
+    """Open a connection pool to one server.
+
+    Takes the connection parameters of :func:`open_session` and the pool's
+    :class:`PoolLimits`. No connection is opened before the first send.
+    Leaving the block closes every connection (QUIT on the idle ones) and ends
+    every task the pool started.
+
+    Raises:
+        SMTPInputError: a malformed hostname, port or EHLO domain.
+    """
+    config = _SessionConfig.make(
+        hostname,
+        port=port,
+        tls=tls,
+        ssl_context=ssl_context,
+        domain=domain,
+        authentication=authentication,
+        insecure_auth_over_plaintext=insecure_auth_over_plaintext,
+        timeouts=timeouts,
+        pipelining=pipelining,
+        chunking=chunking,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            pool = Pool(config, limits, nursery)
+            nursery.start_soon(pool._reap)
+            try:
+                yield pool
+            finally:
+                await pool.aclose()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The pool's own tasks never raise: whatever is in the group came from
+        # the caller's block. Give it back as it was raised, not wrapped.
+        if len(group.exceptions) == 1:
+            error = group.exceptions[0]
+            raise error from error.__cause__
+        raise
