@@ -899,6 +899,7 @@ async def test_no_secret_in_any_mechanism_repr() -> None:
         before = repr(mech)
         initial = mech.initial_response()
         if name == "SCRAM-SHA-256":
+            assert initial is not None
             nonce = initial.split(b",r=")[1].decode()
             mech.respond(f"r={nonce}xyz,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096".encode())
         elif initial is None:

@@ -146,7 +146,7 @@ _FATAL = (SMTPAuthenticationError, SMTPTLSError, SMTPNotSupportedError)
 def _retryable(error: SMTPError, tracker: _Tracker, retry_unknown: bool) -> bool:
     if tracker.stream_started:
         return False  # the chunks already read are gone
-    if error.outcome is Outcome.UNKNOWN or tracker.end_of_data_sent:
+    if error.outcome is Outcome.UNKNOWN or tracker.outcome_unknown:
         return retry_unknown
     if isinstance(error, SMTPTransientError):
         return True
@@ -255,7 +255,7 @@ async def send_bulk(
                         ceiling = min(300.0, retry_backoff * 2.0 ** (attempts - 1))
                         await trio.sleep(random.uniform(0, ceiling))
                         continue
-                    if exc.outcome is Outcome.UNKNOWN or tracker.end_of_data_sent:
+                    if exc.outcome is Outcome.UNKNOWN or tracker.outcome_unknown:
                         status = BulkStatus.UNKNOWN
                     else:
                         status = BulkStatus.FAILED
@@ -266,9 +266,7 @@ async def send_bulk(
                     return
                 except BaseException as exc:
                     # Cancelled (or a bug): report what we know, then let it go on.
-                    status = (
-                        BulkStatus.UNKNOWN if tracker.end_of_data_sent else BulkStatus.NOT_SENT
-                    )
+                    status = BulkStatus.UNKNOWN if tracker.outcome_unknown else BulkStatus.NOT_SENT
                     report(BulkResult(message, status, error=error or exc, attempts=attempts))
                     raise
                 report(BulkResult(message, BulkStatus.ACCEPTED, result=result, attempts=attempts))

@@ -155,7 +155,7 @@ class _Connection:
 class _Tracker:
     """How far a send went, for callers that must report cancelled sends."""
 
-    end_of_data_sent: bool = False
+    outcome_unknown: bool = False
     #: A streamed message had chunks read: it cannot be sent again.
     stream_started: bool = False
 
@@ -278,7 +278,7 @@ class Pool(trio.abc.AsyncResource):
                     sender, recipients, source, dsn=dsn, requiretls=requiretls, binary=binary
                 )
             except SMTPError as exc:
-                tracker.end_of_data_sent = connection.session.end_of_data_sent
+                tracker.outcome_unknown = connection.session.outcome_unknown
                 tracker.stream_started = isinstance(source, _Replayable) and source.started
                 await self._release(connection)
                 stale = (
@@ -294,7 +294,7 @@ class Pool(trio.abc.AsyncResource):
                 raise
             except BaseException:
                 self._failures += 1
-                tracker.end_of_data_sent = connection.session.end_of_data_sent
+                tracker.outcome_unknown = connection.session.outcome_unknown
                 tracker.stream_started = isinstance(source, _Replayable) and source.started
                 await self._release(connection)
                 raise

@@ -339,7 +339,7 @@ class Session(trio.abc.AsyncResource):
             out_buffer=buffers.command_buffer,
         )
         self._busy = False
-        self._end_of_data_sent = False
+        self._outcome_unknown = False
         self._closed = False  # aclose() was called
         self._transport_closed = False
         self._sent = 0
@@ -381,11 +381,11 @@ class Session(trio.abc.AsyncResource):
         return not self._transport_closed and self._core.state is State.READY
 
     @property
-    def end_of_data_sent(self) -> bool:
-        """Whether the latest :meth:`send` got as far as writing the end of the
-        message (the final dot, or ``BDAT … LAST``). When that send was
-        cancelled, True means the server may have accepted the message."""
-        return self._end_of_data_sent
+    def outcome_unknown(self) -> bool:
+        """True when the latest :meth:`send` wrote the end of its message (the
+        final dot, or ``BDAT … LAST``) but did not read the reply: after a
+        cancelled send, the server may or may not have accepted the message."""
+        return self._outcome_unknown
 
     @property
     def greeting(self) -> Reply | None:
@@ -472,6 +472,8 @@ class Session(trio.abc.AsyncResource):
         except BaseException:
             await self._io_failed()
             raise
+        if event.verb in (Verb.END_DATA, Verb.BDAT_LAST):
+            self._outcome_unknown = False  # the message has its answer
         if event.reply.code == 421:
             await self._io_failed()
             raise SMTPServiceClosing.from_reply(event.reply, event.verb.value)
@@ -648,7 +650,7 @@ class Session(trio.abc.AsyncResource):
         if self._busy:
             raise trio.BusyResourceError("another task is sending on this session")
         self._busy = True
-        self._end_of_data_sent = False
+        self._outcome_unknown = False
         try:
             options = _Options(dsn, requiretls, binary)
             result = await self._send(sender, recipients, mail, options)
@@ -816,7 +818,7 @@ class Session(trio.abc.AsyncResource):
         command = self._core.data_to_send()
         phase = "data_end" if last else "data_block"
         if last:
-            self._end_of_data_sent = True
+            self._outcome_unknown = True
         try:
             if len(data) <= self._buffers.send_size:
                 await self._write(command + data, phase, self._timeouts.data_block)
@@ -885,7 +887,7 @@ class Session(trio.abc.AsyncResource):
         buf += core.data_to_send()
         tail = bytes(buf)
         del buf[:]
-        self._end_of_data_sent = True
+        self._outcome_unknown = True
         try:
             await self._write(tail, "data_end", timeout)
         except SMTPError as exc:
