@@ -56,6 +56,15 @@ from ._session import SendResult
 __all__ = ["BulkMessage", "BulkProgress", "BulkResult", "BulkStatus", "BulkSummary", "send_bulk"]
 
 
+_Recipient = ForwardPath | Mailbox | str | Address
+
+
+def _recipients(value: Iterable[_Recipient]) -> tuple[_Recipient, ...]:
+    if isinstance(value, str | bytes | Address | ForwardPath | Mailbox):
+        raise TypeError("recipients must be an iterable of addresses, not a single address")
+    return tuple(value)
+
+
 @attrs.frozen
 class BulkMessage:
     """One message of a bulk run: its envelope, its content, and your key.
@@ -70,7 +79,7 @@ class BulkMessage:
     """
 
     sender: ReversePath | Mailbox | str | Address
-    recipients: tuple[ForwardPath | Mailbox | str | Address, ...] = attrs.field(converter=tuple)
+    recipients: tuple[_Recipient, ...] = attrs.field(converter=_recipients)
     mail: Mail = attrs.field(repr=False)
     key: object = None
     dsn: DSN | None = None

@@ -7,7 +7,6 @@ import ssl
 import time
 
 import pytest
-import trio
 
 import trio_sendmail as ts
 
