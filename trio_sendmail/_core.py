@@ -419,13 +419,23 @@ class ClientCore:
             self.broken()
             raise
 
+    def _log_reply(self, reply: Reply) -> None:
+        if self._transcript is None:
+            return
+        head = self._inflight[0].verb if self._inflight else None
+        if reply.code == 334 and head in (Verb.AUTH, Verb.AUTH_RESPONSE):
+            # SASL challenges can carry what an offline attack on the password
+            # needs (SCRAM's salt and server signature): never logged.
+            self._transcript("S: 334 <redacted>")
+            return
+        last = len(reply.lines) - 1
+        status = f"{reply.enhanced_status} " if reply.enhanced_status else ""
+        for i, line in enumerate(reply.lines):
+            sep = " " if i == last else "-"
+            self._transcript(f"S: {reply.code}{sep}{status}{line}".rstrip())
+
     def _apply(self, reply: Reply) -> Event:
-        if self._transcript is not None:
-            last = len(reply.lines) - 1
-            status = f"{reply.enhanced_status} " if reply.enhanced_status else ""
-            for i, line in enumerate(reply.lines):
-                sep = " " if i == last else "-"
-                self._transcript(f"S: {reply.code}{sep}{status}{line}".rstrip())
+        self._log_reply(reply)
         if not self._inflight:
             if reply.code == 421:
                 self.state = self._tail = State.CLOSED
