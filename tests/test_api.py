@@ -11,7 +11,7 @@ PUBLIC = {
     "PoolLimits", "PoolStatistics", "open_pool", "send_bulk",
     "Authentication", "Buffers", "Capabilities", "DSN", "DSNNotify", "DSNReturn",
     "Domain", "DomainKind", "EnhancedStatus",
-    "ForwardPath", "Mailbox", "Outcome", "Reply", "ReversePath", "SMTPAddressError",
+    "ForwardPath", "Mailbox", "OAuth2Token", "Outcome", "Reply", "ReversePath", "SMTPAddressError",
     "SMTPAuthenticationError", "SMTPConnectionError", "SMTPError", "SMTPInputError",
     "SMTPMessageTooLarge", "SMTPNotSupportedError", "SMTPPermanentError", "SMTPProtocolError",
     "SMTPRecipientsRefused", "SMTPResponseError", "SMTPSenderRefused", "SMTPServiceClosing",

@@ -36,7 +36,7 @@ from ._errors import (
 )
 from ._pool import Pool, PoolLimits, PoolStatistics, open_pool
 from ._reply import EnhancedStatus, Reply
-from ._sasl import Authentication
+from ._sasl import Authentication, OAuth2Token
 from ._session import (
     Buffers,
     SendResult,
@@ -66,6 +66,7 @@ __all__ = [
     "EnhancedStatus",
     "ForwardPath",
     "Mailbox",
+    "OAuth2Token",
     "Outcome",
     "Pool",
     "PoolLimits",

@@ -208,7 +208,16 @@ class SMTPSenderRefused(SMTPResponseError):
 
 
 class SMTPAuthenticationError(SMTPResponseError):
-    """Authentication failed (e.g. 535, 534, 538), or the server's proof was wrong."""
+    """Authentication failed (e.g. 535, 534, 538), or the server's proof was wrong.
+
+    Attributes:
+        details: what the server said about the refusal inside the SASL
+            exchange, when the mechanism carries it: the JSON object of an OAuth
+            error challenge (RFC 7628 §3.2.2), or ``{"e": ...}`` for a SCRAM
+            server error; else ``None``.
+    """
+
+    details: dict[str, Any] | None = None
 
 
 class SMTPRecipientsRefused(SMTPError):

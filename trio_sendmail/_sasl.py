@@ -267,9 +267,6 @@ class Mechanism(abc.ABC):
     name: ClassVar[str]
     #: The most challenges a well-behaved server sends for this mechanism.
     max_steps: ClassVar[int] = 2
-    #: Whether the payloads of the server's 334 challenges may be shown in the
-    #: transcript (False when they carry a value derived from the password).
-    log_challenges: ClassVar[bool] = True
 
     #: What the server said about its refusal, when the mechanism carries that
     #: (the JSON of an RFC 7628 §3.2.2 error challenge, a SCRAM ``e=`` value), so
@@ -546,9 +543,6 @@ class ScramSha256Mechanism(Mechanism):
     #: An empty challenge first (a server that ignored the initial response),
     #: the server-first message, the server-final message.
     max_steps = 3
-    #: The server-final message is a proof derived from the password, and the
-    #: server-first message gives the salt and iteration count to attack it with.
-    log_challenges = False
     _digest: ClassVar[str] = "sha256"
 
     def __init__(self, auth: Authentication, *, nonce: str | None = None) -> None:

@@ -71,7 +71,7 @@ from ._errors import (
 )
 from ._message import Mail, MailBody, prepare_mail
 from ._reply import Reply, ReplyParser
-from ._sasl import Authentication, choose_mechanism
+from ._sasl import Authentication, OAuthBearerMechanism, choose_mechanism, usable_mechanisms
 
 __all__ = [
     "Buffers",
@@ -578,19 +578,29 @@ class Session(trio.abc.AsyncResource):
         offered = self.capabilities.auth_mechanisms
         if not offered:
             raise SMTPNotSupportedError("the server does not offer AUTH")
-        mechanism = choose_mechanism(authentication, offered)
+        mechanism = choose_mechanism(authentication, offered, tls=self._core.tls)
         if mechanism is None:
-            wanted = authentication.mechanism or "PLAIN or LOGIN"
+            wanted = " or ".join(usable_mechanisms(authentication, tls=self._core.tls))
             raise SMTPNotSupportedError(
                 f"the server offers AUTH {' '.join(sorted(offered))}, not {wanted}"
             )
         step = mechanism(authentication)
+        if isinstance(step, OAuthBearerMechanism):
+            step.host = self._hostname
         await step.prepare()
-        event = await self._command("auth", step)
-        while event.reply.code == 334:
-            event = await self._read()
+        try:
+            event = await self._command("auth", step)
+            while event.reply.code == 334:
+                event = await self._read()
+        except SMTPAuthenticationError as exc:  # 235, but the server did not prove itself
+            exc.details = step.error_details
+            raise
         if event.reply.code != 235:
-            raise SMTPAuthenticationError.from_reply(event.reply, "AUTH")
+            step.failed()
+            error = SMTPAuthenticationError.from_reply(event.reply, "AUTH")
+            assert isinstance(error, SMTPAuthenticationError)
+            error.details = step.error_details
+            raise error
 
     # ------------------------------------------------------------ sending
 
