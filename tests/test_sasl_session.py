@@ -434,3 +434,13 @@ async def test_scram_server_signature_is_not_in_the_client_log(
     # offline attack on the password.
     challenges = [line for line in log_lines(transcript) if line.startswith("S: 334")]
     assert challenges == ["S: 334 <redacted>"] * 2
+
+
+@pytest.mark.parametrize("mechanism", OAUTH)
+async def test_a_real_size_token_fits_on_the_auth_line(
+    certs: TestCertificates, mechanism: str
+) -> None:
+    """JWT access tokens are 1.5 to 2.5 KB: longer than an ordinary command line."""
+    token = "eyJ" + "a" * 2500
+    server = make_server(certs, tokens={token: "alice"})
+    await send_one(server, certs, credentials(mechanism, Provider(token)))

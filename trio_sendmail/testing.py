@@ -791,8 +791,12 @@ class _Session:
 
     async def read_command(self) -> str | None:
         """Read, record and validate one command line; reply and return None if it is bad."""
-        raw = await self.reader.read_line(self.server.max_line_length)
-        if raw is None:
+        # An AUTH line with an initial response may be as long as a SASL line
+        # (RFC 4954 §4: a real OAuth token is 1.5 to 2.5 KB); others may not.
+        limit = max(self.server.max_line_length, _SASL_LINE_LIMIT)
+        raw = await self.reader.read_line(limit)
+        long_line = raw is not None and len(raw) > self.server.max_line_length
+        if raw is None or (long_line and raw[:5].upper() != b"AUTH "):
             self.server.transcript.append(("C", b"<line too long>"))
             await self.reply(500, "5.5.2", "Line too long")
             return None
