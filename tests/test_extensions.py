@@ -217,3 +217,26 @@ async def test_bdat_cancelled_mid_stream_breaks_the_session(
             await session.send("a@example.com", ["b@example.com"], receive)
         assert not session.is_usable
     assert server.messages == []
+
+
+@pytest.mark.parametrize(("pipelining", "most_in_flight"), [(True, 8), (False, 1)])
+async def test_bdat_chunks_in_flight(
+    certs: TestCertificates, pipelining: bool, most_in_flight: int
+) -> None:
+    """RFC 3030 §4.2: BDAT chunks are pipelined only with PIPELINING."""
+    server = server_with(certs, *BASE, "CHUNKING")
+    buffers = ts.Buffers(send_size=1024)
+    seen: list[int] = []
+    async with fake_session(server, certs, pipelining=pipelining, buffers=buffers) as session:
+        core = session._core
+        original = core.bdat
+
+        def spy(size: int, *, last: bool) -> None:
+            original(size, last=last)
+            seen.append(len(core.inflight))
+
+        core.bdat = spy  # type: ignore[method-assign]
+        await session.send("a@example.com", ["b@example.com"], b"x" * 20_000)
+    assert max(seen) == most_in_flight
+    assert server.pipelining_violations == 0
+    assert server.messages[0].data == b"x" * 20_000 + b"\r\n"

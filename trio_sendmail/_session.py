@@ -906,9 +906,12 @@ class Session(trio.abc.AsyncResource):
 
     async def _send_chunks(self, body: MailBody, plan: _Plan) -> Reply:
         """Send the message as BDAT chunks of at most ``send_size`` bytes, up to
-        :data:`BDAT_WINDOW` of them in flight; returns the reply to the last."""
+        :data:`BDAT_WINDOW` of them in flight with PIPELINING (one without);
+        returns the reply to the last."""
         core = self._core
         size = self._buffers.send_size
+        # RFC 3030 §4.2: BDAT may be pipelined only when PIPELINING is in use.
+        window = BDAT_WINDOW if self._pipelining and self.capabilities.pipelining else 1
         encoder = None if plan.binary else DataEncoder(stuff=False)
         buf = self._buffers.send_buffer
         del buf[:]
@@ -929,7 +932,7 @@ class Session(trio.abc.AsyncResource):
                         del buf[:size]
                         core.bdat(len(piece), last=False)
                         await self._write_with_data(piece, last=False)
-                        if len(core.inflight) >= BDAT_WINDOW:
+                        if len(core.inflight) >= window:
                             await check(await self._read())
         except BaseException as exc:
             if isinstance(exc, SMTPError):
