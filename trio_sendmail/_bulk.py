@@ -33,6 +33,7 @@ import enum
 import random
 from collections.abc import AsyncIterable, Callable, Iterable
 from email.headerregistry import Address
+from typing import Any
 
 import attrs
 import trio
@@ -50,7 +51,7 @@ from ._errors import (
     SMTPTransientError,
 )
 from ._message import Mail
-from ._pool import Pool, _RateLimiter, _Tracker
+from ._pool import Pool, _RateLimiter, _Tracker, open_pool
 from ._session import SendResult
 
 __all__ = ["BulkMessage", "BulkProgress", "BulkResult", "BulkStatus", "BulkSummary", "send_bulk"]
@@ -165,7 +166,8 @@ def _retryable(error: SMTPError, tracker: _Tracker, retry_unknown: bool) -> bool
 async def send_bulk(
     messages: Iterable[BulkMessage] | AsyncIterable[BulkMessage],
     *,
-    pool: Pool,
+    pool: Pool | None = None,
+    hostname: str | None = None,
     concurrency: int | None = None,
     max_retries: int = 3,
     retry_backoff: float = 1.0,
@@ -173,8 +175,9 @@ async def send_bulk(
     rate: float | None = None,
     on_result: Callable[[BulkResult], None] | None = None,
     progress: Callable[[BulkProgress], None] | None = None,
+    **connection: Any,
 ) -> BulkSummary:
-    """Send many messages concurrently over *pool*.
+    """Send many messages concurrently over *pool*, or over a pool of its own.
 
     Args:
         messages: :class:`BulkMessage`\\ s, from an iterable or an async iterable
@@ -182,6 +185,9 @@ async def send_bulk(
             workers need them, so the input can be endless.
         pool: the :class:`Pool` to send through (see :func:`open_pool`; its
             ``max_connect_rate`` limits connections per second).
+        hostname: instead of *pool*, the server to open a pool to, for this run
+            only; the other keyword arguments of :func:`open_pool` (``port``,
+            ``tls``, ``authentication``, ``limits``, …) go in ``**connection``.
         concurrency: messages in flight at once (default: the pool's
             ``max_connections``).
         max_retries: retries of a transiently failing message.
@@ -202,6 +208,23 @@ async def send_bulk(
             that makes every send pointless; the run stops, and every message
             taken from the input so far has been reported.
     """
+    if pool is None:
+        if hostname is None:
+            raise TypeError("send_bulk needs a pool or a hostname")
+        async with open_pool(hostname, **connection) as own_pool:
+            return await send_bulk(
+                messages,
+                pool=own_pool,
+                concurrency=concurrency,
+                max_retries=max_retries,
+                retry_backoff=retry_backoff,
+                retry_unknown=retry_unknown,
+                rate=rate,
+                on_result=on_result,
+                progress=progress,
+            )
+    if hostname is not None or connection:
+        raise TypeError("give send_bulk either a pool or connection parameters, not both")
     if concurrency is None:
         concurrency = pool._limits.max_connections
     if concurrency < 1 or max_retries < 0 or not retry_backoff >= 0:
