@@ -784,11 +784,16 @@ _local_parts = st.one_of(_dot_strings, _quoted_strings).filter(
 )
 
 _LDH = string.ascii_letters + string.digits
-_labels = st.builds(
-    lambda first, middle, last: first + middle + last,
+_labels = st.one_of(
+    # A one-character label, or first + middle + last: a label may hold "-" but
+    # neither start nor end with one (RFC 5321 §4.1.2 Ldh-str).
     st.one_of(st.sampled_from(_LDH), _NON_ASCII),
-    st.text(st.one_of(st.sampled_from(_LDH + "-"), _NON_ASCII), max_size=15),
-    st.one_of(st.just(""), st.sampled_from(_LDH), _NON_ASCII),
+    st.builds(
+        lambda first, middle, last: first + middle + last,
+        st.one_of(st.sampled_from(_LDH), _NON_ASCII),
+        st.text(st.one_of(st.sampled_from(_LDH + "-"), _NON_ASCII), max_size=15),
+        st.one_of(st.sampled_from(_LDH), _NON_ASCII),
+    ),
 )
 _tlds = st.text(st.sampled_from(string.ascii_letters), min_size=1, max_size=6)
 _domain_names = st.builds(

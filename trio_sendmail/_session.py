@@ -40,7 +40,7 @@ import logging
 import math
 import socket
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from email.headerregistry import Address
 from typing import NoReturn
@@ -339,6 +339,9 @@ class Session(trio.abc.AsyncResource):
             out_buffer=buffers.command_buffer,
         )
         self._busy = False
+        self._timer: trio.CancelScope | None = None
+        self._phase = ""
+        self._timeout_message = ""
         self._outcome_unknown = False
         self._closed = False  # aclose() was called
         self._transport_closed = False
@@ -415,22 +418,54 @@ class Session(trio.abc.AsyncResource):
         if self._core.state is State.CLOSED:
             raise SMTPConnectionError("the server closed this SMTP session")
 
+    @contextlib.contextmanager
+    def _timed(self) -> Iterator[None]:
+        """Bound one public operation's I/O with a single cancel scope.
+
+        Each write or read arms the scope with its phase's bound (RFC 5321
+        §4.5.3.2) and disarms it when done, so the time spent elsewhere (e.g.
+        waiting on the caller's message source) is not counted. One scope per
+        operation instead of one per I/O keeps the per-message cost low.
+        """
+        if self._timer is not None:  # already inside a timed operation
+            yield
+            return
+        with trio.CancelScope() as scope:
+            self._timer = scope
+            try:
+                yield
+            finally:
+                self._timer = None
+        if scope.cancelled_caught:
+            error = SMTPTimeoutError(self._timeout_message, phase=self._phase)
+            if self._busy:
+                error.outcome = Outcome.UNKNOWN if self._outcome_unknown else Outcome.NOT_SENT
+            raise error
+
+    def _arm(self, phase: str, timeout: float, message: str) -> None:
+        assert self._timer is not None, "I/O outside a timed operation"
+        self._phase = phase
+        self._timeout_message = message
+        self._timer.deadline = trio.current_time() + timeout
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.deadline = math.inf
+
     async def _write(
         self, data: bytes | bytearray | memoryview, phase: str, timeout: float
     ) -> None:
+        self._arm(phase, timeout, f"timed out sending ({phase}) after {timeout:g} s")
         try:
-            with trio.fail_after(timeout):
-                await self._stream.send_all(data)
-        except trio.TooSlowError as exc:
-            await self._io_failed()
-            raise SMTPTimeoutError(f"timed out sending ({phase}) after {timeout:g} s",
-                                   phase=phase) from exc  # fmt: skip
+            await self._stream.send_all(data)
         except (trio.BrokenResourceError, OSError) as exc:
             await self._io_failed()
             raise SMTPConnectionError(f"connection lost while sending ({phase}): {exc}") from exc
         except BaseException:
             await self._io_failed()
             raise
+        finally:
+            self._disarm()
         self._bytes_sent += len(data)
         self._unanswered_write = True
 
@@ -441,13 +476,16 @@ class Session(trio.abc.AsyncResource):
 
     async def _read(self) -> Event:
         """Flush, then read until the oldest command in flight has its reply."""
-        phase, timeout = _phase_timeout(self._timeouts, self._core.inflight[0])
-        await self._flush(phase, timeout)
         core = self._core
+        phase, timeout = _phase_timeout(self._timeouts, core.inflight[0])
+        await self._flush(phase, timeout)
         try:
-            with trio.fail_after(timeout):
-                event = core.next_event()
-                if event is None and self._unanswered_write:
+            event = core.next_event()  # under PIPELINING, often already here
+            if event is None:
+                self._arm(
+                    phase, timeout, f"no reply from the server ({phase}) within {timeout:g} s"
+                )
+                if self._unanswered_write:
                     # A round trip: we wait for the server after sending.
                     self._round_trips += 1
                     self._unanswered_write = False
@@ -461,17 +499,14 @@ class Session(trio.abc.AsyncResource):
                     self._bytes_received += len(data)
                     core.receive_data(data)
                     event = core.next_event()
-        except trio.TooSlowError as exc:
-            await self._io_failed()
-            raise SMTPTimeoutError(
-                f"no reply from the server ({phase}) within {timeout:g} s", phase=phase
-            ) from exc
         except (trio.BrokenResourceError, OSError) as exc:
             await self._io_failed()
             raise SMTPConnectionError(f"connection lost ({phase}): {exc}") from exc
         except BaseException:
             await self._io_failed()
             raise
+        finally:
+            self._disarm()
         if event.verb in (Verb.END_DATA, Verb.BDAT_LAST):
             self._outcome_unknown = False  # the message has its answer
         if event.reply.code == 421:
@@ -509,31 +544,40 @@ class Session(trio.abc.AsyncResource):
         insecure_auth_over_plaintext: bool,
     ) -> None:
         try:
-            if self._tls_mode is TLSMode.IMPLICIT:
-                self._stream = await self._handshake(self._stream)
-                self._core.tls = True
-            greeting = await self._read()
-            if not greeting.reply.is_positive:
-                raise SMTPResponseError.from_reply(greeting.reply, "CONNECT")
-            name = ehlo_name or await _default_ehlo_name(self._stream)
-            await self._ehlo(name)
-            if self._tls_mode is TLSMode.STARTTLS:
-                if not self.capabilities.starttls:
-                    raise SMTPNotSupportedError(
-                        "the server does not offer STARTTLS (no plaintext fallback: "
-                        "use TLSMode.INSECURE_PLAINTEXT only for a trusted local relay)"
-                    )
-                event = await self._command("starttls")
-                if not event.reply.is_positive:
-                    raise SMTPResponseError.from_reply(event.reply, "STARTTLS")
-                self._stream = await self._handshake(self._stream)
-                self._core.tls_established()
-                await self._ehlo(name)
-            if authentication is not None:
-                await self._auth(authentication, insecure_auth_over_plaintext)
+            with self._timed():
+                await self._open_steps(ehlo_name, authentication, insecure_auth_over_plaintext)
         except BaseException:
             await self.aclose()
             raise
+
+    async def _open_steps(
+        self,
+        ehlo_name: Domain | None,
+        authentication: Authentication | None,
+        insecure_auth_over_plaintext: bool,
+    ) -> None:
+        if self._tls_mode is TLSMode.IMPLICIT:
+            self._stream = await self._handshake(self._stream)
+            self._core.tls = True
+        greeting = await self._read()
+        if not greeting.reply.is_positive:
+            raise SMTPResponseError.from_reply(greeting.reply, "CONNECT")
+        name = ehlo_name or await _default_ehlo_name(self._stream)
+        await self._ehlo(name)
+        if self._tls_mode is TLSMode.STARTTLS:
+            if not self.capabilities.starttls:
+                raise SMTPNotSupportedError(
+                    "the server does not offer STARTTLS (no plaintext fallback: "
+                    "use TLSMode.INSECURE_PLAINTEXT only for a trusted local relay)"
+                )
+            event = await self._command("starttls")
+            if not event.reply.is_positive:
+                raise SMTPResponseError.from_reply(event.reply, "STARTTLS")
+            self._stream = await self._handshake(self._stream)
+            self._core.tls_established()
+            await self._ehlo(name)
+        if authentication is not None:
+            await self._auth(authentication, insecure_auth_over_plaintext)
 
     async def _ehlo(self, name: Domain) -> None:
         event = await self._command("ehlo", name)
@@ -663,7 +707,8 @@ class Session(trio.abc.AsyncResource):
         self._outcome_unknown = False
         try:
             options = _Options(dsn, requiretls, binary)
-            result = await self._send(sender, recipients, mail, options)
+            with self._timed():
+                result = await self._send(sender, recipients, mail, options)
         except SMTPError as exc:
             self._failed += 1
             if exc.outcome is None:
@@ -989,13 +1034,15 @@ class Session(trio.abc.AsyncResource):
     async def noop(self) -> Reply:
         """Send NOOP (e.g. to check an idle connection) and return the reply."""
         self._check_open()
-        event = await self._command("noop")
+        with self._timed():
+            event = await self._command("noop")
         return event.reply
 
     async def rset(self) -> Reply:
         """Send RSET and return the reply."""
         self._check_open()
-        event = await self._command("rset")
+        with self._timed():
+            event = await self._command("rset")
         return event.reply
 
     # ------------------------------------------------------------ closing
@@ -1012,8 +1059,9 @@ class Session(trio.abc.AsyncResource):
             if self._core.state in (State.GREETED, State.READY) and not self._core.awaiting_reply:
                 with trio.move_on_after(self._timeouts.quit):
                     try:
-                        self._core.quit()
-                        await self._read()
+                        with self._timed():
+                            self._core.quit()
+                            await self._read()
                     except SMTPError:
                         pass
                     else:
