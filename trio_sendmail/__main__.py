@@ -1,31 +1,18 @@
-"""``python -m trio_sendmail`` / ``trio-sendmail``: command-line entry point.
+"""``python -m trio_sendmail`` / ``trio-sendmail``: the command line.
 
-For now it offers ``demo``, which runs the embedded loopback server and sends
-through it (see the README).
+``trio-sendmail [send] …`` submits one message (like ``sendmail(8)``),
+``trio-sendmail bulk …`` sends a folder of ``.eml`` files or an mbox, and
+``trio-sendmail demo`` runs the embedded loopback demo (see the README and
+docs/cli.rst).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-import trio
+from ._cli import main
 
 __all__ = ["main"]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="trio-sendmail", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="send two mails through an embedded loopback server")
-    args = parser.parse_args(argv)
-    if args.command != "demo":  # pragma: no cover - argparse refuses other commands
-        parser.error(f"unknown command {args.command!r}")
-    from ._demo import run_demo
-
-    delivered = trio.run(run_demo)
-    return 0 if delivered == 2 else 70  # EX_SOFTWARE
 
 
 if __name__ == "__main__":

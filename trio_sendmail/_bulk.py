@@ -22,13 +22,16 @@ Each message ends in exactly one :class:`BulkResult`, handed to ``on_result``
 Transient failures (4xx, a connection lost or timed out before the end of the
 data) are retried with exponential back-off and full jitter. One message's
 failure never cancels the others. Only errors that make every send pointless
-end the run and are raised, unwrapped: authentication and TLS verification
-failures, a server lacking a required extension, and bugs. Messages that were
-still pending are then reported as ``NOT_SENT``.
+end the run and are raised, unwrapped: when *opening a connection* fails on
+authentication, TLS verification, a missing required extension (STARTTLS, an
+AUTH mechanism), or fails outright after the pool's connect retries; and bugs.
+A message the server cannot take (too large, 8-bit without 8BITMIME) fails
+alone. Messages that were still pending are then reported as ``NOT_SENT``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import random
 from collections.abc import AsyncIterable, Callable, Iterable
@@ -47,7 +50,6 @@ from ._errors import (
     SMTPError,
     SMTPNotSupportedError,
     SMTPTimeoutError,
-    SMTPTLSError,
     SMTPTransientError,
 )
 from ._message import Mail
@@ -150,7 +152,8 @@ class BulkSummary:
     results: list[BulkResult] = attrs.field(factory=list)
 
 
-_FATAL = (SMTPAuthenticationError, SMTPTLSError, SMTPNotSupportedError)
+# Failures to open a connection that make every other send pointless.
+_FATAL = (SMTPAuthenticationError, SMTPNotSupportedError, SMTPConnectionError)
 
 
 def _retryable(error: SMTPError, tracker: _Tracker, retry_unknown: bool) -> bool:
@@ -204,9 +207,10 @@ async def send_bulk(
         :class:`BulkSummary` with the counts (and the results, without ``on_result``).
 
     Raises:
-        SMTPAuthenticationError, SMTPTLSError, SMTPNotSupportedError: a failure
-            that makes every send pointless; the run stops, and every message
-            taken from the input so far has been reported.
+        SMTPAuthenticationError, SMTPTLSError, SMTPNotSupportedError,
+        SMTPConnectionError: opening a connection failed in a way that makes
+            every send pointless; the run stops, and every message taken from
+            the input so far has been reported.
     """
     if pool is None:
         if hostname is None:
@@ -258,10 +262,32 @@ async def send_bulk(
                 )
             )
 
+    async def attempt(message: BulkMessage, attempts: int, tracker: _Tracker) -> BulkResult | None:
+        """One try: the final result, or None to retry (cancellation passes through)."""
+        try:
+            result = await pool._send(
+                message.sender, message.recipients, message.mail,
+                message.dsn, False, False, tracker,
+            )  # fmt: skip
+        except SMTPError as exc:
+            if tracker.connecting and isinstance(exc, _FATAL):
+                # Every send would fail the same way (bad credentials or TLS, or
+                # no connection after the pool's retries): the run ends.
+                fatal.append(exc)
+                return BulkResult(message, BulkStatus.NOT_SENT, error=exc, attempts=attempts)
+            if attempts <= max_retries and _retryable(exc, tracker, retry_unknown):
+                return None
+            unknown = exc.outcome is Outcome.UNKNOWN or tracker.outcome_unknown
+            status = BulkStatus.UNKNOWN if unknown else BulkStatus.FAILED
+            return BulkResult(message, status, error=exc, attempts=attempts)
+        except (TypeError, ValueError) as exc:  # a malformed message
+            return BulkResult(message, BulkStatus.FAILED, error=exc, attempts=attempts)
+        return BulkResult(message, BulkStatus.ACCEPTED, result=result, attempts=attempts)
+
     async def deliver(message: BulkMessage) -> None:
         nonlocal in_flight
         attempts = 0
-        error: BaseException | None = None
+        tracker = _Tracker()
         in_flight += 1
         notify()
         try:
@@ -269,40 +295,22 @@ async def send_bulk(
                 attempts += 1
                 tracker = _Tracker()
                 await limiter.wait()
-                try:
-                    result = await pool._send(
-                        message.sender, message.recipients, message.mail,
-                        message.dsn, False, False, tracker,
-                    )  # fmt: skip
-                except _FATAL as exc:
-                    error = exc
-                    fatal.append(exc)
-                    report(BulkResult(message, BulkStatus.NOT_SENT, error=exc, attempts=attempts))
-                    raise
-                except SMTPError as exc:
-                    error = exc
-                    if attempts <= max_retries and _retryable(exc, tracker, retry_unknown):
-                        summary.retried += 1
-                        notify()
-                        ceiling = min(300.0, retry_backoff * 2.0 ** (attempts - 1))
-                        await trio.sleep(random.uniform(0, ceiling))
-                        continue
-                    if exc.outcome is Outcome.UNKNOWN or tracker.outcome_unknown:
-                        status = BulkStatus.UNKNOWN
-                    else:
-                        status = BulkStatus.FAILED
-                    report(BulkResult(message, status, error=exc, attempts=attempts))
+                final = await attempt(message, attempts, tracker)
+                if final is not None:
+                    report(final)
+                    if any(final.error is error for error in fatal):
+                        raise fatal[0]
                     return
-                except (TypeError, ValueError) as exc:  # a malformed message
-                    report(BulkResult(message, BulkStatus.FAILED, error=exc, attempts=attempts))
-                    return
-                except BaseException as exc:
-                    # Cancelled (or a bug): report what we know, then let it go on.
-                    status = BulkStatus.UNKNOWN if tracker.outcome_unknown else BulkStatus.NOT_SENT
-                    report(BulkResult(message, status, error=error or exc, attempts=attempts))
-                    raise
-                report(BulkResult(message, BulkStatus.ACCEPTED, result=result, attempts=attempts))
-                return
+                summary.retried += 1
+                notify()
+                ceiling = min(300.0, retry_backoff * 2.0 ** (attempts - 1))
+                await trio.sleep(random.uniform(0, ceiling))
+        except BaseException as exc:
+            if not any(exc is error for error in fatal):
+                # Cancelled while waiting, sending or backing off: still reported.
+                status = BulkStatus.UNKNOWN if tracker.outcome_unknown else BulkStatus.NOT_SENT
+                report(BulkResult(message, status, error=exc, attempts=attempts))
+            raise
         finally:
             in_flight -= 1
 
@@ -317,12 +325,22 @@ async def send_bulk(
 
     async def feed() -> None:
         async with send_channel:
-            if isinstance(messages, AsyncIterable):
-                async for message in messages:
-                    await hand_over(message)
-            else:
+            if not isinstance(messages, AsyncIterable):
                 for message in messages:
                     await hand_over(message)
+                return
+            iterator = aiter(messages)
+            try:
+                async for message in iterator:
+                    await hand_over(message)
+            except BaseException:
+                # Stopped early: let the input clean up (an async generator runs
+                # its finally blocks; a memory channel's producers are told).
+                aclose = getattr(iterator, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
+                raise
 
     async def work(receive: trio.MemoryReceiveChannel[BulkMessage]) -> None:
         async with receive:

@@ -189,7 +189,8 @@ class ClientCore:
 
     Args:
         transcript: called with each line sent (``"C: …"``) and received
-            (``"S: …"``), secrets already replaced by ``<redacted>``.
+            (``"S: …"``), secrets already replaced by ``<redacted>``; it is
+            the attribute :attr:`transcript`, which may be changed at any time.
         parser: the reply parser to use (its buffer may be a reused one).
         out_buffer: a reusable buffer for outgoing commands.
     """
@@ -207,7 +208,7 @@ class ClientCore:
         self._out = out_buffer if out_buffer is not None else bytearray()
         del self._out[:]
         self._parser = parser if parser is not None else ReplyParser()
-        self._transcript = transcript
+        self.transcript = transcript
         self._encoder = DataEncoder()
         self._mechanism: Mechanism | None = None
         self._auth_steps = 0
@@ -242,8 +243,8 @@ class ClientCore:
         return tuple(c.verb for c in self._inflight)
 
     def _log(self, line: str) -> None:
-        if self._transcript is not None:
-            self._transcript(line)
+        if self.transcript is not None:
+            self.transcript(line)
 
     def _issue(self, verb: Verb, line: str, *, subject: object = None, log: str | None = None,
                utf8: bool = False) -> None:  # fmt: skip
@@ -420,19 +421,19 @@ class ClientCore:
             raise
 
     def _log_reply(self, reply: Reply) -> None:
-        if self._transcript is None:
+        if self.transcript is None:
             return
         head = self._inflight[0].verb if self._inflight else None
         if reply.code == 334 and head in (Verb.AUTH, Verb.AUTH_RESPONSE):
             # SASL challenges can carry what an offline attack on the password
             # needs (SCRAM's salt and server signature): never logged.
-            self._transcript("S: 334 <redacted>")
+            self.transcript("S: 334 <redacted>")
             return
         last = len(reply.lines) - 1
         status = f"{reply.enhanced_status} " if reply.enhanced_status else ""
         for i, line in enumerate(reply.lines):
             sep = " " if i == last else "-"
-            self._transcript(f"S: {reply.code}{sep}{status}{line}".rstrip())
+            self.transcript(f"S: {reply.code}{sep}{status}{line}".rstrip())
 
     def _apply(self, reply: Reply) -> Event:
         self._log_reply(reply)

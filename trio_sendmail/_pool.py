@@ -158,6 +158,8 @@ class _Tracker:
     outcome_unknown: bool = False
     #: A streamed message had chunks read: it cannot be sent again.
     stream_started: bool = False
+    #: The failure happened while opening a connection (not about the message).
+    connecting: bool = False
 
 
 class _Replayable:
@@ -271,7 +273,9 @@ class Pool(trio.abc.AsyncResource):
             assert body.chunks is not None
             source = _Replayable(body.chunks)
         while True:
+            tracker.connecting = True
             connection = await self._acquire()
+            tracker.connecting = False
             reused = connection.messages > 0
             try:
                 result = await connection.session.send(
@@ -281,10 +285,15 @@ class Pool(trio.abc.AsyncResource):
                 tracker.outcome_unknown = connection.session.outcome_unknown
                 tracker.stream_started = isinstance(source, _Replayable) and source.started
                 await self._release(connection)
+                # Resend only when nothing of the message can have reached a
+                # server that still works: a reused connection the server had
+                # closed, failing before any message data flowed.
                 stale = (
                     reused
                     and isinstance(exc, _STALE)
                     and exc.outcome is Outcome.NOT_SENT
+                    and not connection.session.data_started
+                    and not connection.session.outcome_unknown
                     and not (isinstance(source, _Replayable) and source.started)
                 )
                 if stale and not self._closed:
@@ -316,13 +325,17 @@ class Pool(trio.abc.AsyncResource):
                     self._close_soon(connection)
                     continue
                 self._busy.add(connection)
-                idle_for = now - connection.last_used
-                if idle_for >= self._limits.idle_check_after and not await self._healthy(
-                    connection
-                ):
-                    self._busy.discard(connection)
-                    self._close_soon(connection)
-                    continue
+                if now - connection.last_used >= self._limits.idle_check_after:
+                    try:
+                        healthy = await self._healthy(connection)
+                    except BaseException:  # cancelled mid-check: the connection goes
+                        self._busy.discard(connection)
+                        self._close_soon(connection)
+                        raise
+                    if not healthy:
+                        self._busy.discard(connection)
+                        self._close_soon(connection)
+                        continue
                 return connection
             if self._open_count() < self._target:
                 opened = await self._open()
@@ -350,6 +363,7 @@ class Pool(trio.abc.AsyncResource):
 
     async def _open(self) -> _Connection | None:
         """Open one connection; None after a refusal that the pool absorbed."""
+        failure: SMTPError | None = None
         self._opening += 1
         try:
             await self._connect_limiter.wait()
@@ -357,25 +371,22 @@ class Pool(trio.abc.AsyncResource):
         except _FATAL:
             self._connection_failures += 1
             raise
-        except (SMTPError, OSError) as exc:
+        except SMTPError as exc:
+            failure = exc
+        finally:
+            self._opening -= 1
+        if failure is not None:
             self._connection_failures += 1
             self._connect_failures += 1
             self._last_refusal = trio.current_time()
-            self._opening -= 1
-            working = len(self._idle) + len(self._busy) + self._opening
+            working = self._open_count()
             if working == 0 and self._connect_failures >= self._limits.connect_retries:
                 self._connect_failures = 0
-                raise
+                raise failure
             # Shrink to what works, and back off before the next attempt.
             self._target = max(1, working)
             await trio.sleep(self._backoff())
-            if not isinstance(exc, SMTPError):  # pragma: no cover - _connect wraps OSError
-                raise
             return None
-        except BaseException:
-            self._opening -= 1
-            raise
-        self._opening -= 1
         self._connect_failures = 0
         now = trio.current_time()
         connection = _Connection(session, created=now, last_used=now)
@@ -482,19 +493,18 @@ async def open_pool(
         pipelining=pipelining,
         chunking=chunking,
     )
-    try:
-        async with trio.open_nursery() as nursery:
-            pool = Pool(config, limits, nursery)
-            nursery.start_soon(pool._reap)
-            try:
-                yield pool
-            finally:
-                await pool.aclose()
-                nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        # The pool's own tasks never raise: whatever is in the group came from
-        # the caller's block. Give it back as it was raised, not wrapped.
-        if len(group.exceptions) == 1:
-            error = group.exceptions[0]
-            raise error from error.__cause__
-        raise
+    # The caller's block runs inside the pool's nursery; its exception is kept
+    # out of the nursery (which would wrap it in a group) and raised as it was.
+    error: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        pool = Pool(config, limits, nursery)
+        nursery.start_soon(pool._reap)
+        try:
+            yield pool
+        except BaseException as exc:
+            error = exc
+        finally:
+            await pool.aclose()
+            nursery.cancel_scope.cancel()
+    if error is not None:
+        raise error

@@ -318,7 +318,7 @@ class Session(trio.abc.AsyncResource):
         *,
         hostname: str,
         tls_mode: TLSMode,
-        ssl_context: ssl.SSLContext,
+        ssl_context: ssl.SSLContext | None,
         timeouts: Timeouts,
         buffers: Buffers,
         pipelining: bool = True,
@@ -334,12 +334,13 @@ class Session(trio.abc.AsyncResource):
         self._pipelining = pipelining
         self._chunking = chunking
         self._core = ClientCore(
-            transcript=self._log,
+            transcript=self._log if logger.isEnabledFor(logging.DEBUG) else None,
             parser=ReplyParser(buffer=buffers.receive_buffer),
             out_buffer=buffers.command_buffer,
         )
         self._busy = False
         self._timer: trio.CancelScope | None = None
+        self._data_started = False
         self._phase = ""
         self._timeout_message = ""
         self._outcome_unknown = False
@@ -384,6 +385,12 @@ class Session(trio.abc.AsyncResource):
         return not self._transport_closed and self._core.state is State.READY
 
     @property
+    def data_started(self) -> bool:
+        """True once the latest :meth:`send` began to send message data (after
+        354, or with the first BDAT chunk)."""
+        return self._data_started
+
+    @property
     def outcome_unknown(self) -> bool:
         """True when the latest :meth:`send` wrote the end of its message (the
         final dot, or ``BDAT … LAST``) but did not read the reply: after a
@@ -423,9 +430,10 @@ class Session(trio.abc.AsyncResource):
         """Bound one public operation's I/O with a single cancel scope.
 
         Each write or read arms the scope with its phase's bound (RFC 5321
-        §4.5.3.2) and disarms it when done, so the time spent elsewhere (e.g.
-        waiting on the caller's message source) is not counted. One scope per
-        operation instead of one per I/O keeps the per-message cost low.
+        §4.5.3.2). Between two I/Os the last bound still runs: in the DATA
+        phase, a message source slower than the data-block bound (3 minutes)
+        ends the send, as the server would end it. One scope per operation
+        instead of one per I/O keeps the per-message cost low.
         """
         if self._timer is not None:  # already inside a timed operation
             yield
@@ -448,10 +456,6 @@ class Session(trio.abc.AsyncResource):
         self._timeout_message = message
         self._timer.deadline = trio.current_time() + timeout
 
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.deadline = math.inf
-
     async def _write(
         self, data: bytes | bytearray | memoryview, phase: str, timeout: float
     ) -> None:
@@ -464,8 +468,6 @@ class Session(trio.abc.AsyncResource):
         except BaseException:
             await self._io_failed()
             raise
-        finally:
-            self._disarm()
         self._bytes_sent += len(data)
         self._unanswered_write = True
 
@@ -505,8 +507,6 @@ class Session(trio.abc.AsyncResource):
         except BaseException:
             await self._io_failed()
             raise
-        finally:
-            self._disarm()
         if event.verb in (Verb.END_DATA, Verb.BDAT_LAST):
             self._outcome_unknown = False  # the message has its answer
         if event.reply.code == 421:
@@ -590,6 +590,9 @@ class Session(trio.abc.AsyncResource):
         raise SMTPResponseError.from_reply(event.reply, event.verb.value)
 
     async def _handshake(self, transport: trio.abc.Stream) -> trio.SSLStream[trio.abc.Stream]:
+        if self._ssl_context is None:
+            # Loading the system's CAs costs milliseconds: only when TLS is used.
+            self._ssl_context = _default_ssl_context()
         stream = trio.SSLStream(
             transport,
             self._ssl_context,
@@ -705,6 +708,9 @@ class Session(trio.abc.AsyncResource):
             raise trio.BusyResourceError("another task is sending on this session")
         self._busy = True
         self._outcome_unknown = False
+        self._data_started = False
+        # Format transcript lines only when someone reads them.
+        self._core.transcript = self._log if logger.isEnabledFor(logging.DEBUG) else None
         try:
             options = _Options(dsn, requiretls, binary)
             with self._timed():
@@ -712,7 +718,8 @@ class Session(trio.abc.AsyncResource):
         except SMTPError as exc:
             self._failed += 1
             if exc.outcome is None:
-                exc.outcome = Outcome.NOT_SENT
+                # The end of the data went out and no answer came: unknown.
+                exc.outcome = Outcome.UNKNOWN if self._outcome_unknown else Outcome.NOT_SENT
             raise
         except BaseException:
             self._failed += 1
@@ -872,6 +879,7 @@ class Session(trio.abc.AsyncResource):
         """Write the queued BDAT command followed by its *data*."""
         command = self._core.data_to_send()
         phase = "data_end" if last else "data_block"
+        self._data_started = True
         if last:
             self._outcome_unknown = True
         try:
@@ -912,6 +920,7 @@ class Session(trio.abc.AsyncResource):
 
     async def _send_data(self, body: MailBody) -> None:
         """Send the message after 354 (dot-stuffed), then the final dot."""
+        self._data_started = True
         core = self._core
         size = self._buffers.send_size
         timeout = self._timeouts.data_block
@@ -1070,6 +1079,18 @@ class Session(trio.abc.AsyncResource):
             await self._close_transport()
 
 
+_shared_context: ssl.SSLContext | None = None
+
+
+def _default_ssl_context() -> ssl.SSLContext:
+    """``ssl.create_default_context()``, made once per process (it verifies
+    certificates and host names, and loads the system's CAs)."""
+    global _shared_context
+    if _shared_context is None:
+        _shared_context = ssl.create_default_context()
+    return _shared_context
+
+
 def _isascii(data: bytes | bytearray | memoryview) -> bool:
     if isinstance(data, memoryview):
         return bytes(data).isascii()
@@ -1211,7 +1232,7 @@ class _SessionConfig:
     hostname: str
     port: int
     tls: TLSMode
-    ssl_context: ssl.SSLContext = attrs.field(repr=False)
+    ssl_context: ssl.SSLContext | None = attrs.field(repr=False)
     ehlo_name: Domain | None
     authentication: Authentication | None = attrs.field(repr=False)
     insecure_auth_over_plaintext: bool
@@ -1245,7 +1266,7 @@ class _SessionConfig:
             hostname=hostname,
             port=port,
             tls=tls,
-            ssl_context=ssl_context if ssl_context is not None else ssl.create_default_context(),
+            ssl_context=ssl_context,
             ehlo_name=None if domain is None else _coerce_domain(domain),
             authentication=authentication,
             insecure_auth_over_plaintext=insecure_auth_over_plaintext,
