@@ -65,7 +65,7 @@ WORKLOADS: dict[str, dict[str, Any]] = {
             "recipients": 1,
             "connections": 8,
             "tls": True,
-        },  # fmt: skip
+        },
         "clients": ["trio_sendmail", "aiosmtplib"],
         "server": "tls",
     },
@@ -77,7 +77,7 @@ WORKLOADS: dict[str, dict[str, Any]] = {
             "recipients": 1,
             "connections": 1,
             "tls": True,
-        },  # fmt: skip
+        },
         "clients": ["trio_sendmail", "raw_sslstream"],
         "server": "tls",
     },
