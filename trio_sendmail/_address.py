@@ -33,6 +33,7 @@ Python type raises :class:`TypeError`.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import re
 import unicodedata
@@ -731,6 +732,18 @@ class ForwardPath:
         return "<Postmaster>" if self.mailbox is None else f"<{self.mailbox}>"
 
 
+# Bulk senders pass the same address strings over and over; the values are
+# immutable, so parsing each distinct string once is safe (errors are not cached).
+@functools.lru_cache(maxsize=4096)
+def _parse_reverse_path(text: str) -> ReversePath:
+    return ReversePath.parse(text)
+
+
+@functools.lru_cache(maxsize=16384)
+def _parse_forward_path(text: str) -> ForwardPath:
+    return ForwardPath.parse(text)
+
+
 def reverse_path(value: ReversePath | Mailbox | str | Address) -> ReversePath:
     """Coerce *value* to a :class:`ReversePath`.
 
@@ -749,7 +762,7 @@ def reverse_path(value: ReversePath | Mailbox | str | Address) -> ReversePath:
     if isinstance(value, ReversePath):
         return value
     if isinstance(value, str):
-        return ReversePath.parse(value)
+        return _parse_reverse_path(value)
     if isinstance(value, Mailbox):
         return ReversePath(value)
     if isinstance(value, Address):
@@ -778,7 +791,7 @@ def forward_path(value: ForwardPath | Mailbox | str | Address) -> ForwardPath:
     if isinstance(value, ForwardPath):
         return value
     if isinstance(value, str):
-        return ForwardPath.parse(value)
+        return _parse_forward_path(value)
     if isinstance(value, Mailbox):
         return ForwardPath(value)
     if isinstance(value, Address):

@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 
@@ -162,11 +163,14 @@ class _Command:
     subject: object = None
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
+
+
 def check_argument(text: str, what: str, *, utf8: bool = False) -> None:
     """Refuse control characters (and non-ASCII unless *utf8*) in a command argument."""
-    for ch in text:
-        if ch < " " or "\x7f" <= ch <= "\x9f" or ch in "\u2028\u2029\ufeff":
-            raise SMTPInputError(f"{what} contains the control character {ch!r}")
+    bad = _CONTROL.search(text)
+    if bad is not None:
+        raise SMTPInputError(f"{what} contains the control character {bad[0]!r}")
     if not utf8 and not text.isascii():
         raise SMTPInputError(f"{what} is not ASCII (it needs SMTPUTF8)")
 

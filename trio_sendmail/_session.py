@@ -926,6 +926,11 @@ class Session(trio.abc.AsyncResource):
         timeout = self._timeouts.data_block
         buf = self._buffers.send_buffer
         del buf[:]
+        if body.data is not None and len(body.data) <= size:
+            # A small whole message: body and final dot go out in one write.
+            buf += core.encode_data(body.data)
+            await self._end_data(buf)
+            return
         try:
             async with contextlib.aclosing(self._chunks(body)) as chunks:
                 async for chunk in chunks:
@@ -947,13 +952,17 @@ class Session(trio.abc.AsyncResource):
                 exc.outcome = Outcome.NOT_SENT
             await self._io_failed()
             raise
-        core.end_data()
-        buf += core.data_to_send()
+        await self._end_data(buf)
+
+    async def _end_data(self, buf: bytearray) -> None:
+        """Write what is left of the message with the final dot."""
+        self._core.end_data()
+        buf += self._core.data_to_send()
         tail = bytes(buf)
         del buf[:]
         self._outcome_unknown = True
         try:
-            await self._write(tail, "data_end", timeout)
+            await self._write(tail, "data_end", self._timeouts.data_block)
         except SMTPError as exc:
             exc.outcome = Outcome.UNKNOWN
             raise
