@@ -342,7 +342,8 @@ class Session(trio.abc.AsyncResource):
         self._timer: trio.CancelScope | None = None
         self._data_started = False
         self._phase = ""
-        self._timeout_message = ""
+        self._waiting_for = ""
+        self._timeout = 0.0
         self._outcome_unknown = False
         self._closed = False  # aclose() was called
         self._transport_closed = False
@@ -445,21 +446,32 @@ class Session(trio.abc.AsyncResource):
             finally:
                 self._timer = None
         if scope.cancelled_caught:
-            error = SMTPTimeoutError(self._timeout_message, phase=self._phase)
+            error = SMTPTimeoutError(
+                f"timed out waiting for {self._waiting_for} ({self._phase}) after "
+                f"{self._timeout:g} s",
+                phase=self._phase,
+            )
             if self._busy:
                 error.outcome = Outcome.UNKNOWN if self._outcome_unknown else Outcome.NOT_SENT
             raise error
 
-    def _arm(self, phase: str, timeout: float, message: str) -> None:
-        assert self._timer is not None, "I/O outside a timed operation"
+    def _arm(self, phase: str, timeout: float, waiting_for: str) -> None:
+        """Bound the next I/O by *timeout* seconds (its phase's bound)."""
+        timer = self._timer
+        assert timer is not None, "I/O outside a timed operation"
         self._phase = phase
-        self._timeout_message = message
-        self._timer.deadline = trio.current_time() + timeout
+        self._waiting_for = waiting_for
+        self._timeout = timeout
+        deadline = trio.current_time() + timeout
+        # Moving a deadline costs a heap update: keep one that is already
+        # within a thousandth of the bound (consecutive I/Os of one message).
+        if not deadline - timeout / 1000 <= timer.deadline <= deadline:
+            timer.deadline = deadline
 
     async def _write(
         self, data: bytes | bytearray | memoryview, phase: str, timeout: float
     ) -> None:
-        self._arm(phase, timeout, f"timed out sending ({phase}) after {timeout:g} s")
+        self._arm(phase, timeout, "sending")
         try:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, OSError) as exc:
