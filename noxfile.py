@@ -60,3 +60,12 @@ def interop(session: nox.Session) -> None:
         )
     finally:
         session.run("bash", "tests/interop/postfix.sh", "stop", external=True)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The benchmark suite: installs smtp-sink/smtp-source, stunnel and the peers,
+    runs W1-W5 and writes bench/RESULTS.md (``-- --quick`` for a smoke run)."""
+    session.run("bash", "bench/setup.sh", external=True)
+    session.install("-e", ".[bench]")
+    session.run("python", "bench/run.py", *session.posargs)
