@@ -27,4 +27,7 @@ napoleon_numpy_docstring = False
 nitpicky = False
 # No intersphinx: the docs build offline, and talks to no network host.
 html_theme = "alabaster"
+# No links to the theme's and Sphinx's sites: every external link in the built
+# pages goes to an allow-listed documentation host (checked by tests/test_docs.py).
+html_theme_options = {"show_powered_by": False}
 exclude_patterns = ["_build"]
