@@ -341,6 +341,7 @@ class Session(trio.abc.AsyncResource):
         self._busy = False
         self._timer: trio.CancelScope | None = None
         self._data_started = False
+        self._end_answered = False
         self._phase = ""
         self._waiting_for = ""
         self._timeout = 0.0
@@ -452,8 +453,16 @@ class Session(trio.abc.AsyncResource):
                 phase=self._phase,
             )
             if self._busy:
-                error.outcome = Outcome.UNKNOWN if self._outcome_unknown else Outcome.NOT_SENT
+                error.outcome = self._failure_outcome()
             raise error
+
+    def _failure_outcome(self) -> Outcome:
+        """What a failed send means for its message: no answer after the end
+        of the data is unknown; an answer (even 421) refused it; before the
+        end of the data, nothing was sent."""
+        if self._outcome_unknown:
+            return Outcome.UNKNOWN
+        return Outcome.REFUSED if self._end_answered else Outcome.NOT_SENT
 
     def _arm(self, phase: str, timeout: float, waiting_for: str) -> None:
         """Bound the next I/O by *timeout* seconds (its phase's bound)."""
@@ -521,6 +530,7 @@ class Session(trio.abc.AsyncResource):
             raise
         if event.verb in (Verb.END_DATA, Verb.BDAT_LAST):
             self._outcome_unknown = False  # the message has its answer
+            self._end_answered = True
         if event.reply.code == 421:
             await self._io_failed()
             raise SMTPServiceClosing.from_reply(event.reply, event.verb.value)
@@ -720,6 +730,7 @@ class Session(trio.abc.AsyncResource):
             raise trio.BusyResourceError("another task is sending on this session")
         self._busy = True
         self._outcome_unknown = False
+        self._end_answered = False
         self._data_started = False
         # Format transcript lines only when someone reads them.
         self._core.transcript = self._log if logger.isEnabledFor(logging.DEBUG) else None
@@ -730,8 +741,7 @@ class Session(trio.abc.AsyncResource):
         except SMTPError as exc:
             self._failed += 1
             if exc.outcome is None:
-                # The end of the data went out and no answer came: unknown.
-                exc.outcome = Outcome.UNKNOWN if self._outcome_unknown else Outcome.NOT_SENT
+                exc.outcome = self._failure_outcome()
             raise
         except BaseException:
             self._failed += 1
@@ -869,7 +879,7 @@ class Session(trio.abc.AsyncResource):
                 error = SMTPResponseError.from_reply(envelope.data_reply, "DATA")
                 await self._refuse(error, None)
             await self._send_data(body)
-            final = await self._final_reply(".")
+            final = await self._final_reply()
         if not final.is_positive:
             error = SMTPResponseError.from_reply(final, "BDAT" if plan.chunking else ".")
             error.outcome = Outcome.REFUSED
@@ -878,13 +888,10 @@ class Session(trio.abc.AsyncResource):
             raise error
         return SendResult(final, tuple(envelope.accepted), envelope.refused)
 
-    async def _final_reply(self, what: str) -> Reply:
-        """The reply to the end of the message: no reply means an unknown outcome."""
-        try:
-            event = await self._read()
-        except SMTPError as exc:
-            exc.outcome = Outcome.UNKNOWN
-            raise
+    async def _final_reply(self) -> Reply:
+        """The reply to the end of the message (see :meth:`send` for the outcome
+        of an error raised here)."""
+        event = await self._read()
         return event.reply
 
     async def _write_with_data(self, data: bytes, *, last: bool) -> None:
@@ -1028,7 +1035,7 @@ class Session(trio.abc.AsyncResource):
                 if exc.outcome is None:
                     exc.outcome = Outcome.UNKNOWN
                 raise
-        return await self._final_reply("BDAT")
+        return await self._final_reply()
 
     async def _chunks(self, body: MailBody) -> AsyncGenerator[bytes | bytearray | memoryview]:
         """The message's chunks, checked; a whole message comes in slices."""
