@@ -917,6 +917,11 @@ class Session(trio.abc.AsyncResource):
         If ending it fails too (a 421, a lost connection), the session is
         closed or broken, but *error* is what the caller needs to know.
         """
+        if error.outcome is None:
+            # Refused before the message itself was answered (sender, every
+            # recipient, DATA, a BDAT chunk): as if nothing had been sent, even
+            # when a pipelined BDAT carried the data along.
+            error.outcome = Outcome.NOT_SENT
         try:
             await self._end_transaction(data_reply)
         except SMTPError as exc:
