@@ -50,7 +50,7 @@ def _diagram_svg() -> str:
 
     from trio_sendmail._core import TABLE, State
 
-    states = [s for s in State]
+    states = list(State)
     edges: dict[tuple[State, State], list[str]] = {}
     for verb, rule in TABLE.items():
         for klass, target in rule.replies.items():
