@@ -69,3 +69,17 @@ def bench(session: nox.Session) -> None:
     session.run("bash", "bench/setup.sh", external=True)
     session.install("-e", ".[bench]")
     session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """Coverage-guided fuzzing of the reply stream parser (atheris/libFuzzer).
+
+    ``nox -s fuzz`` runs 20,000 inputs (a few seconds; CI runs this); the long
+    run is ``nox -s fuzz -- --runs 1000000 --with-corpus`` (about 30 minutes).
+    Other arguments go to tests/fuzz/fuzz_reply.py and on to libFuzzer. A crash
+    exits non-zero and leaves crash-<sha1> in the working folder.
+    """
+    session.install("-e", ".[test]")
+    session.install("atheris>=2.3")
+    session.run("python", "tests/fuzz/fuzz_reply.py", *(session.posargs or ["--runs", "20000"]))

@@ -480,7 +480,7 @@ class Session(trio.abc.AsyncResource):
     async def _write(
         self, data: bytes | bytearray | memoryview, phase: str, timeout: float
     ) -> None:
-        self._arm(phase, timeout, "sending")
+        self._arm(phase, timeout, "the server to take our data")
         try:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, OSError) as exc:
@@ -505,9 +505,7 @@ class Session(trio.abc.AsyncResource):
         try:
             event = core.next_event()  # under PIPELINING, often already here
             if event is None:
-                self._arm(
-                    phase, timeout, f"no reply from the server ({phase}) within {timeout:g} s"
-                )
+                self._arm(phase, timeout, "a reply from the server")
                 if self._unanswered_write:
                     # A round trip: we wait for the server after sending.
                     self._round_trips += 1
