@@ -31,7 +31,6 @@ alone. Messages that were still pending are then reported as ``NOT_SENT``.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import random
 from collections.abc import AsyncIterable, Callable, Iterable
@@ -52,7 +51,7 @@ from ._errors import (
     SMTPTimeoutError,
     SMTPTransientError,
 )
-from ._message import Mail
+from ._message import Mail, close_early
 from ._pool import Pool, _RateLimiter, _Tracker, open_pool
 from ._session import SendResult
 
@@ -334,12 +333,7 @@ async def send_bulk(
                 async for message in iterator:
                     await hand_over(message)
             except BaseException:
-                # Stopped early: let the input clean up (an async generator runs
-                # its finally blocks; a memory channel's producers are told).
-                aclose = getattr(iterator, "aclose", None)
-                if aclose is not None:
-                    with contextlib.suppress(Exception):
-                        await aclose()
+                await close_early(iterator)
                 raise
 
     async def work(receive: trio.MemoryReceiveChannel[BulkMessage]) -> None:

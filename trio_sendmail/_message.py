@@ -11,13 +11,14 @@ whatever its length.
 
 from __future__ import annotations
 
+import contextlib
 import email.message
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import TypeAlias
 
 import attrs
 
-__all__ = ["Mail", "MailBody", "prepare_mail"]
+__all__ = ["Mail", "MailBody", "close_early", "prepare_mail"]
 
 #: What ``mail=`` accepts.
 Mail: TypeAlias = (
@@ -57,3 +58,13 @@ def prepare_mail(mail: Mail) -> MailBody:
         "mail must be bytes, an email.message.EmailMessage, or an async iterable of "
         f"bytes (such as a trio.MemoryReceiveChannel), not {type(mail).__name__}"
     )
+
+
+async def close_early(iterator: AsyncIterator[object]) -> None:
+    """Let a caller's async iterator clean up after we stopped reading it early:
+    an async generator runs its ``finally`` blocks, a memory channel's
+    producers learn that nobody reads any more. Its own errors are ignored."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()

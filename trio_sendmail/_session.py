@@ -69,7 +69,7 @@ from ._errors import (
     SMTPTimeoutError,
     SMTPTLSError,
 )
-from ._message import Mail, MailBody, prepare_mail
+from ._message import Mail, MailBody, close_early, prepare_mail
 from ._reply import Reply, ReplyParser
 from ._sasl import Authentication, OAuthBearerMechanism, choose_mechanism, usable_mechanisms
 
@@ -1063,12 +1063,7 @@ class Session(trio.abc.AsyncResource):
                     )
                 yield chunk
         except BaseException:
-            # We stop reading early: let the source clean up (an async generator
-            # runs its finally blocks; a memory channel's producer is told).
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
+            await close_early(iterator)
             raise
 
     async def noop(self) -> Reply:
