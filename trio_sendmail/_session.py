@@ -1204,7 +1204,9 @@ async def open_session(
         tls: :class:`TLSMode`.
         ssl_context: trust and TLS settings, the seed's *authenticator*; the
             default is :func:`ssl.create_default_context`, which verifies the
-            certificate against the system's CAs.
+            certificate against the system's CAs (made once per process, when
+            TLS is first used: pass your own context to pick up a CA bundle
+            that changed since).
         domain: the EHLO name; by default the local FQDN, or else an address
             literal of the local end of the connection.
         authentication: credentials for AUTH, or ``None`` to skip AUTH.
