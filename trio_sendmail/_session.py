@@ -957,7 +957,7 @@ class Session(trio.abc.AsyncResource):
             async with contextlib.aclosing(self._chunks(body)) as chunks:
                 async for chunk in chunks:
                     encoded = core.encode_data(chunk)
-                    if len(buf) + len(encoded) <= size:
+                    if len(buf) + len(encoded) < size:
                         buf += encoded
                         continue
                     if buf:
