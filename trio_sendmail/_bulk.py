@@ -3,9 +3,21 @@
 Theory of operation
 -------------------
 :func:`send_bulk` runs ``concurrency`` worker tasks in a nursery of its own.
-A feeder task pulls messages from the caller's iterable (sync or async, e.g. a
-:class:`trio.MemoryReceiveChannel`) into an unbuffered channel, so at most one
-message per worker is held in memory however long the input is.
+Workers read a sync iterable themselves; an async one (e.g. a
+:class:`trio.MemoryReceiveChannel`) is pulled by a feeder task into an
+unbuffered channel. Either way the input is read only as fast as messages go
+out, so memory stays bounded however long it is.
+
+**Pipelining across messages.** A worker takes a connection from the pool and
+keeps it while the input has a message ready: the body and final dot of one
+message go out in the same write as the next message's MAIL, RCPT and DATA,
+and one wait brings back the reply to both (RFC 2920 §3.1 lets message content
+open a pipelined group). Against a server without CHUNKING this halves the
+waits per message; with CHUNKING a small message already takes one wait
+(``BDAT … LAST`` rides with its envelope). The connection goes back to the pool
+when the input has nothing ready, when the connection is due for retirement,
+or when a message must wait for a retry; a ``rate`` limit sends one message at
+a time.
 
 Each message ends in exactly one :class:`BulkResult`, handed to ``on_result``
 (or gathered in the returned summary):
@@ -31,9 +43,10 @@ alone. Messages that were still pending are then reported as ``NOT_SENT``.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import random
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from email.headerregistry import Address
 from typing import Any
 
@@ -48,12 +61,13 @@ from ._errors import (
     SMTPConnectionError,
     SMTPError,
     SMTPNotSupportedError,
+    SMTPProtocolError,
     SMTPTimeoutError,
     SMTPTransientError,
 )
-from ._message import Mail, close_early
-from ._pool import Pool, _RateLimiter, _Tracker, open_pool
-from ._session import SendResult
+from ._message import Mail, close_early, prepare_mail
+from ._pool import Pool, _Connection, _RateLimiter, _Replayable, _stale, _Tracker, open_pool
+from ._session import SendResult, _Options, _Pending
 
 __all__ = ["BulkMessage", "BulkProgress", "BulkResult", "BulkStatus", "BulkSummary", "send_bulk"]
 
@@ -155,6 +169,21 @@ class BulkSummary:
 _FATAL = (SMTPAuthenticationError, SMTPNotSupportedError, SMTPConnectionError)
 
 
+def _pending_error(error: SMTPError, outcome: Outcome) -> SMTPError:
+    """The error of a pipelined message whose connection failed before the
+    reply to its end of data (*error* is the next message's)."""
+    copy: SMTPError
+    if isinstance(error, SMTPTimeoutError):
+        copy = SMTPTimeoutError(str(error), phase=error.phase)
+    elif isinstance(error, SMTPProtocolError):
+        copy = SMTPProtocolError(str(error))
+    else:
+        copy = SMTPConnectionError(str(error))
+    copy.outcome = outcome
+    copy.__cause__ = error
+    return copy
+
+
 def _retryable(error: SMTPError, tracker: _Tracker, retry_unknown: bool) -> bool:
     if tracker.stream_started:
         return False  # the chunks already read are gone
@@ -190,8 +219,10 @@ async def send_bulk(
         hostname: instead of *pool*, the server to open a pool to, for this run
             only; the other keyword arguments of :func:`open_pool` (``port``,
             ``tls``, ``authentication``, ``limits``, …) go in ``**connection``.
-        concurrency: messages in flight at once (default: the pool's
-            ``max_connections``).
+        concurrency: connections sending at once (default: the pool's
+            ``max_connections``). Under PIPELINING each carries up to two
+            messages: one waiting for the reply to its end of data while the
+            next one's envelope goes out.
         max_retries: retries of a transiently failing message.
         retry_backoff: the first retry waits up to this many seconds; each next
             one up to twice as long (full jitter), at most 5 minutes.
@@ -232,126 +263,397 @@ async def send_bulk(
         concurrency = pool._limits.max_connections
     if concurrency < 1 or max_retries < 0 or not retry_backoff >= 0:
         raise ValueError("concurrency must be >= 1, max_retries and retry_backoff >= 0")
-    summary = BulkSummary()
-    limiter = _RateLimiter(rate)
-    started = trio.current_time()
-    in_flight = 0
-    fatal: list[BaseException] = []
+    run = _Run(pool, max_retries, retry_backoff, retry_unknown, rate, on_result, progress)
+    await run.run(messages, concurrency)
+    return run.summary
 
-    def report(result: BulkResult) -> None:
-        counter = result.status.name.lower()
-        setattr(summary, counter, getattr(summary, counter) + 1)
-        if on_result is not None:
-            on_result(result)
-        else:
-            summary.results.append(result)
-        notify()
 
-    def notify() -> None:
-        if progress is not None:
-            progress(
-                BulkProgress(
-                    accepted=summary.accepted,
-                    failed=summary.failed,
-                    unknown=summary.unknown,
-                    not_sent=summary.not_sent,
-                    retried=summary.retried,
-                    in_flight=in_flight,
-                    elapsed=trio.current_time() - started,
-                )
-            )
+class _Marker(enum.Enum):
+    END = "the input is exhausted"
+    LATER = "nothing can be taken without waiting"
 
-    async def attempt(message: BulkMessage, attempts: int, tracker: _Tracker) -> BulkResult | None:
-        """One try: the final result, or None to retry (cancellation passes through)."""
-        try:
-            result = await pool._send(
-                message.sender, message.recipients, message.mail,
-                message.dsn, False, False, tracker,
-            )  # fmt: skip
-        except SMTPError as exc:
-            if tracker.connecting and isinstance(exc, _FATAL):
-                # Every send would fail the same way (bad credentials or TLS, or
-                # no connection after the pool's retries): the run ends.
-                fatal.append(exc)
-                return BulkResult(message, BulkStatus.NOT_SENT, error=exc, attempts=attempts)
-            if attempts <= max_retries and _retryable(exc, tracker, retry_unknown):
-                return None
-            unknown = exc.outcome is Outcome.UNKNOWN or tracker.outcome_unknown
-            status = BulkStatus.UNKNOWN if unknown else BulkStatus.FAILED
-            return BulkResult(message, status, error=exc, attempts=attempts)
-        except (TypeError, ValueError) as exc:  # a malformed message
-            return BulkResult(message, BulkStatus.FAILED, error=exc, attempts=attempts)
-        return BulkResult(message, BulkStatus.ACCEPTED, result=result, attempts=attempts)
 
-    async def deliver(message: BulkMessage) -> None:
-        nonlocal in_flight
-        attempts = 0
-        tracker = _Tracker()
-        in_flight += 1
-        notify()
-        try:
-            while True:
-                attempts += 1
-                tracker = _Tracker()
-                await limiter.wait()
-                final = await attempt(message, attempts, tracker)
-                if final is not None:
-                    report(final)
-                    if any(final.error is error for error in fatal):
-                        raise fatal[0]
-                    return
-                summary.retried += 1
-                notify()
-                ceiling = min(300.0, retry_backoff * 2.0 ** (attempts - 1))
-                await trio.sleep(random.uniform(0, ceiling))
-        except BaseException as exc:
-            if not any(exc is error for error in fatal):
-                # Cancelled while waiting, sending or backing off: still reported.
-                status = BulkStatus.UNKNOWN if tracker.outcome_unknown else BulkStatus.NOT_SENT
-                report(BulkResult(message, status, error=exc, attempts=attempts))
-            raise
-        finally:
-            in_flight -= 1
+_END = _Marker.END
+_LATER = _Marker.LATER
 
-    send_channel, receive_channel = trio.open_memory_channel[BulkMessage](0)
 
-    async def hand_over(message: BulkMessage) -> None:
-        try:
-            await send_channel.send(message)
-        except BaseException as exc:  # taken from the input: it must be reported
-            report(BulkResult(message, BulkStatus.NOT_SENT, error=exc))
-            raise
+class _Source:
+    """The caller's messages, taken by the workers as they need them.
 
-    async def feed() -> None:
+    A sync iterable is read by the workers themselves (``next`` never waits);
+    an async one by a feeder task through an unbuffered channel, so that at
+    most one message per worker is held.
+    """
+
+    def __init__(self, run: _Run, messages: Iterable[BulkMessage] | AsyncIterable[BulkMessage]):
+        self._run = run
+        self._messages = messages
+        self._iterator: Iterator[BulkMessage] | None = None
+        self._channel: trio.MemoryReceiveChannel[BulkMessage] | None = None
+        if not isinstance(messages, AsyncIterable):
+            self._iterator = iter(messages)
+
+    def start(self, nursery: trio.Nursery) -> None:
+        if self._iterator is None:
+            send, self._channel = trio.open_memory_channel[BulkMessage](0)
+            nursery.start_soon(self._feed, send)
+
+    async def _feed(self, send_channel: trio.MemorySendChannel[BulkMessage]) -> None:
         async with send_channel:
-            if not isinstance(messages, AsyncIterable):
-                for message in messages:
-                    await hand_over(message)
-                return
-            iterator = aiter(messages)
+            assert isinstance(self._messages, AsyncIterable)
+            iterator = aiter(self._messages)
             try:
                 async for message in iterator:
-                    await hand_over(message)
+                    try:
+                        await send_channel.send(message)
+                    except BaseException as exc:  # taken from the input: it must be reported
+                        self._run.report(BulkResult(message, BulkStatus.NOT_SENT, error=exc))
+                        raise
             except BaseException:
                 await close_early(iterator)
                 raise
 
-    async def work(receive: trio.MemoryReceiveChannel[BulkMessage]) -> None:
-        async with receive:
-            async for message in receive:
-                await deliver(message)
+    def take_nowait(self) -> BulkMessage | _Marker:
+        """The next message, :data:`_LATER` or :data:`_END`."""
+        if self._iterator is not None:
+            return next(self._iterator, _END)
+        assert self._channel is not None
+        try:
+            return self._channel.receive_nowait()
+        except trio.WouldBlock:
+            return _LATER
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            return _END
 
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed)
-            async with receive_channel:
+    async def take(self) -> BulkMessage | _Marker:
+        """The next message, or :data:`_END`."""
+        if self._iterator is not None:
+            await trio.lowlevel.checkpoint()
+            return next(self._iterator, _END)
+        assert self._channel is not None
+        try:
+            return await self._channel.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            return _END
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+
+
+@attrs.define(eq=False)
+class _Job:
+    """A message taken from the input, until its result is reported."""
+
+    message: BulkMessage
+    attempts: int = 0
+    tracker: _Tracker = attrs.field(factory=_Tracker)
+    reported: bool = False
+
+
+class _Run:
+    """The state of one :func:`send_bulk` call."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        max_retries: int,
+        retry_backoff: float,
+        retry_unknown: bool,
+        rate: float | None,
+        on_result: Callable[[BulkResult], None] | None,
+        progress: Callable[[BulkProgress], None] | None,
+    ) -> None:
+        self.pool = pool
+        self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
+        self.retry_unknown = retry_unknown
+        self.rate = rate
+        self.limiter = _RateLimiter(rate)
+        self.on_result = on_result
+        self.progress = progress
+        self.summary = BulkSummary()
+        self.started = trio.current_time()
+        self.in_flight = 0
+        self.fatal: list[BaseException] = []
+
+    # ---------------------------------------------------------- reporting
+
+    def report(self, result: BulkResult, job: _Job | None = None) -> None:
+        summary = self.summary
+        counter = result.status.name.lower()
+        setattr(summary, counter, getattr(summary, counter) + 1)
+        if job is not None:
+            job.reported = True
+            self.in_flight -= 1
+        if self.on_result is not None:
+            self.on_result(result)
+        else:
+            summary.results.append(result)
+        self.notify()
+
+    def notify(self) -> None:
+        if self.progress is None:
+            return
+        summary = self.summary
+        self.progress(
+            BulkProgress(
+                accepted=summary.accepted,
+                failed=summary.failed,
+                unknown=summary.unknown,
+                not_sent=summary.not_sent,
+                retried=summary.retried,
+                in_flight=self.in_flight,
+                elapsed=trio.current_time() - self.started,
+            )
+        )
+
+    def taken(self, message: BulkMessage) -> _Job:
+        self.in_flight += 1
+        self.notify()
+        return _Job(message)
+
+    def classify(self, job: _Job, exc: BaseException) -> BulkResult | None:
+        """The final result of a failed attempt, or None to retry it."""
+        message, attempts, tracker = job.message, job.attempts, job.tracker
+        if isinstance(exc, SMTPError):
+            if tracker.connecting and isinstance(exc, _FATAL):
+                # Every send would fail the same way (bad credentials or TLS, or
+                # no connection after the pool's retries): the run ends.
+                self.fatal.append(exc)
+                return BulkResult(message, BulkStatus.NOT_SENT, error=exc, attempts=attempts)
+            if attempts <= self.max_retries and _retryable(exc, tracker, self.retry_unknown):
+                return None
+            unknown = exc.outcome is Outcome.UNKNOWN or tracker.outcome_unknown
+            status = BulkStatus.UNKNOWN if unknown else BulkStatus.FAILED
+            return BulkResult(message, status, error=exc, attempts=attempts)
+        assert isinstance(exc, TypeError | ValueError)  # a malformed message
+        return BulkResult(message, BulkStatus.FAILED, error=exc, attempts=attempts)
+
+    def interrupted(self, job: _Job, exc: BaseException) -> None:
+        """Report a job cut short by cancellation or another task's failure."""
+        if not job.reported:
+            status = BulkStatus.UNKNOWN if job.tracker.outcome_unknown else BulkStatus.NOT_SENT
+            self.report(BulkResult(job.message, status, error=exc, attempts=job.attempts), job)
+
+    def finish(self, job: _Job, result: BulkResult) -> None:
+        """Report *job*'s final result; raise if it ended the run."""
+        self.report(result, job)
+        if any(result.error is error for error in self.fatal):
+            raise self.fatal[0]
+
+    # ---------------------------------------------------------- one at a time
+
+    async def deliver(self, job: _Job, *, backoff: bool) -> None:
+        """Retry *job* alone until it has a final result (after back-off if *backoff*)."""
+        message = job.message
+        try:
+            while True:
+                if backoff:
+                    self.summary.retried += 1
+                    self.notify()
+                    ceiling = min(300.0, self.retry_backoff * 2.0 ** (job.attempts - 1))
+                    await trio.sleep(random.uniform(0, ceiling))
+                backoff = True
+                job.attempts += 1
+                job.tracker = _Tracker()
+                await self.limiter.wait()
+                try:
+                    result = await self.pool._send(
+                        message.sender, message.recipients, message.mail,
+                        message.dsn, False, False, job.tracker,
+                    )  # fmt: skip
+                except (SMTPError, TypeError, ValueError) as exc:
+                    final = self.classify(job, exc)
+                    if final is None:
+                        continue
+                else:
+                    final = BulkResult(message, BulkStatus.ACCEPTED, result=result,
+                                       attempts=job.attempts)  # fmt: skip
+                self.finish(job, final)
+                return
+        except BaseException as exc:
+            self.interrupted(job, exc)
+            raise
+
+    # ---------------------------------------------------------- pipelined
+
+    async def lease(self, job: _Job, source: _Source) -> list[tuple[_Job, bool]]:
+        """Send *job*, then every message the input has ready, over one
+        connection, pipelining each message's end of data with the next
+        message's envelope (RFC 2920 §3.1).
+
+        Returns the jobs to retry alone, each with whether to back off first.
+        """
+        retry: list[tuple[_Job, bool]] = []
+        pool = self.pool
+        pending: tuple[_Job, _Pending] | None = None
+        current: _Job | None = job
+        connection: _Connection | None = None
+
+        def settle(error: SMTPError | None) -> None:
+            nonlocal pending
+            assert pending is not None
+            again = self._settled(*pending, error)
+            pending = None
+            if again is not None:
+                retry.append((again, True))
+
+        try:
+            job.tracker.connecting = True
+            job.attempts += 1
+            try:
+                connection = await pool._acquire()
+            except SMTPError as exc:
+                final = self.classify(job, exc)
+                if final is None:
+                    current = None
+                    return [(job, True)]
+                self.finish(job, final)
+                return []
+            job.tracker.connecting = False
+            job.attempts -= 1
+            session = connection.session
+            reused = connection.messages > 0
+            first = True
+            while current is not None:
+                message = current.message
+                current.attempts += 1
+                stream: _Replayable | None = None
+                try:
+                    body = prepare_mail(message.mail)
+                    mail: Mail
+                    if body.data is not None:
+                        mail = body.data
+                    else:
+                        assert body.chunks is not None
+                        mail = stream = _Replayable(body.chunks)
+                    out = await session._send_op(
+                        message.sender, message.recipients, mail,
+                        _Options(message.dsn, False, False), defer=True,
+                    )  # fmt: skip
+                except (SMTPError, TypeError, ValueError) as exc:
+                    current.tracker.outcome_unknown = session.outcome_unknown
+                    current.tracker.stream_started = stream is not None and stream.started
+                    if pending is not None and (
+                        pending[1].reply is not None or not session.is_usable
+                    ):
+                        settle(exc if isinstance(exc, SMTPError) else None)
+                    pool._failures += 1
+                    failed, current = current, None
+                    if first and reused and _stale(exc, session, stream) and not pool._closed:
+                        # The server had closed the idle connection: not an attempt.
+                        pool._retries += 1
+                        failed.attempts -= 1
+                        retry.append((failed, False))
+                    else:
+                        final = self.classify(failed, exc)
+                        if final is None:
+                            retry.append((failed, True))
+                        else:
+                            self.finish(failed, final)
+                    if not session.is_usable:
+                        break
+                else:
+                    if pending is not None:
+                        settle(None)
+                    connection.messages += 1
+                    done, current = current, None
+                    if isinstance(out, SendResult):
+                        pool._sent += 1
+                        self.finish(done, BulkResult(message, BulkStatus.ACCEPTED, result=out,
+                                                     attempts=done.attempts))  # fmt: skip
+                    else:
+                        pending = (done, out)
+                first = False
+                connection.last_used = now = trio.current_time()
+                if retry or pool._retire(connection, now) or pool._closed:
+                    break  # a retry waits its back-off before anything else
+                following = source.take_nowait()
+                if isinstance(following, _Marker):
+                    break
+                current = self.taken(following)
+            if pending is not None:
+                try:
+                    await session._settle()
+                except SMTPError as exc:
+                    settle(exc)
+                else:
+                    settle(None)
+            return retry
+        except BaseException as exc:
+            if pending is not None:
+                if pending[1].reply is None:
+                    pending[0].tracker.outcome_unknown = pending[1].written
+                    self.interrupted(pending[0], exc)
+                else:
+                    with contextlib.suppress(BaseException):
+                        settle(None)
+            if current is not None:
+                self.interrupted(current, exc)
+            for waiting, _ in retry:
+                self.interrupted(waiting, exc)
+            raise
+        finally:
+            if connection is not None:
+                await pool._release(connection)
+
+    def _settled(self, job: _Job, pending: _Pending, error: SMTPError | None) -> _Job | None:
+        """Report a pipelined message whose end of data was answered, or whose
+        connection failed (*error*) before the answer; returns it if it must
+        be retried."""
+        if pending.reply is None:
+            assert error is not None
+            job.tracker.outcome_unknown = pending.written
+            self.pool._failures += 1
+            exc: SMTPError = _pending_error(error, pending.outcome)
+        else:
+            try:
+                result = pending.result()
+            except SMTPError as refusal:
+                self.pool._failures += 1
+                exc = refusal
+            else:
+                self.pool._sent += 1
+                self.finish(job, BulkResult(job.message, BulkStatus.ACCEPTED, result=result,
+                                            attempts=job.attempts))  # fmt: skip
+                return None
+        final = self.classify(job, exc)
+        if final is None:
+            return job
+        self.finish(job, final)
+        return None
+
+    # ---------------------------------------------------------- the run
+
+    async def work(self, source: _Source) -> None:
+        while True:
+            message = await source.take()
+            if message is _END:
+                return
+            assert not isinstance(message, _Marker)
+            job = self.taken(message)
+            if self.rate is not None:
+                await self.deliver(job, backoff=False)
+                continue
+            for retry, backoff in await self.lease(job, source):
+                await self.deliver(retry, backoff=backoff)
+
+    async def run(
+        self, messages: Iterable[BulkMessage] | AsyncIterable[BulkMessage], concurrency: int
+    ) -> None:
+        source = _Source(self, messages)
+        try:
+            async with trio.open_nursery() as nursery:
+                source.start(nursery)
                 for _ in range(concurrency):
-                    nursery.start_soon(work, receive_channel.clone())
-    except BaseExceptionGroup as group:
-        if fatal:
-            raise fatal[0] from None
-        leaves = group.exceptions
-        if len(leaves) == 1:
-            raise leaves[0] from leaves[0].__cause__
-        raise
-    return summary
+                    nursery.start_soon(self.work, source)
+        except BaseExceptionGroup as group:
+            if self.fatal:
+                raise self.fatal[0] from None
+            leaves = group.exceptions
+            if len(leaves) == 1:
+                raise leaves[0] from leaves[0].__cause__
+            raise
+        finally:
+            source.close()

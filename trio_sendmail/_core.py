@@ -352,10 +352,13 @@ class ClientCore:
             raise SMTPProtocolError(f"message data outside DATA (state: {self.state.value})")
         return self._encoder.encode(chunk)
 
-    def end_data(self) -> None:
-        """Queue the end of the message data (final CRLF if needed, then ``.CRLF``)."""
+    def end_data(self, tail: bytes | bytearray | memoryview = b"") -> None:
+        """Queue the end of the message data: *tail* (the rest of the message,
+        encoded like :meth:`encode_data`), the final CRLF if needed, then ``.CRLF``."""
         if self.state is not State.DATA or self._inflight:
             raise SMTPProtocolError(f"end of data outside DATA (state: {self.state.value})")
+        if tail:
+            self._out += self._encoder.encode(tail)
         self._out += self._encoder.finish()
         self._log(f"C: <{self._encoder.bytes_out} bytes of message data>")
         self._encoder.reset()

@@ -180,6 +180,19 @@ _STALE = (SMTPConnectionError, SMTPServiceClosing)
 _FATAL = (SMTPAuthenticationError, SMTPTLSError, SMTPNotSupportedError)
 
 
+def _stale(exc: BaseException, session: Session, stream: _Replayable | None) -> bool:
+    """Whether a send on a reused connection failed because the server had
+    closed it: only then is the message sent again, since nothing of it can
+    have reached a server that still works (no message data flowed)."""
+    return (
+        isinstance(exc, _STALE)
+        and exc.outcome is Outcome.NOT_SENT
+        and not session.data_started
+        and not session.outcome_unknown
+        and not (stream is not None and stream.started)
+    )
+
+
 class Pool(trio.abc.AsyncResource):
     """Concurrency-safe sending over many connections; get one from :func:`open_pool`."""
 
@@ -285,18 +298,8 @@ class Pool(trio.abc.AsyncResource):
                 tracker.outcome_unknown = connection.session.outcome_unknown
                 tracker.stream_started = isinstance(source, _Replayable) and source.started
                 await self._release(connection)
-                # Resend only when nothing of the message can have reached a
-                # server that still works: a reused connection the server had
-                # closed, failing before any message data flowed.
-                stale = (
-                    reused
-                    and isinstance(exc, _STALE)
-                    and exc.outcome is Outcome.NOT_SENT
-                    and not connection.session.data_started
-                    and not connection.session.outcome_unknown
-                    and not (isinstance(source, _Replayable) and source.started)
-                )
-                if stale and not self._closed:
+                stream = source if isinstance(source, _Replayable) else None
+                if reused and _stale(exc, connection.session, stream) and not self._closed:
                     self._retries += 1
                     continue
                 self._failures += 1

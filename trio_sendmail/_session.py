@@ -278,6 +278,38 @@ class _Envelope:
             self.final_reply = event.reply
 
 
+@attrs.define(eq=False)
+class _Pending:
+    """A message whose end of data is queued (or written) but not answered yet.
+
+    Cross-transaction pipelining (RFC 2920 §3.1: message content may begin a
+    group): the body and final dot of a small message wait in the command
+    buffer and go out in one write with the next message's MAIL, RCPT and
+    DATA; the first reply read then answers this message.
+    """
+
+    envelope: _Envelope
+    #: The end of data went out (or began to): without a reply, the outcome is unknown.
+    written: bool = False
+    #: The reply to the end of data, once read.
+    reply: Reply | None = None
+
+    def result(self) -> SendResult:
+        """The message's result; raises its refusal (outcome REFUSED)."""
+        assert self.reply is not None
+        if not self.reply.is_positive:
+            kind = SMTPServiceClosing if self.reply.code == 421 else SMTPResponseError
+            error = kind.from_reply(self.reply, ".")
+            error.outcome = Outcome.REFUSED
+            raise error
+        return SendResult(self.reply, tuple(self.envelope.accepted), self.envelope.refused)
+
+    @property
+    def outcome(self) -> Outcome:
+        """What a failure before the reply means for this message."""
+        return Outcome.UNKNOWN if self.written else Outcome.NOT_SENT
+
+
 def _encode_whole(data: bytes, *, binary: bool) -> bytes:
     """A whole message for BDAT: line endings normalised, no dot-stuffing."""
     if binary:
@@ -354,6 +386,7 @@ class Session(trio.abc.AsyncResource):
         self._unanswered_write = True  # the greeting is the first wait
         self._bytes_sent = 0
         self._bytes_received = 0
+        self._pending: _Pending | None = None
 
     def __repr__(self) -> str:
         return (
@@ -384,7 +417,11 @@ class Session(trio.abc.AsyncResource):
     @property
     def is_usable(self) -> bool:
         """True when the session can send another message."""
-        return not self._transport_closed and self._core.state is State.READY
+        if self._transport_closed:
+            return False
+        state = self._core.state
+        # A pipelined message's end of data may wait in the buffer (DATA).
+        return state is State.READY or (state is State.DATA and self._pending is not None)
 
     @property
     def data_started(self) -> bool:
@@ -492,12 +529,64 @@ class Session(trio.abc.AsyncResource):
         self._bytes_sent += len(data)
         self._unanswered_write = True
 
-    async def _flush(self, phase: str, timeout: float) -> None:
+    def _take_output(self) -> bytes:
+        """The bytes the core queued; a pending message's end of data among them."""
         data = self._core.data_to_send()
+        if data and self._pending is not None:
+            self._pending.written = True
+        return data
+
+    async def _flush(self, phase: str, timeout: float) -> None:
+        data = self._take_output()
         if data:
             await self._write(data, phase, timeout)
 
     async def _read(self) -> Event:
+        """Flush, then read the reply to the oldest command of the current
+        operation (answering a pending message's end of data on the way)."""
+        event = await self._receive_event()
+        if self._pending is not None and event.verb is Verb.END_DATA:
+            await self._answer_pending(event.reply)
+            event = await self._receive_event()
+        if event.verb in (Verb.END_DATA, Verb.BDAT_LAST):
+            self._outcome_unknown = False  # the message has its answer
+            self._end_answered = True
+        if event.reply.code == 421:
+            await self._io_failed()
+            raise SMTPServiceClosing.from_reply(event.reply, event.verb.value)
+        return event
+
+    async def _answer_pending(self, reply: Reply) -> None:
+        pending = self._pending
+        assert pending is not None
+        self._pending = None
+        pending.reply = reply
+        if reply.is_positive:
+            self._sent += 1
+        else:
+            self._failed += 1
+        if reply.code == 421:
+            # The server refused the pending message and closed: whatever
+            # followed it was not sent.
+            await self._io_failed()
+            raise SMTPServiceClosing.from_reply(reply, ".")
+
+    async def _settle(self) -> None:
+        """Write a pending message's end of data, if still queued, and read its reply.
+
+        Raises:
+            SMTPConnectionError, SMTPTimeoutError, SMTPProtocolError: no reply;
+                the pending message's :attr:`_Pending.outcome` says what that means.
+        """
+        if self._pending is None:
+            return
+        with self._timed():
+            event = await self._receive_event()
+        assert event.verb is Verb.END_DATA
+        with contextlib.suppress(SMTPServiceClosing):  # the reply is its answer
+            await self._answer_pending(event.reply)
+
+    async def _receive_event(self) -> Event:
         """Flush, then read until the oldest command in flight has its reply."""
         core = self._core
         phase, timeout = _phase_timeout(self._timeouts, core.inflight[0])
@@ -526,12 +615,6 @@ class Session(trio.abc.AsyncResource):
         except BaseException:
             await self._io_failed()
             raise
-        if event.verb in (Verb.END_DATA, Verb.BDAT_LAST):
-            self._outcome_unknown = False  # the message has its answer
-            self._end_answered = True
-        if event.reply.code == 421:
-            await self._io_failed()
-            raise SMTPServiceClosing.from_reply(event.reply, event.verb.value)
         return event
 
     async def _io_failed(self) -> None:
@@ -722,6 +805,29 @@ class Session(trio.abc.AsyncResource):
         connection is dropped without the final dot, so the server discards
         the partial message.
         """
+        if self._pending is not None:
+            raise trio.BusyResourceError("a pipelined send is in progress on this session")
+        result = await self._send_op(sender, recipients, mail, _Options(dsn, requiretls, binary))
+        assert isinstance(result, SendResult)
+        return result
+
+    async def _send_op(
+        self,
+        sender: ReversePath | Mailbox | str | Address,
+        recipients: Iterable[ForwardPath | Mailbox | str | Address],
+        mail: Mail,
+        options: _Options,
+        *,
+        defer: bool = False,
+    ) -> SendResult | _Pending:
+        """:meth:`send`; with *defer*, a small message sent with DATA under
+        PIPELINING comes back as a :class:`_Pending` whose end of data waits
+        in the command buffer for the next operation (or :meth:`_settle`).
+
+        A pending message from an earlier call is answered by the first reply
+        this call reads: if this call raises, :attr:`_Pending.reply` tells
+        whether it was (else :attr:`_Pending.outcome` applies to it).
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
         if self._busy:
@@ -733,9 +839,8 @@ class Session(trio.abc.AsyncResource):
         # Format transcript lines only when someone reads them.
         self._core.transcript = self._log if logger.isEnabledFor(logging.DEBUG) else None
         try:
-            options = _Options(dsn, requiretls, binary)
             with self._timed():
-                result = await self._send(sender, recipients, mail, options)
+                result = await self._send(sender, recipients, mail, options, defer)
         except SMTPError as exc:
             self._failed += 1
             if exc.outcome is None:
@@ -746,7 +851,8 @@ class Session(trio.abc.AsyncResource):
             raise
         finally:
             self._busy = False
-        self._sent += 1
+        if isinstance(result, SendResult):
+            self._sent += 1
         return result
 
     async def _send(
@@ -755,8 +861,9 @@ class Session(trio.abc.AsyncResource):
         recipients: Iterable[ForwardPath | Mailbox | str | Address],
         mail: Mail,
         options: _Options,
-    ) -> SendResult:
-        if self._core.state is not State.READY:
+        defer: bool,
+    ) -> SendResult | _Pending:
+        if not self.is_usable:
             raise SMTPProtocolError(f"session not ready (state: {self._core.state.value})")
         rpath = reverse_path(sender)
         if isinstance(recipients, str | bytes | Address | ForwardPath | Mailbox):
@@ -766,7 +873,7 @@ class Session(trio.abc.AsyncResource):
             raise SMTPInputError("at least one recipient is required")
         body = prepare_mail(mail)
         plan = self._plan(rpath, fpaths, body, options)
-        return await self._transaction(rpath, fpaths, body, plan)
+        return await self._transaction(rpath, fpaths, body, plan, defer)
 
     def _plan(
         self, rpath: ReversePath, fpaths: list[ForwardPath], body: MailBody, options: _Options
@@ -824,8 +931,13 @@ class Session(trio.abc.AsyncResource):
         return _Plan(params, options.dsn, chunking, options.binary)
 
     async def _transaction(
-        self, rpath: ReversePath, fpaths: list[ForwardPath], body: MailBody, plan: _Plan
-    ) -> SendResult:
+        self,
+        rpath: ReversePath,
+        fpaths: list[ForwardPath],
+        body: MailBody,
+        plan: _Plan,
+        defer: bool = False,
+    ) -> SendResult | _Pending:
         core = self._core
         pipelining = self._pipelining and self.capabilities.pipelining
         envelope = _Envelope()
@@ -876,6 +988,14 @@ class Session(trio.abc.AsyncResource):
             if envelope.data_reply.code != 354:
                 error = SMTPResponseError.from_reply(envelope.data_reply, "DATA")
                 await self._refuse(error, None)
+            data = body.data
+            if defer and pipelining and data is not None and len(data) <= self._buffers.send_size:
+                # The body and the final dot wait for the next message's
+                # envelope: one write and one wait for both (RFC 2920 §3.1).
+                self._data_started = True
+                self._core.end_data(data)
+                self._pending = _Pending(envelope)
+                return self._pending
             await self._send_data(body)
             final = await self._final_reply()
         if not final.is_positive:
@@ -894,7 +1014,7 @@ class Session(trio.abc.AsyncResource):
 
     async def _write_with_data(self, data: bytes, *, last: bool) -> None:
         """Write the queued BDAT command followed by its *data*."""
-        command = self._core.data_to_send()
+        command = self._take_output()
         phase = "data_end" if last else "data_block"
         self._data_started = True
         if last:
@@ -950,8 +1070,13 @@ class Session(trio.abc.AsyncResource):
         del buf[:]
         if body.data is not None and len(body.data) <= size:
             # A small whole message: body and final dot go out in one write.
-            buf += core.encode_data(body.data)
-            await self._end_data(buf)
+            core.end_data(body.data)
+            self._outcome_unknown = True
+            try:
+                await self._flush("data_end", timeout)
+            except SMTPError as exc:
+                exc.outcome = Outcome.UNKNOWN
+                raise
             return
         try:
             async with contextlib.aclosing(self._chunks(body)) as chunks:
@@ -979,7 +1104,7 @@ class Session(trio.abc.AsyncResource):
     async def _end_data(self, buf: bytearray) -> None:
         """Write what is left of the message with the final dot."""
         self._core.end_data()
-        buf += self._core.data_to_send()
+        buf += self._take_output()
         tail = bytes(buf)
         del buf[:]
         self._outcome_unknown = True
