@@ -575,3 +575,49 @@ def test_rendered_replies_round_trip_in_any_split(
     parsed = parse_chunks(cut(wire, split_points(data, len(wire))))
     assert [(r.code, list(r.lines)) for r in parsed] == [(code, lines) for code, lines in replies]
     assert all(r.enhanced_status is None for r in parsed)
+
+
+# --------------------------------------------------------------------------------------------
+# The cache of repeated single-line replies
+
+
+def _replies(parser: ReplyParser, data: bytes) -> list[Reply]:
+    parser.feed(data)
+    out = []
+    while (reply := parser.next_reply()) is not None:
+        out.append(reply)
+    return out
+
+
+def test_repeated_single_line_reply_is_served_from_the_cache() -> None:
+    parser = ReplyParser()
+    first, second = _replies(parser, b"250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n")
+    assert first == second == Reply(250, ("Ok",), EnhancedStatus(2, 1, 5))
+    assert second is first  # the same immutable object, no parsing
+
+
+def test_cached_line_inside_a_multi_line_reply_is_parsed_as_a_continuation() -> None:
+    parser = ReplyParser()
+    assert _replies(parser, b"250 Ok\r\n") == [Reply(250, ("Ok",))]
+    # "250 Ok" is cached now, but here it ends a multi-line reply.
+    assert _replies(parser, b"250-first\r\n250 Ok\r\n") == [Reply(250, ("first", "Ok"))]
+
+
+def test_a_bad_line_is_never_cached() -> None:
+    parser = ReplyParser()
+    for _ in range(2):  # the same parser: refused again, not served from a cache
+        with pytest.raises(SMTPProtocolError):
+            _replies(parser, b"250 bad\x00text\r\n")
+    assert parser._cache == {}
+
+
+def test_the_cache_is_bounded() -> None:
+    parser = ReplyParser()
+    lines = b"".join(b"250 queued as %d\r\n" % i for i in range(1000))
+    assert len(_replies(parser, lines)) == 1000
+    assert 0 < len(parser._cache) <= 32
+    # Long lines are parsed every time, never kept.
+    long_line = b"250 " + b"x" * 200 + b"\r\n"
+    parser = ReplyParser()
+    _replies(parser, long_line * 2)
+    assert parser._cache == {}

@@ -36,6 +36,7 @@ import enum
 import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
 
 import attrs
 
@@ -147,8 +148,7 @@ TABLE: Mapping[Verb, Rule] = {
 }  # fmt: skip
 
 
-@attrs.frozen
-class Event:
+class Event(NamedTuple):
     """A reply, with the command it answers."""
 
     verb: Verb
@@ -157,10 +157,15 @@ class Event:
     subject: object = None
 
 
-@attrs.frozen
 class _Command:
-    verb: Verb
-    subject: object = None
+    """A command in flight, with its rule (looked up once, when issued)."""
+
+    __slots__ = ("rule", "subject", "verb")
+
+    def __init__(self, verb: Verb, subject: object = None) -> None:
+        self.verb = verb
+        self.rule = TABLE[verb]
+        self.subject = subject
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
@@ -237,6 +242,11 @@ class ClientCore:
         return data
 
     @property
+    def has_output(self) -> bool:
+        """True when bytes are queued for sending."""
+        return bool(self._out)
+
+    @property
     def awaiting_reply(self) -> bool:
         """True while a command sent is still waiting for its reply."""
         return bool(self._inflight)
@@ -245,6 +255,16 @@ class ClientCore:
     def inflight(self) -> tuple[Verb, ...]:
         """The verbs of the commands waiting for a reply, oldest first."""
         return tuple(c.verb for c in self._inflight)
+
+    @property
+    def oldest(self) -> Verb:
+        """The verb of the oldest command waiting for a reply."""
+        return self._inflight[0].verb
+
+    @property
+    def inflight_count(self) -> int:
+        """How many commands wait for a reply."""
+        return len(self._inflight)
 
     def _log(self, line: str) -> None:
         if self.transcript is not None:
@@ -255,7 +275,7 @@ class ClientCore:
         if self.state is State.BROKEN:
             raise SMTPProtocolError("the session is broken by an earlier error")
         rule = TABLE[verb]
-        if self._inflight and TABLE[self._inflight[-1].verb].last_in_group:
+        if self._inflight and self._inflight[-1].rule.last_in_group:
             raise SMTPProtocolError(
                 f"{verb.value} cannot follow {self._inflight[-1].verb.value} "
                 "before its reply (RFC 2920 §3.1)"
@@ -456,7 +476,7 @@ class ClientCore:
             self._inflight.clear()
             return Event(verb, reply, command.subject)
         klass = reply.code // 100
-        rule = TABLE[verb]
+        rule = command.rule
         if klass not in rule.replies:
             raise SMTPProtocolError(f"unexpected reply to {verb.value}: {reply}")
         if (verb is Verb.DATA and klass == 3 and reply.code != 354) or (
@@ -481,8 +501,10 @@ class ClientCore:
             )
         elif verb in (Verb.AUTH, Verb.AUTH_RESPONSE):
             self._auth_reply(reply)
+        if self._inflight:
+            return Event(verb, reply, command.subject)
         head = self._parser.peek(3)
-        if not self._inflight and head and not b"421".startswith(head):
+        if head and not b"421".startswith(head):
             # Only a 421 may come unasked (RFC 5321 §3.8); anything else means
             # the replies and the commands are out of step.
             raise SMTPProtocolError(

@@ -22,6 +22,11 @@ text.
 
 The enhanced status code of RFC 2034 / RFC 3463 (``5.1.1``) is split off the
 text of each line when its class matches the reply code's first digit.
+
+Servers repeat themselves (``250 2.1.5 Ok`` to every RCPT): a small per-parser
+cache maps a short single-line reply, byte for byte, to its :class:`Reply`
+(immutable, so it can be handed out again). A line is cached only after it
+passed every check, so the cache changes nothing but the cost.
 """
 
 from __future__ import annotations
@@ -241,6 +246,7 @@ class ReplyParser:
         self._lines: list[str] = []
         self._status: EnhancedStatus | None = None
         self._size = 0
+        self._cache: dict[bytes, Reply] = {}
 
     @property
     def buffered(self) -> int:
@@ -294,8 +300,16 @@ class ReplyParser:
             line = bytes(buf[:stop])
             del buf[:line_len]
             self._scanned = 0
+            if not self._lines:
+                cached = self._cache.get(line)
+                if cached is not None:
+                    return cached
             reply = self._line(line, line_len)
             if reply is not None:
+                if len(reply.lines) == 1 and stop <= _CACHED_LINE_LENGTH:
+                    if len(self._cache) >= _CACHE_SIZE:
+                        self._cache.clear()
+                    self._cache[line] = reply
                 return reply
 
     def _line(self, line: bytes, size: int) -> Reply | None:
@@ -334,6 +348,12 @@ class ReplyParser:
         self._status = None
         self._size = 0
         return reply
+
+
+#: Single-line replies up to this long (without CRLF) are cached, ...
+_CACHED_LINE_LENGTH = 128
+#: ... this many per parser (the cache starts over when full).
+_CACHE_SIZE = 32
 
 
 def _show(line: bytes, limit: int = 80) -> str:

@@ -544,10 +544,10 @@ class Session(trio.abc.AsyncResource):
     async def _read(self) -> Event:
         """Flush, then read the reply to the oldest command of the current
         operation (answering a pending message's end of data on the way)."""
-        event = await self._receive_event()
+        event = await self._next_event()
         if self._pending is not None and event.verb is Verb.END_DATA:
             await self._answer_pending(event.reply)
-            event = await self._receive_event()
+            event = await self._next_event()
         if event.verb in (Verb.END_DATA, Verb.BDAT_LAST):
             self._outcome_unknown = False  # the message has its answer
             self._end_answered = True
@@ -586,10 +586,24 @@ class Session(trio.abc.AsyncResource):
         with contextlib.suppress(SMTPServiceClosing):  # the reply is its answer
             await self._answer_pending(event.reply)
 
+    async def _next_event(self) -> Event:
+        """:meth:`_receive_event`, without its cost when nothing is queued for
+        sending and the reply is already buffered (PIPELINING)."""
+        core = self._core
+        if not core.has_output:
+            try:
+                event = core.next_event()
+            except SMTPError:
+                await self._io_failed()
+                raise
+            if event is not None:
+                return event
+        return await self._receive_event()
+
     async def _receive_event(self) -> Event:
         """Flush, then read until the oldest command in flight has its reply."""
         core = self._core
-        phase, timeout = _phase_timeout(self._timeouts, core.inflight[0])
+        phase, timeout = _phase_timeout(self._timeouts, core.oldest)
         await self._flush(phase, timeout)
         try:
             event = core.next_event()  # under PIPELINING, often already here
@@ -1142,7 +1156,7 @@ class Session(trio.abc.AsyncResource):
                         del buf[:size]
                         core.bdat(len(piece), last=False)
                         await self._write_with_data(piece, last=False)
-                        if len(core.inflight) >= window:
+                        if core.inflight_count >= window:
                             await check(await self._read())
         except BaseException as exc:
             if isinstance(exc, SMTPError):
@@ -1156,7 +1170,7 @@ class Session(trio.abc.AsyncResource):
         del buf[:]
         core.bdat(len(last), last=True)
         await self._write_with_data(last, last=True)
-        while len(core.inflight) > 1:
+        while core.inflight_count > 1:
             try:
                 await check(await self._read())
             except SMTPError as exc:
