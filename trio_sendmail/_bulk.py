@@ -349,6 +349,8 @@ class _Job:
     attempts: int = 0
     tracker: _Tracker = attrs.field(factory=_Tracker)
     reported: bool = False
+    #: An earlier attempt ended with an unknown outcome (``retry_unknown``).
+    was_unknown: bool = False
 
 
 class _Run:
@@ -422,9 +424,13 @@ class _Run:
                 # no connection after the pool's retries): the run ends.
                 self.fatal.append(exc)
                 return BulkResult(message, BulkStatus.NOT_SENT, error=exc, attempts=attempts)
-            if attempts <= self.max_retries and _retryable(exc, tracker, self.retry_unknown):
-                return None
             unknown = exc.outcome is Outcome.UNKNOWN or tracker.outcome_unknown
+            if attempts <= self.max_retries and _retryable(exc, tracker, self.retry_unknown):
+                job.was_unknown |= unknown
+                return None
+            # After an attempt that may have been accepted, no later refusal
+            # proves the message was not delivered.
+            unknown |= job.was_unknown
             status = BulkStatus.UNKNOWN if unknown else BulkStatus.FAILED
             return BulkResult(message, status, error=exc, attempts=attempts)
         assert isinstance(exc, TypeError | ValueError)  # a malformed message
@@ -516,63 +522,68 @@ class _Run:
             session = connection.session
             reused = connection.messages > 0
             first = True
-            while current is not None:
-                message = current.message
-                current.attempts += 1
-                stream: _Replayable | None = None
-                try:
-                    body = prepare_mail(message.mail)
-                    mail: Mail
-                    if body.data is not None:
-                        mail = body.data
-                    else:
-                        assert body.chunks is not None
-                        mail = stream = _Replayable(body.chunks)
-                    out = await session._send_op(
-                        message.sender, message.recipients, mail,
-                        _Options(message.dsn, False, False), defer=True,
-                    )  # fmt: skip
-                except (SMTPError, TypeError, ValueError) as exc:
-                    current.tracker.outcome_unknown = session.outcome_unknown
-                    current.tracker.stream_started = stream is not None and stream.started
-                    if pending is not None and (
-                        pending[1].reply is not None or not session.is_usable
-                    ):
-                        settle(exc if isinstance(exc, SMTPError) else None)
-                    pool._failures += 1
-                    failed, current = current, None
-                    if first and reused and _stale(exc, session, stream) and not pool._closed:
-                        # The server had closed the idle connection: not an attempt.
-                        pool._retries += 1
-                        failed.attempts -= 1
-                        retry.append((failed, False))
-                    else:
-                        final = self.classify(failed, exc)
-                        if final is None:
-                            retry.append((failed, True))
+            with session._batch():  # one cancel scope for the whole run
+                while current is not None:
+                    message = current.message
+                    current.attempts += 1
+                    stream: _Replayable | None = None
+                    try:
+                        body = prepare_mail(message.mail)
+                        mail: Mail
+                        if body.data is not None:
+                            mail = body.data
                         else:
-                            self.finish(failed, final)
-                    if not session.is_usable:
-                        break
-                else:
-                    if pending is not None:
-                        settle(None)
-                    connection.messages += 1
-                    done, current = current, None
-                    if isinstance(out, SendResult):
-                        pool._sent += 1
-                        self.finish(done, BulkResult(message, BulkStatus.ACCEPTED, result=out,
-                                                     attempts=done.attempts))  # fmt: skip
+                            assert body.chunks is not None
+                            mail = stream = _Replayable(body.chunks)
+                        out = await session._send_op(
+                            message.sender, message.recipients, mail,
+                            _Options(message.dsn, False, False), defer=True,
+                        )  # fmt: skip
+                    except (SMTPError, TypeError, ValueError) as exc:
+                        current.tracker.outcome_unknown = session.outcome_unknown
+                        current.tracker.stream_started = stream is not None and stream.started
+                        if pending is not None and (
+                            pending[1].reply is not None or not session.is_usable
+                        ):
+                            settle(
+                                exc
+                                if isinstance(exc, SMTPError)
+                                else SMTPConnectionError(f"connection dropped: {exc!r}")
+                            )
+                        failed, current = current, None
+                        if first and reused and _stale(exc, session, stream) and not pool._closed:
+                            # The server had closed the idle connection: not an attempt.
+                            pool._retries += 1
+                            failed.attempts -= 1
+                            retry.append((failed, False))
+                        else:
+                            pool._failures += 1
+                            final = self.classify(failed, exc)
+                            if final is None:
+                                retry.append((failed, True))
+                            else:
+                                self.finish(failed, final)
+                        if not session.is_usable:
+                            break
                     else:
-                        pending = (done, out)
-                first = False
-                connection.last_used = now = trio.current_time()
-                if retry or pool._retire(connection, now) or pool._closed:
-                    break  # a retry waits its back-off before anything else
-                following = source.take_nowait()
-                if isinstance(following, _Marker):
-                    break
-                current = self.taken(following)
+                        if pending is not None:
+                            settle(None)
+                        connection.messages += 1
+                        done, current = current, None
+                        if isinstance(out, SendResult):
+                            pool._sent += 1
+                            self.finish(done, BulkResult(message, BulkStatus.ACCEPTED, result=out,
+                                                         attempts=done.attempts))  # fmt: skip
+                        else:
+                            pending = (done, out)
+                    first = False
+                    connection.last_used = now = trio.current_time()
+                    if retry or pool._retire(connection, now) or pool._closed:
+                        break  # a retry waits its back-off before anything else
+                    following = source.take_nowait()
+                    if isinstance(following, _Marker):
+                        break
+                    current = self.taken(following)
             if pending is not None:
                 try:
                     await session._settle()
@@ -584,6 +595,9 @@ class _Run:
         except BaseException as exc:
             if pending is not None:
                 if pending[1].reply is None:
+                    # Its end of data may still wait in the buffer: this
+                    # connection must never carry anything again.
+                    session._abandon()
                     pending[0].tracker.outcome_unknown = pending[1].written
                     self.interrupted(pending[0], exc)
                 else:

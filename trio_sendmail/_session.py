@@ -484,14 +484,32 @@ class Session(trio.abc.AsyncResource):
             finally:
                 self._timer = None
         if scope.cancelled_caught:
-            error = SMTPTimeoutError(
-                f"timed out waiting for {self._waiting_for} ({self._phase}) after "
-                f"{self._timeout:g} s",
-                phase=self._phase,
-            )
-            if self._busy:
-                error.outcome = self._failure_outcome()
-            raise error
+            raise self._timeout_error()
+
+    @contextlib.contextmanager
+    def _batch(self) -> Iterator[None]:
+        """One cancel scope for a run of sends (a bulk worker's messages on
+        this session), instead of one per send: each I/O still arms it with
+        its phase's bound, and each send turns its own timeout into
+        :class:`SMTPTimeoutError` (see :meth:`_send_op`)."""
+        assert self._timer is None, "_batch() inside a timed operation"
+        with trio.CancelScope() as scope:
+            self._timer = scope
+            try:
+                yield
+            finally:
+                self._timer = None
+        if scope.cancelled_caught:  # pragma: no cover - the sends convert their timeouts
+            raise self._timeout_error()
+
+    def _timeout_error(self) -> SMTPTimeoutError:
+        error = SMTPTimeoutError(
+            f"timed out waiting for {self._waiting_for} ({self._phase}) after {self._timeout:g} s",
+            phase=self._phase,
+        )
+        if self._busy:
+            error.outcome = self._failure_outcome()
+        return error
 
     def _failure_outcome(self) -> Outcome:
         """What a failed send means for its message: no answer after the end
@@ -555,6 +573,12 @@ class Session(trio.abc.AsyncResource):
             await self._io_failed()
             raise SMTPServiceClosing.from_reply(event.reply, event.verb.value)
         return event
+
+    def _abandon(self) -> None:
+        """Mark the session unusable at once (a send was interrupted with a
+        message's end of data still queued): the pool closes it, and nothing
+        queued is ever written."""
+        self._core.broken()
 
     async def _answer_pending(self, reply: Reply) -> None:
         pending = self._pending
@@ -853,8 +877,17 @@ class Session(trio.abc.AsyncResource):
         # Format transcript lines only when someone reads them.
         self._core.transcript = self._log if logger.isEnabledFor(logging.DEBUG) else None
         try:
-            with self._timed():
-                result = await self._send(sender, recipients, mail, options, defer)
+            timer = self._timer
+            if timer is None:
+                with self._timed():
+                    result = await self._send(sender, recipients, mail, options, defer)
+            else:  # inside _batch()
+                try:
+                    result = await self._send(sender, recipients, mail, options, defer)
+                except trio.Cancelled:
+                    if not timer.cancel_called:
+                        raise  # someone else's cancellation
+                    raise self._timeout_error() from None
         except SMTPError as exc:
             self._failed += 1
             if exc.outcome is None:
