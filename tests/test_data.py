@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_sendmail._data import DataEncoder, normalized_size
+from trio_sendmail._data import DataEncoder, measure, normalized_size
 
 # --------------------------------------------------------------------------------------------
 # Reference model, written independently of the encoder: one byte at a time.
@@ -323,3 +323,27 @@ def test_normalized_size_matches_the_reference(body: bytes) -> None:
 )
 def test_normalized_size_examples(body: bytes, size: int) -> None:
     assert normalized_size(body) == size
+
+
+# --------------------------------------------------------------------------------------------
+# measure(): the size and whether normalising can be skipped
+
+
+@given(st.binary(max_size=300))
+def test_measure_agrees_with_the_encoder(body: bytes) -> None:
+    size, clean = measure(body)
+    assert size == normalized_size(body)
+    bare = body.replace(b"\r\n", b"")
+    assert clean == (b"\r" not in bare and b"\n" not in bare)
+    if clean:
+        # Skipping normalisation gives exactly what normalising gives.
+        fast, slow = DataEncoder(), DataEncoder()
+        assert fast.encode(body, clean=True) + fast.finish() == slow.encode(body) + slow.finish()
+
+
+def test_measure_examples() -> None:
+    assert measure(b"") == (0, True)
+    assert measure(b"a\r\nb\r\n") == (6, True)
+    assert measure(b"a\r\nb") == (6, True)
+    assert measure(b"a\nb\r\n") == (7, False)
+    assert measure(b"a\rb") == (6, False)

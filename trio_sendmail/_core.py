@@ -162,9 +162,9 @@ class _Command:
 
     __slots__ = ("rule", "subject", "verb")
 
-    def __init__(self, verb: Verb, subject: object = None) -> None:
+    def __init__(self, verb: Verb, subject: object = None, rule: Rule | None = None) -> None:
         self.verb = verb
-        self.rule = TABLE[verb]
+        self.rule = TABLE[verb] if rule is None else rule
         self.subject = subject
 
 
@@ -286,7 +286,7 @@ class ClientCore:
             )
         encoded = line.encode("utf-8" if utf8 else "ascii") + b"\r\n"
         self._out += encoded
-        self._inflight.append(_Command(verb, subject))
+        self._inflight.append(_Command(verb, subject, rule))
         if rule.success is not SAME:
             self._tail = rule.success
         self._log("C: " + (log if log is not None else line))
@@ -372,13 +372,14 @@ class ClientCore:
             raise SMTPProtocolError(f"message data outside DATA (state: {self.state.value})")
         return self._encoder.encode(chunk)
 
-    def end_data(self, tail: bytes | bytearray | memoryview = b"") -> None:
+    def end_data(self, tail: bytes | bytearray | memoryview = b"", *, clean: bool = False) -> None:
         """Queue the end of the message data: *tail* (the rest of the message,
-        encoded like :meth:`encode_data`), the final CRLF if needed, then ``.CRLF``."""
+        encoded like :meth:`encode_data`; *clean* as in
+        :meth:`DataEncoder.encode`), the final CRLF if needed, then ``.CRLF``."""
         if self.state is not State.DATA or self._inflight:
             raise SMTPProtocolError(f"end of data outside DATA (state: {self.state.value})")
         if tail:
-            self._out += self._encoder.encode(tail)
+            self._out += self._encoder.encode(tail, clean=clean)
         self._out += self._encoder.finish()
         self._log(f"C: <{self._encoder.bytes_out} bytes of message data>")
         self._encoder.reset()

@@ -27,7 +27,7 @@ never a Python loop per line.
 
 from __future__ import annotations
 
-__all__ = ["DataEncoder", "normalized_size"]
+__all__ = ["DataEncoder", "measure", "normalized_size"]
 
 _CR = 0x0D
 _LF = 0x0A
@@ -71,8 +71,12 @@ class DataEncoder:
         self.bytes_in = 0
         self.bytes_out = 0
 
-    def encode(self, chunk: bytes | bytearray | memoryview) -> bytes:
-        """Normalise and stuff one chunk; returns the bytes to send (maybe empty)."""
+    def encode(self, chunk: bytes | bytearray | memoryview, *, clean: bool = False) -> bytes:
+        """Normalise and stuff one chunk; returns the bytes to send (maybe empty).
+
+        *clean* says the chunk is known to hold no bare CR or LF (see
+        :func:`measure`), so normalising it can be skipped.
+        """
         data = bytes(chunk)
         if not data:
             return b""
@@ -84,7 +88,8 @@ class DataEncoder:
             data = data[:-1]
             if not data:
                 return b""
-        data = _normalize(data)
+        if not clean:
+            data = _normalize(data)
         if self.stuff:
             if b"\n." in data:
                 data = data.replace(b"\r\n.", b"\r\n..")
@@ -112,12 +117,18 @@ def normalized_size(body: bytes) -> int:
     line endings, without dot-stuffing and without the final ``.CRLF``. It is
     computed by counting, without building the normalised copy.
     """
+    return measure(body)[0]
+
+
+def measure(body: bytes) -> tuple[int, bool]:
+    """:func:`normalized_size`, and whether *body* already has only CRLF line
+    endings (then :meth:`DataEncoder.encode` may skip normalising it)."""
     if not body:
-        return 0
+        return 0, True
     crlf = body.count(b"\r\n")
     bare_cr = body.count(b"\r") - crlf
     bare_lf = body.count(b"\n") - crlf
     size = len(body) + bare_cr + bare_lf
     if body[-1] not in (_CR, _LF):
         size += 2
-    return size
+    return size, not (bare_cr or bare_lf)

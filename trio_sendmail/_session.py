@@ -51,7 +51,7 @@ import trio
 from ._address import Domain, ForwardPath, Mailbox, ReversePath, domain, forward_path, reverse_path
 from ._capabilities import Capabilities
 from ._core import ClientCore, Event, State, Verb, check_argument
-from ._data import DataEncoder, normalized_size
+from ._data import DataEncoder, measure
 from ._dsn import DSN
 from ._errors import (
     Outcome,
@@ -244,6 +244,8 @@ class _Plan:
     dsn: DSN | None
     chunking: bool
     binary: bool
+    #: The whole message has only CRLF line endings: no need to normalise it.
+    clean: bool = False
 
     def rcpt_params(self, path: ForwardPath) -> list[str]:
         return self.dsn.rcpt_params(path) if self.dsn is not None else []
@@ -310,12 +312,12 @@ class _Pending:
         return Outcome.UNKNOWN if self.written else Outcome.NOT_SENT
 
 
-def _encode_whole(data: bytes, *, binary: bool) -> bytes:
+def _encode_whole(data: bytes, *, binary: bool, clean: bool) -> bytes:
     """A whole message for BDAT: line endings normalised, no dot-stuffing."""
     if binary:
         return data
     encoder = DataEncoder(stuff=False)
-    return encoder.encode(data) + encoder.finish()
+    return encoder.encode(data, clean=clean) + encoder.finish()
 
 
 def _phase_timeout(timeouts: Timeouts, verb: Verb) -> tuple[str, float]:
@@ -929,6 +931,7 @@ class Session(trio.abc.AsyncResource):
         caps = self.capabilities
         chunking = self._chunking and caps.chunking
         params: list[str] = []
+        clean = False
         if options.binary:
             if not (caps.chunking and "BINARYMIME" in caps):
                 raise SMTPNotSupportedError(
@@ -949,7 +952,10 @@ class Session(trio.abc.AsyncResource):
             # A stream of unknown content: declaring 8BITMIME is always safe.
             params.append("BODY=8BITMIME")
         if body.data is not None:
-            size = len(body.data) if options.binary else normalized_size(body.data)
+            if options.binary:
+                size = len(body.data)
+            else:
+                size, clean = measure(body.data)
             limit = caps.size_limit
             if limit is not None and size > limit:
                 raise SMTPMessageTooLarge(
@@ -975,7 +981,7 @@ class Session(trio.abc.AsyncResource):
             if "REQUIRETLS" not in caps:
                 raise SMTPNotSupportedError("the server does not offer REQUIRETLS (RFC 8689)")
             params.append("REQUIRETLS")
-        return _Plan(params, options.dsn, chunking, options.binary)
+        return _Plan(params, options.dsn, chunking, options.binary, clean)
 
     async def _transaction(
         self,
@@ -992,7 +998,7 @@ class Session(trio.abc.AsyncResource):
         # envelope: BDAT n LAST and its data (RFC 3030 §4.2 allows pipelining it).
         single: bytes | None = None
         if plan.chunking and body.data is not None:
-            encoded = _encode_whole(body.data, binary=plan.binary)
+            encoded = _encode_whole(body.data, binary=plan.binary, clean=plan.clean)
             if len(encoded) <= self._buffers.send_size:
                 single = encoded
 
@@ -1040,10 +1046,10 @@ class Session(trio.abc.AsyncResource):
                 # The body and the final dot wait for the next message's
                 # envelope: one write and one wait for both (RFC 2920 §3.1).
                 self._data_started = True
-                self._core.end_data(data)
+                self._core.end_data(data, clean=plan.clean)
                 self._pending = _Pending(envelope)
                 return self._pending
-            await self._send_data(body)
+            await self._send_data(body, plan.clean)
             final = await self._final_reply()
         if not final.is_positive:
             error = SMTPResponseError.from_reply(final, "BDAT" if plan.chunking else ".")
@@ -1107,7 +1113,7 @@ class Session(trio.abc.AsyncResource):
         if core.state in (State.MAIL, State.RCPT, State.BDAT):
             await self._command("rset")  # the table admits only 2xx to RSET
 
-    async def _send_data(self, body: MailBody) -> None:
+    async def _send_data(self, body: MailBody, clean: bool = False) -> None:
         """Send the message after 354 (dot-stuffed), then the final dot."""
         self._data_started = True
         core = self._core
@@ -1117,7 +1123,7 @@ class Session(trio.abc.AsyncResource):
         del buf[:]
         if body.data is not None and len(body.data) <= size:
             # A small whole message: body and final dot go out in one write.
-            core.end_data(body.data)
+            core.end_data(body.data, clean=clean)
             self._outcome_unknown = True
             try:
                 await self._flush("data_end", timeout)
