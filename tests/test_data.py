@@ -345,5 +345,5 @@ def test_measure_examples() -> None:
     assert measure(b"") == (0, True)
     assert measure(b"a\r\nb\r\n") == (6, True)
     assert measure(b"a\r\nb") == (6, True)
-    assert measure(b"a\nb\r\n") == (7, False)
+    assert measure(b"a\nb\r\n") == (6, False)
     assert measure(b"a\rb") == (6, False)
