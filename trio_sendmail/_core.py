@@ -109,6 +109,8 @@ class Rule:
     #: Nothing may be sent after this command until its reply is in (RFC 2920
     #: §3.1 for EHLO, DATA, NOOP and QUIT; RFC 3207 STARTTLS; RFC 4954 AUTH).
     last_in_group: bool = False
+    #: Its reply changes more than the state (greeting, EHLO, STARTTLS, AUTH).
+    special: bool = False
 
 
 _FAIL_SAME = {4: SAME, 5: SAME}
@@ -125,6 +127,10 @@ def _rule(
     last: bool = False,
 ) -> Rule:
     return Rule(frozenset(legal), success, replies, last)
+
+
+#: In a rule's reply map: this reply class breaks the protocol.
+_ILLEGAL = State.BROKEN
 
 
 #: The state table (RFC 5321 §4.1.4 and §4.3.2, RFC 3207, RFC 4954).
@@ -146,6 +152,10 @@ TABLE: Mapping[Verb, Rule] = {
     Verb.NOOP:          _rule(set(_IDLE), SAME, {2: SAME, **_FAIL_SAME}, True),
     Verb.QUIT:          _rule(set(_IDLE), S.CLOSED, {2: S.CLOSED, **_CLOSE}, True),
 }  # fmt: skip
+# Replies that change more than the state are handled apart (a flag on the
+# rule keeps that test off the path of MAIL, RCPT, DATA and the end of data).
+_SPECIAL = (Verb.CONNECT, Verb.EHLO, Verb.HELO, Verb.STARTTLS, Verb.AUTH, Verb.AUTH_RESPONSE)
+TABLE = {verb: attrs.evolve(rule, special=verb in _SPECIAL) for verb, rule in TABLE.items()}
 
 
 class Event(NamedTuple):
@@ -275,21 +285,24 @@ class ClientCore:
         if self.state is State.BROKEN:
             raise SMTPProtocolError("the session is broken by an earlier error")
         rule = TABLE[verb]
-        if self._inflight and self._inflight[-1].rule.last_in_group:
+        inflight = self._inflight
+        if inflight and inflight[-1].rule.last_in_group:
             raise SMTPProtocolError(
-                f"{verb.value} cannot follow {self._inflight[-1].verb.value} "
+                f"{verb.value} cannot follow {inflight[-1].verb.value} "
                 "before its reply (RFC 2920 §3.1)"
             )
         if self._tail not in rule.legal:
             raise SMTPProtocolError(
                 f"{verb.value} is not allowed now (session state: {self._tail.value})"
             )
-        encoded = line.encode("utf-8" if utf8 else "ascii") + b"\r\n"
-        self._out += encoded
-        self._inflight.append(_Command(verb, subject, rule))
+        out = self._out
+        out += line.encode("utf-8" if utf8 else "ascii")
+        out += b"\r\n"
+        inflight.append(_Command(verb, subject, rule))
         if rule.success is not SAME:
             self._tail = rule.success
-        self._log("C: " + (log if log is not None else line))
+        if self.transcript is not None:
+            self.transcript("C: " + (log if log is not None else line))
 
     # --------------------------------------------------------------- commands
 
@@ -333,12 +346,14 @@ class ClientCore:
     def mail(self, path: ReversePath, params: Iterable[str] = ()) -> None:
         """Queue ``MAIL FROM:<path> params…``."""
         params = tuple(params)
-        utf8 = "SMTPUTF8" in (p.upper() for p in params)
+        utf8 = any(p.upper() == "SMTPUTF8" for p in params) if params else False
         text = str(path)
         check_argument(text, "the sender", utf8=utf8)
         for param in params:
             check_argument(param, "a MAIL parameter", utf8=utf8)
-        line = " ".join((f"MAIL FROM:{text}", *params))
+        line = "MAIL FROM:" + text
+        if params:
+            line = " ".join((line, *params))
         self._issue(Verb.MAIL, line, subject=path, utf8=utf8)
         self._utf8 = utf8
 
@@ -346,10 +361,12 @@ class ClientCore:
         """Queue ``RCPT TO:<path> params…``."""
         text = str(path)
         check_argument(text, "a recipient", utf8=self._utf8)
-        params = tuple(params)
-        for param in params:
-            check_argument(param, "an RCPT parameter", utf8=self._utf8)
-        line = " ".join((f"RCPT TO:{text}", *params))
+        line = "RCPT TO:" + text
+        if params:
+            params = tuple(params)
+            for param in params:
+                check_argument(param, "an RCPT parameter", utf8=self._utf8)
+            line = " ".join((line, *params))
         self._issue(Verb.RCPT, line, subject=path, utf8=self._utf8)
 
     def data(self) -> None:
@@ -464,7 +481,8 @@ class ClientCore:
             self.transcript(f"S: {reply.code}{sep}{status}{line}".rstrip())
 
     def _apply(self, reply: Reply) -> Event:
-        self._log_reply(reply)
+        if self.transcript is not None:
+            self._log_reply(reply)
         if not self._inflight:
             if reply.code == 421:
                 self.state = self._tail = State.CLOSED
@@ -477,31 +495,21 @@ class ClientCore:
             self._inflight.clear()
             return Event(verb, reply, command.subject)
         klass = reply.code // 100
-        rule = command.rule
-        if klass not in rule.replies:
-            raise SMTPProtocolError(f"unexpected reply to {verb.value}: {reply}")
-        if (verb is Verb.DATA and klass == 3 and reply.code != 354) or (
-            verb in (Verb.AUTH, Verb.AUTH_RESPONSE) and klass == 3 and reply.code != 334
+        nxt = command.rule.replies.get(klass, _ILLEGAL)
+        if nxt is _ILLEGAL or (
+            klass == 3
+            and (
+                (verb is Verb.DATA and reply.code != 354)
+                or (verb in (Verb.AUTH, Verb.AUTH_RESPONSE) and reply.code != 334)
+            )
         ):
             raise SMTPProtocolError(f"unexpected reply to {verb.value}: {reply}")
-        nxt = rule.replies[klass]
         if nxt is not SAME:
             self.state = nxt
         if not self._inflight:
             self._tail = self.state
-        if verb is Verb.CONNECT:
-            self.greeting = reply
-        elif verb is Verb.EHLO and klass == 2:
-            self.capabilities = Capabilities.from_reply(reply)
-        elif verb is Verb.HELO and klass == 2:
-            self.capabilities = Capabilities(reply.lines[0].split(" ", 1)[0], {})
-        elif verb is Verb.STARTTLS and klass == 2 and self._parser.buffered:
-            raise SMTPProtocolError(
-                "bytes arrived after the 220 reply to STARTTLS, before the TLS handshake "
-                "(RFC 3207 §4.2: plaintext injection)"
-            )
-        elif verb in (Verb.AUTH, Verb.AUTH_RESPONSE):
-            self._auth_reply(reply)
+        if command.rule.special:
+            self._special_reply(verb, reply)
         if self._inflight:
             return Event(verb, reply, command.subject)
         head = self._parser.peek(3)
@@ -512,6 +520,23 @@ class ClientCore:
                 f"the server sent more replies than commands (after: {verb.value} {reply})"
             )
         return Event(verb, reply, command.subject)
+
+    def _special_reply(self, verb: Verb, reply: Reply) -> None:
+        """What a reply to the greeting, EHLO, HELO, STARTTLS or AUTH changes."""
+        positive = reply.is_positive
+        if verb is Verb.CONNECT:
+            self.greeting = reply
+        elif verb is Verb.EHLO and positive:
+            self.capabilities = Capabilities.from_reply(reply)
+        elif verb is Verb.HELO and positive:
+            self.capabilities = Capabilities(reply.lines[0].split(" ", 1)[0], {})
+        elif verb is Verb.STARTTLS and positive and self._parser.buffered:
+            raise SMTPProtocolError(
+                "bytes arrived after the 220 reply to STARTTLS, before the TLS handshake "
+                "(RFC 3207 §4.2: plaintext injection)"
+            )
+        elif verb in (Verb.AUTH, Verb.AUTH_RESPONSE):
+            self._auth_reply(reply)
 
     def _auth_reply(self, reply: Reply) -> None:
         mechanism = self._mechanism
