@@ -564,10 +564,20 @@ class Session(trio.abc.AsyncResource):
     async def _read(self) -> Event:
         """Flush, then read the reply to the oldest command of the current
         operation (answering a pending message's end of data on the way)."""
-        event = await self._next_event()
-        if self._pending is not None and event.verb is Verb.END_DATA:
+        core = self._core
+        while True:
+            event = None
+            if not core.has_output:  # under PIPELINING, the reply is often here already
+                try:
+                    event = core.next_event()
+                except SMTPError:
+                    await self._io_failed()
+                    raise
+            if event is None:
+                event = await self._receive_event()
+            if self._pending is None or event.verb is not Verb.END_DATA:
+                break
             await self._answer_pending(event.reply)
-            event = await self._next_event()
         if event.verb in (Verb.END_DATA, Verb.BDAT_LAST):
             self._outcome_unknown = False  # the message has its answer
             self._end_answered = True
@@ -611,20 +621,6 @@ class Session(trio.abc.AsyncResource):
         assert event.verb is Verb.END_DATA
         with contextlib.suppress(SMTPServiceClosing):  # the reply is its answer
             await self._answer_pending(event.reply)
-
-    async def _next_event(self) -> Event:
-        """:meth:`_receive_event`, without its cost when nothing is queued for
-        sending and the reply is already buffered (PIPELINING)."""
-        core = self._core
-        if not core.has_output:
-            try:
-                event = core.next_event()
-            except SMTPError:
-                await self._io_failed()
-                raise
-            if event is not None:
-                return event
-        return await self._receive_event()
 
     async def _receive_event(self) -> Event:
         """Flush, then read until the oldest command in flight has its reply."""
