@@ -273,6 +273,7 @@ class _Marker(enum.Enum):
     LATER = "nothing can be taken without waiting"
 
 
+_NO_OPTIONS = _Options(None, False, False)
 _END = _Marker.END
 _LATER = _Marker.LATER
 
@@ -383,8 +384,15 @@ class _Run:
 
     def report(self, result: BulkResult, job: _Job | None = None) -> None:
         summary = self.summary
-        counter = result.status.name.lower()
-        setattr(summary, counter, getattr(summary, counter) + 1)
+        status = result.status
+        if status is BulkStatus.ACCEPTED:
+            summary.accepted += 1
+        elif status is BulkStatus.FAILED:
+            summary.failed += 1
+        elif status is BulkStatus.UNKNOWN:
+            summary.unknown += 1
+        else:
+            summary.not_sent += 1
         if job is not None:
             job.reported = True
             self.in_flight -= 1
@@ -392,7 +400,8 @@ class _Run:
             self.on_result(result)
         else:
             summary.results.append(result)
-        self.notify()
+        if self.progress is not None:
+            self.notify()
 
     def notify(self) -> None:
         if self.progress is None:
@@ -412,7 +421,8 @@ class _Run:
 
     def taken(self, message: BulkMessage) -> _Job:
         self.in_flight += 1
-        self.notify()
+        if self.progress is not None:
+            self.notify()
         return _Job(message)
 
     def classify(self, job: _Job, exc: BaseException) -> BulkResult | None:
@@ -529,15 +539,14 @@ class _Run:
                     stream: _Replayable | None = None
                     try:
                         body = prepare_mail(message.mail)
-                        mail: Mail
-                        if body.data is not None:
-                            mail = body.data
-                        else:
-                            assert body.chunks is not None
-                            mail = stream = _Replayable(body.chunks)
+                        if body.chunks is not None:  # a stream: note when it is read
+                            stream = _Replayable(body.chunks)
+                        options = _NO_OPTIONS
+                        if message.dsn is not None:
+                            options = _Options(message.dsn, False, False)
                         out = await session._send_op(
-                            message.sender, message.recipients, mail,
-                            _Options(message.dsn, False, False), defer=True,
+                            message.sender, message.recipients,
+                            body if stream is None else stream, options, defer=True,
                         )  # fmt: skip
                     except (SMTPError, TypeError, ValueError) as exc:
                         current.tracker.outcome_unknown = session.outcome_unknown

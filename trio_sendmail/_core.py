@@ -346,7 +346,7 @@ class ClientCore:
     def mail(self, path: ReversePath, params: Iterable[str] = ()) -> None:
         """Queue ``MAIL FROM:<path> params…``."""
         params = tuple(params)
-        utf8 = any(p.upper() == "SMTPUTF8" for p in params) if params else False
+        utf8 = "SMTPUTF8" in map(str.upper, params)
         text = str(path)
         check_argument(text, "the sender", utf8=utf8)
         for param in params:

@@ -225,6 +225,7 @@ class SessionStatistics:
 
 
 _session_ids = itertools.count(1)
+_NO_CAPABILITIES = Capabilities()
 
 #: Most BDAT chunks written before the oldest one's reply is read (RFC 3030
 #: §4.2 allows BDAT to be pipelined; the window bounds the unread replies).
@@ -404,7 +405,8 @@ class Session(trio.abc.AsyncResource):
     @property
     def capabilities(self) -> Capabilities:
         """What the server announced in its last EHLO reply (after TLS, if any)."""
-        return self._core.capabilities or Capabilities()
+        caps = self._core.capabilities
+        return caps if caps is not None else _NO_CAPABILITIES
 
     @property
     def tls(self) -> bool:
@@ -851,7 +853,7 @@ class Session(trio.abc.AsyncResource):
         self,
         sender: ReversePath | Mailbox | str | Address,
         recipients: Iterable[ForwardPath | Mailbox | str | Address],
-        mail: Mail,
+        mail: Mail | MailBody,
         options: _Options,
         *,
         defer: bool = False,
@@ -904,7 +906,7 @@ class Session(trio.abc.AsyncResource):
         self,
         sender: ReversePath | Mailbox | str | Address,
         recipients: Iterable[ForwardPath | Mailbox | str | Address],
-        mail: Mail,
+        mail: Mail | MailBody,
         options: _Options,
         defer: bool,
     ) -> SendResult | _Pending:
@@ -913,10 +915,12 @@ class Session(trio.abc.AsyncResource):
         rpath = reverse_path(sender)
         if isinstance(recipients, str | bytes | Address | ForwardPath | Mailbox):
             raise TypeError("recipients must be an iterable of addresses, not a single address")
-        fpaths = list(dict.fromkeys(forward_path(r) for r in recipients))
-        if not fpaths:
+        fpaths = [forward_path(r) for r in recipients]
+        if len(fpaths) > 1:
+            fpaths = list(dict.fromkeys(fpaths))  # duplicates are sent once
+        elif not fpaths:
             raise SMTPInputError("at least one recipient is required")
-        body = prepare_mail(mail)
+        body = mail if isinstance(mail, MailBody) else prepare_mail(mail)
         plan = self._plan(rpath, fpaths, body, options)
         return await self._transaction(rpath, fpaths, body, plan, defer)
 
