@@ -587,6 +587,12 @@ class ReversePath:
     """
 
     mailbox: Mailbox | None = attrs.field(default=None, validator=_validate_path_mailbox)
+    # The wire form, made once (a bulk run writes the same paths over and over).
+    _text: str = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        text = "<>" if self.mailbox is None else f"<{self.mailbox}>"
+        object.__setattr__(self, "_text", text)
 
     @classmethod
     def null(cls) -> ReversePath:
@@ -646,7 +652,7 @@ class ReversePath:
         return self.mailbox is not None and self.mailbox.needs_smtputf8
 
     def __str__(self) -> str:
-        return "<>" if self.mailbox is None else f"<{self.mailbox}>"
+        return self._text
 
 
 @attrs.frozen
@@ -663,6 +669,12 @@ class ForwardPath:
     """
 
     mailbox: Mailbox | None = attrs.field(validator=_validate_path_mailbox)
+    # The wire form, made once (a bulk run writes the same paths over and over).
+    _text: str = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        text = "<Postmaster>" if self.mailbox is None else f"<{self.mailbox}>"
+        object.__setattr__(self, "_text", text)
 
     @classmethod
     def postmaster(cls) -> ForwardPath:
@@ -729,7 +741,7 @@ class ForwardPath:
         return self.mailbox is not None and self.mailbox.needs_smtputf8
 
     def __str__(self) -> str:
-        return "<Postmaster>" if self.mailbox is None else f"<{self.mailbox}>"
+        return self._text
 
 
 # Bulk senders pass the same address strings over and over; the values are
