@@ -252,15 +252,17 @@ class _Plan:
         return self.dsn.rcpt_params(path) if self.dsn is not None else []
 
 
-@attrs.define
 class _Envelope:
     """The replies to one transaction's commands, gathered in order."""
 
-    sender_reply: Reply | None = None
-    data_reply: Reply | None = None
-    final_reply: Reply | None = None
-    accepted: list[ForwardPath] = attrs.field(factory=list)
-    refused: dict[ForwardPath, Reply] = attrs.field(factory=dict)
+    __slots__ = ("accepted", "data_reply", "final_reply", "refused", "sender_reply")
+
+    def __init__(self) -> None:
+        self.sender_reply: Reply | None = None
+        self.data_reply: Reply | None = None
+        self.final_reply: Reply | None = None
+        self.accepted: list[ForwardPath] = []
+        self.refused: dict[ForwardPath, Reply] = {}
 
     @property
     def sender_ok(self) -> bool:
@@ -579,7 +581,11 @@ class Session(trio.abc.AsyncResource):
                 event = await self._receive_event()
             if self._pending is None or event.verb is not Verb.END_DATA:
                 break
-            await self._answer_pending(event.reply)
+            if self._answer_pending(event.reply):
+                # The server refused the pending message and closed: whatever
+                # followed it was not sent.
+                await self._io_failed()
+                raise SMTPServiceClosing.from_reply(event.reply, ".")
         if event.verb in (Verb.END_DATA, Verb.BDAT_LAST):
             self._outcome_unknown = False  # the message has its answer
             self._end_answered = True
@@ -594,7 +600,9 @@ class Session(trio.abc.AsyncResource):
         queued is ever written."""
         self._core.broken()
 
-    async def _answer_pending(self, reply: Reply) -> None:
+    def _answer_pending(self, reply: Reply) -> bool:
+        """Give the pending message its reply; True when it was a 421 (the
+        server closes: the session must be closed)."""
         pending = self._pending
         assert pending is not None
         self._pending = None
@@ -603,11 +611,7 @@ class Session(trio.abc.AsyncResource):
             self._sent += 1
         else:
             self._failed += 1
-        if reply.code == 421:
-            # The server refused the pending message and closed: whatever
-            # followed it was not sent.
-            await self._io_failed()
-            raise SMTPServiceClosing.from_reply(reply, ".")
+        return reply.code == 421
 
     async def _settle(self) -> None:
         """Write a pending message's end of data, if still queued, and read its reply.
@@ -621,8 +625,8 @@ class Session(trio.abc.AsyncResource):
         with self._timed():
             event = await self._receive_event()
         assert event.verb is Verb.END_DATA
-        with contextlib.suppress(SMTPServiceClosing):  # the reply is its answer
-            await self._answer_pending(event.reply)
+        if self._answer_pending(event.reply):  # a 421 is its answer, and the end
+            await self._io_failed()
 
     async def _receive_event(self) -> Event:
         """Flush, then read until the oldest command in flight has its reply."""
