@@ -28,7 +28,12 @@ def message_ids(env: PostfixEnv, local: str) -> list[bytes]:
 
 
 async def bulk_run(
-    postfix: PostfixEnv, tls_context: ssl.SSLContext, connections: int, count: int
+    postfix: PostfixEnv,
+    tls_context: ssl.SSLContext,
+    connections: int,
+    count: int,
+    *,
+    chunking: bool = True,
 ) -> tuple[str, set[str], float, ts.BulkSummary, ts.PoolStatistics]:
     local = unique(f"bulk{connections}")
     rcpt = postfix.address(local)
@@ -48,6 +53,7 @@ async def bulk_run(
         ssl_context=tls_context,
         authentication=ts.Authentication(postfix.user, postfix.password),
         limits=ts.PoolLimits(max_connections=connections),
+        chunking=chunking,
     ) as pool:
         start = time.perf_counter()
         summary = await ts.send_bulk(messages, pool=pool)
@@ -56,10 +62,15 @@ async def bulk_run(
     return local, ids, elapsed, summary, stats
 
 
+# With CHUNKING each message rides with its envelope (BDAT … LAST); without it,
+# each message's body and dot go out with the next message's MAIL/RCPT/DATA.
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data-pipelined"])
 async def test_2000_messages_over_8_connections_exactly_once(
-    postfix: PostfixEnv, tls_context: ssl.SSLContext
+    postfix: PostfixEnv, tls_context: ssl.SSLContext, chunking: bool
 ) -> None:
-    local, ids, elapsed, summary, stats = await bulk_run(postfix, tls_context, 8, 2000)
+    local, ids, elapsed, summary, stats = await bulk_run(
+        postfix, tls_context, 8, 2000, chunking=chunking
+    )
     assert (summary.accepted, summary.failed, summary.unknown) == (2000, 0, 0)
     assert all(r.status is ts.BulkStatus.ACCEPTED for r in summary.results)
     assert stats.connection_failures == 0 and stats.messages_sent == 2000
@@ -84,8 +95,9 @@ async def test_throughput_is_measured(
     print(f"\n{count} messages over {connections} connection(s): {count / elapsed:.0f} msgs/s")
 
 
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data-pipelined"])
 async def test_pool_refusals_are_reported_per_message(
-    postfix: PostfixEnv, tls_context: ssl.SSLContext
+    postfix: PostfixEnv, tls_context: ssl.SSLContext, chunking: bool
 ) -> None:
     good = postfix.address(unique("good"))
     bad = postfix.address(unique("reject-bulk"))
@@ -101,6 +113,8 @@ async def test_pool_refusals_are_reported_per_message(
         port=postfix.smtps_port,
         ssl_context=tls_context,
         authentication=ts.Authentication(postfix.user, postfix.password),
+        limits=ts.PoolLimits(max_connections=1),  # one connection: the refusals sit
+        chunking=chunking,  # between accepted messages of one pipelined run
     ) as pool:
         summary = await ts.send_bulk(messages, pool=pool, max_retries=1, retry_backoff=0.05)
     by_key: dict[object, list[ts.BulkResult]] = {}
