@@ -89,7 +89,7 @@ def bulk_parser() -> argparse.ArgumentParser:
     run = parser.add_argument_group("bulk")
     run.add_argument(
         "-c", "--concurrency", type=int, default=4, metavar="N",
-        help="messages in flight, and connections (default: 4)",
+        help="connections sending at once, two messages in flight on each (default: 4)",
     )  # fmt: skip
     run.add_argument(
         "--rate", type=float, metavar="PER_SECOND", help="most messages started per second"
