@@ -766,3 +766,30 @@ def test_random_server_smoke_examples() -> None:
         accepted = {r.message.key for r in summary.results if r.status is Status.ACCEPTED}
         assert set(stored(stub)) - set(script.stored_then_dropped) == accepted
         assert len(stored(stub)) == len(set(stored(stub)))  # never twice
+
+
+# --------------------------------------------------------------------------------------------
+# A long run does not starve the pool's other users
+
+
+async def test_a_waiting_pool_user_gets_the_connection_between_two_messages() -> None:
+    # One connection, a long bulk run on it, and a request handler's Pool.send
+    # arriving after the first result: the lease ends as soon as someone waits
+    # for a connection, instead of keeping it for the whole run.
+    server = FakeSMTPServer()
+    first = trio.Event()
+    async with serve_fake_smtp(server) as port, pool_at(port, max_connections=1) as pool:
+
+        async def handler() -> None:
+            await first.wait()
+            await pool.send(SENDER, ["urgent@example.com"], body(999))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(handler)
+            summary = await ts.send_bulk(
+                [message(k) for k in range(200)], pool=pool, on_result=lambda r: first.set()
+            )
+    assert summary.accepted == 200
+    order = [key_of(m.data) for m in server.messages]
+    assert sorted(order) == [*range(200), 999]
+    assert order.index(999) < 10  # served between two messages of the run, not after it

@@ -587,8 +587,10 @@ class _Run:
                             pending = (done, out)
                     first = False
                     connection.last_used = now = trio.current_time()
-                    if retry or pool._retire(connection, now) or pool._closed:
-                        break  # a retry waits its back-off before anything else
+                    if retry or pool._lot or pool._retire(connection, now) or pool._closed:
+                        # A retry waits its back-off before anything else, and
+                        # another task waiting for a connection gets this one.
+                        break
                     following = source.take_nowait()
                     if isinstance(following, _Marker):
                         break
@@ -610,7 +612,7 @@ class _Run:
                     pending[0].tracker.outcome_unknown = pending[1].written
                     self.interrupted(pending[0], exc)
                 else:
-                    with contextlib.suppress(BaseException):
+                    with contextlib.suppress(SMTPError):  # a fatal error: already raised
                         settle(None)
             if current is not None:
                 self.interrupted(current, exc)
