@@ -507,10 +507,10 @@ class _Run:
         current: _Job | None = job
         connection: _Connection | None = None
 
-        def settle(error: SMTPError | None) -> None:
+        def settle(error: SMTPError | None, own: bool = False) -> None:
             nonlocal pending
             assert pending is not None
-            again = self._settled(*pending, error)
+            again = self._settled(*pending, error, own)
             pending = None
             if again is not None:
                 retry.append((again, True))
@@ -599,7 +599,8 @@ class _Run:
                 try:
                     await session._settle()
                 except SMTPError as exc:
-                    settle(exc)
+                    exc.outcome = pending[1].outcome
+                    settle(exc, own=True)  # the pending message's own error
                 else:
                     settle(None)
             return retry
@@ -623,15 +624,18 @@ class _Run:
             if connection is not None:
                 await pool._release(connection)
 
-    def _settled(self, job: _Job, pending: _Pending, error: SMTPError | None) -> _Job | None:
+    def _settled(
+        self, job: _Job, pending: _Pending, error: SMTPError | None, own: bool = False
+    ) -> _Job | None:
         """Report a pipelined message whose end of data was answered, or whose
         connection failed (*error*) before the answer; returns it if it must
-        be retried."""
+        be retried. *error* is the next message's unless *own*: it is then
+        reported as it is."""
         if pending.reply is None:
             assert error is not None
             job.tracker.outcome_unknown = pending.written
             self.pool._failures += 1
-            exc: SMTPError = _pending_error(error, pending.outcome)
+            exc: SMTPError = error if own else _pending_error(error, pending.outcome)
         else:
             try:
                 result = pending.result()

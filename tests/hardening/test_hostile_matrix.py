@@ -29,13 +29,18 @@ from .hostile import IMPLICIT, PLAIN, STARTTLS, HostileServer
 from .scenarios import SCENARIOS, Scenario
 from .support import CLIENT_NAME, LOOPBACK, Certificates, describe, live_tasks, open_fds
 
-ENTRY_POINTS = ("sendmail", "sendmail_with_starttls", "open_session", "pool")
+ENTRY_POINTS = ("sendmail", "sendmail_with_starttls", "open_session", "pool", "send_bulk")
 _MODE_ORDER = {
     "sendmail": (IMPLICIT,),
     "sendmail_with_starttls": (STARTTLS,),
     "open_session": (PLAIN, STARTTLS, IMPLICIT),
     "pool": (IMPLICIT, STARTTLS, PLAIN),
+    # send_bulk's own path: a lease, the message's end of data pipelined (and
+    # answered when the input runs out); no retries here, so one attempt.
+    "send_bulk": (PLAIN, IMPLICIT, STARTTLS),
 }
+#: Errors that end a send_bulk run (raised, not reported) when opening a connection.
+BULK_FATAL = (ts.SMTPAuthenticationError, ts.SMTPNotSupportedError, ts.SMTPConnectionError)
 POOL_RETRIES = 2
 POOL_LIMITS = ts.PoolLimits(max_connections=1, connect_retries=POOL_RETRIES)
 #: The pool's back-off after one refused connection is at most 0.2 s (see Pool._backoff).
@@ -66,6 +71,7 @@ class Observed:
     session_usable: bool | None = None
     outcome_unknown: bool | None = None
     pool_stats: ts.PoolStatistics | None = None
+    bulk: ts.BulkResult | None = None
 
 
 async def call(
@@ -107,7 +113,16 @@ async def call(
                 limits=POOL_LIMITS,
             ) as pool:  # fmt: skip
                 try:
-                    observed.result = await pool.send(SENDER, RECIPIENTS, scenario.mail())
+                    if entry == "pool":
+                        observed.result = await pool.send(SENDER, RECIPIENTS, scenario.mail())
+                    else:
+                        message = ts.BulkMessage(SENDER, RECIPIENTS, scenario.mail())
+                        summary = await ts.send_bulk([message], pool=pool, max_retries=0)
+                        (observed.bulk,) = summary.results
+                        observed.result = observed.bulk.result
+                        if observed.bulk.error is not None:
+                            assert isinstance(observed.bulk.error, Exception)
+                            observed.error = observed.bulk.error
                 finally:
                     observed.pool_stats = pool.statistics()
     except Exception as exc:
@@ -169,9 +184,26 @@ async def test_hostile_server(
         if scenario.code is not None:
             assert isinstance(error, ts.SMTPResponseError) and error.code == scenario.code
 
+    if entry == "send_bulk":
+        # One result per message: its status says what the error's outcome says.
+        bulk = observed.bulk
+        if expected is None:
+            assert bulk is not None and bulk.status is ts.BulkStatus.ACCEPTED
+        elif scenario.opens and issubclass(expected, BULK_FATAL):
+            assert bulk is None  # raised: every send would fail the same way
+        else:
+            assert bulk is not None and bulk.attempts == 1
+            status = {
+                ts.Outcome.UNKNOWN: ts.BulkStatus.UNKNOWN,
+                ts.Outcome.REFUSED: ts.BulkStatus.FAILED,
+                ts.Outcome.NOT_SENT: ts.BulkStatus.FAILED,
+                None: ts.BulkStatus.FAILED,
+            }[scenario.outcome]
+            assert bulk.status is status, (bulk.status, scenario.outcome)
+
     # The time bound, with the pool's retry of a connection that failed while opening.
     retried = (
-        entry == "pool"
+        entry in ("pool", "send_bulk")
         and expected is not None
         and scenario.opens
         and not issubclass(expected, POOL_FATAL)
@@ -192,7 +224,7 @@ async def test_hostile_server(
         if entry == "open_session":
             assert observed.session_usable is False
             assert observed.outcome_unknown is (scenario.outcome is ts.Outcome.UNKNOWN)
-        if entry == "pool":
+        if entry in ("pool", "send_bulk"):
             assert observed.pool_stats is not None
             assert observed.pool_stats.connections_idle == 0
             assert observed.pool_stats.failures == 1
