@@ -33,7 +33,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trio_sendmail as ts
-from trio_sendmail.testing import FakeSMTPServer, serve_fake_smtp
+from trio_sendmail._session import _Options, _Pending
+from trio_sendmail.testing import DEFAULT_EXTENSIONS, FakeSMTPServer, serve_fake_smtp
 
 from .test_bulk import Source, by_key, key_of, message
 from .test_pool import DROP, HANG, SENDER, Action, Conn, StubServer, body, pool_at, serve_tcp
@@ -793,3 +794,94 @@ async def test_a_waiting_pool_user_gets_the_connection_between_two_messages() ->
     order = [key_of(m.data) for m in server.messages]
     assert sorted(order) == [*range(200), 999]
     assert order.index(999) < 10  # served between two messages of the run, not after it
+
+
+# --------------------------------------------------------------------------------------------
+# Less common paths of a pipelined run
+
+
+async def test_garbage_answering_a_pending_dot(autojump_clock: trio.testing.MockClock) -> None:
+    # The reply to message 0's dot is not SMTP: the connection is dropped.
+    # Message 0's dot went out (UNKNOWN, with the protocol error); message 1,
+    # sent with it, never got its 354: not sent, and a protocol error is not
+    # retried. The run goes on over a new connection.
+    script = DotScript({(0, 1): b"hello, this is not SMTP\r\n"}, probe=frozenset({0}))
+    stub = StubServer(end_of_data=script)
+    async with serve_tcp(stub.handle) as port, pool_at(port, max_connections=1) as pool:
+        summary = await ts.send_bulk([message(k) for k in range(4)], pool=pool)
+    table = by_key(summary.results)
+    assert script.pipelined[(0, 1)]
+    assert table[0].status is Status.UNKNOWN
+    assert isinstance(table[0].error, ts.SMTPProtocolError)
+    assert table[0].error.outcome is ts.Outcome.UNKNOWN
+    assert table[1].status is Status.FAILED
+    assert isinstance(table[1].error, ts.SMTPProtocolError)
+    assert table[1].error.outcome is ts.Outcome.NOT_SENT
+    assert received(stub, 1) == 0
+    assert [table[k].status for k in (2, 3)] == [Status.ACCEPTED] * 2
+    assert stored(stub) == [2, 3]
+    assert len(stub.conns) == 2
+
+
+async def test_a_refused_connection_is_retried_then_reported(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Every greeting is 421: opening a connection fails (a transient error,
+    # not one that ends the run); the message is retried after back-off, then
+    # reported FAILED.
+    async def busy(stub: StubServer, conn: Conn) -> Action:
+        return b"421 4.3.2 too busy\r\n"
+
+    stub = StubServer(greeting=busy)
+    async with (
+        serve_tcp(stub.handle) as port,
+        pool_at(port, max_connections=1, connect_retries=1) as pool,
+    ):
+        summary = await ts.send_bulk([message(0)], pool=pool, max_retries=1, retry_backoff=0.5)
+    (result,) = summary.results
+    assert (result.status, result.attempts) == (Status.FAILED, 2)
+    assert isinstance(result.error, ts.SMTPServiceClosing)
+    assert summary.retried == 1
+    assert stub.received == []
+
+
+async def test_dsn_options_ride_on_a_pipelined_run() -> None:
+    server = FakeSMTPServer(extensions=[*DEFAULT_EXTENSIONS, "DSN"])
+    dsn = ts.DSN(ret=ts.DSNReturn.HEADERS, envid="run-1", notify={ts.DSNNotify.FAILURE})
+    messages = [
+        ts.BulkMessage(SENDER, [f"r{k}@example.com"], body(k), key=k, dsn=dsn) for k in range(3)
+    ]
+    async with serve_fake_smtp(server) as port, pool_at(port, max_connections=1) as pool:
+        summary = await ts.send_bulk(messages, pool=pool)
+    assert summary.accepted == 3
+    lines = [line.decode() for side, line in server.transcript if side == "C"]
+    mails = [line for line in lines if line.startswith("MAIL")]
+    rcpts = [line for line in lines if line.startswith("RCPT")]
+    assert len(mails) == 3 and all("RET=HDRS" in m and "ENVID=run-1" in m for m in mails)
+    assert len(rcpts) == 3 and all("NOTIFY=FAILURE" in r for r in rcpts)
+    assert server.connections == 1 and server.pipelining_violations == 0
+
+
+async def test_a_session_with_a_pending_message_refuses_a_plain_send() -> None:
+    # The pending message's end of data waits in the buffer: Session.send may
+    # not slip a transaction in before it is answered.
+    server = FakeSMTPServer()
+    async with (
+        serve_fake_smtp(server) as port,
+        ts.open_session(
+            "127.0.0.1", port=port, tls=ts.TLSMode.INSECURE_PLAINTEXT, domain="client.example"
+        ) as session,
+    ):
+        pending = await session._send_op(
+            SENDER, ["a@example.com"], body(0), _Options(None, False, False), defer=True
+        )
+        assert isinstance(pending, _Pending)
+        assert (pending.written, pending.reply) == (False, None)  # still in the buffer
+        with pytest.raises(trio.BusyResourceError):
+            await session.send(SENDER, ["b@example.com"], body(1))
+        await session._settle()
+        assert pending.written and pending.reply is not None
+        assert pending.result().reply.code == 250
+        result = await session.send(SENDER, ["b@example.com"], body(1))
+        assert result.reply.code == 250
+    assert [key_of(m.data) for m in server.messages] == [0, 1]

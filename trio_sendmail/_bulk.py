@@ -617,7 +617,9 @@ class _Run:
                         settle(None)
             if current is not None:
                 self.interrupted(current, exc)
-            for waiting, _ in retry:
+            # A job waiting for its retry is handed back only by a normal return;
+            # none is left here today, but every job taken must be reported.
+            for waiting, _ in retry:  # pragma: no cover
                 self.interrupted(waiting, exc)
             raise
         finally:
