@@ -467,24 +467,6 @@ async def test_message_taken_just_before_a_cancel_is_reported() -> None:
     assert [data for _, data in stub.received] == [b"Subject: m0\r\n\r\nkey=0\r\n"]
 
 
-async def test_pipelined_message_not_yet_written_at_a_cancel_is_not_sent() -> None:
-    # Under PIPELINING the first message's body and dot wait in the buffer for
-    # the second message's envelope; a cancel right after taking the second
-    # one means neither went out: both NOT_SENT, the server got no message.
-    server = FakeSMTPServer()
-    seen: list[ts.BulkResult] = []
-    async with serve_fake_smtp(server) as port, pool_at(port) as pool:
-        with trio.CancelScope() as scope:
-            source = Source(on_pull=lambda pulled: scope.cancel() if pulled == 2 else None)
-            await ts.send_bulk(source.iterate(), pool=pool, concurrency=1, on_result=seen.append)
-        assert scope.cancelled_caught
-    assert [(r.message.key, r.status) for r in seen] == [
-        (0, Status.NOT_SENT),
-        (1, Status.NOT_SENT),
-    ]
-    assert server.messages == []
-
-
 # --------------------------------------------------------------------------------------------
 # Messages that cannot be sent fail alone
 
