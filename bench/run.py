@@ -378,11 +378,15 @@ NOTES = """\
   trips); aiosmtplib sends one command at a time too.
 - W1 (one connection) is latency-bound for the blocking clients and CPU-bound for
   trio_sendmail: it pays one round trip plus its CPU time per message (about
-  150-250 µs of Python here), they pay four round trips plus little CPU. The
-  ratios against smtplib and smtp-source therefore follow the loopback round trip
-  of the moment (line above): on this virtual machine it moves between ~40 µs
-  (cores kept busy) and ~170 µs (cores idle), and when it is short a C client that
-  waits four times still beats one Python wait plus the Python work.
+  150-250 µs of Python here), they pay four waits plus little CPU. How long a wait
+  lasts for a process that blocks on every reply varies a lot on this virtual
+  machine (smtp-source alone has run W1 at anywhere from ~1,000 to ~6,700 msgs/s);
+  when the waits are short, a C client that waits four times can beat one wait
+  plus the Python work, so these two ratios move with the machine. The round trip
+  line above is the hot minimum (back-to-back NOOPs), not what each client sees.
+- W1-aiosmtpd has no target: aiosmtpd does not offer PIPELINING, so every client
+  waits for each reply there, and the Python server is the bottleneck; smtplib,
+  which spends the least CPU per message, leaves it the most.
 - W2 against `smtp-source -s 8` compares CPU per message: the client and smtp-sink
   share the two cores, and smtp-source spends a few µs per message where the Python
   client spends a hundred or more. Its own rate moves by a factor of two between
