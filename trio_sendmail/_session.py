@@ -28,6 +28,14 @@ own cancel scopes.
 * **Streaming.** The message is read one chunk at a time, encoded, and written
   in blocks of at most ``Buffers.send_size`` bytes (small chunks are coalesced,
   big ones written as they are), so memory is bounded whatever the size.
+* **Pipelining across messages** (RFC 2920 §3.1: message content may open a
+  pipelined group). For the bulk sender, a small message sent with DATA can be
+  left *pending*: its body and final dot wait in the command buffer and go out
+  with the next message's envelope, and the first reply read answers it
+  (:class:`_Pending`, :meth:`Session._send_op`, :meth:`Session._settle`).
+  Until it is answered the session refuses a plain :meth:`Session.send`; if
+  the run is interrupted first, the session is abandoned so that the buffered
+  bytes never go out.
 """
 
 from __future__ import annotations
