@@ -517,10 +517,10 @@ class _Run:
 
         try:
             job.tracker.connecting = True
-            job.attempts += 1
             try:
                 connection = await pool._acquire()
             except SMTPError as exc:
+                job.attempts += 1  # opening the connection was this attempt
                 final = self.classify(job, exc)
                 if final is None:
                     current = None
@@ -528,7 +528,6 @@ class _Run:
                 self.finish(job, final)
                 return []
             job.tracker.connecting = False
-            job.attempts -= 1
             session = connection.session
             reused = connection.messages > 0
             first = True

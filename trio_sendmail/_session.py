@@ -488,9 +488,7 @@ class Session(trio.abc.AsyncResource):
         ends the send, as the server would end it. One scope per operation
         instead of one per I/O keeps the per-message cost low.
         """
-        if self._timer is not None:  # already inside a timed operation
-            yield
-            return
+        assert self._timer is None, "_timed() inside a timed operation"
         with trio.CancelScope() as scope:
             self._timer = scope
             try:
