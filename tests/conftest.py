@@ -8,6 +8,8 @@ import pytest
 
 from trio_sendmail.testing import TestCertificates, make_test_certificates
 
+from .helpers import VARIANTS, ServerVariant
+
 
 @pytest.fixture(scope="session")
 def certs() -> TestCertificates:
@@ -18,3 +20,12 @@ def certs() -> TestCertificates:
 def transcript(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG, logger="trio_sendmail")
     return caplog
+
+
+@pytest.fixture(params=VARIANTS, ids=str)
+def server_variant(request: pytest.FixtureRequest) -> ServerVariant:
+    """Each of PIPELINING and CHUNKING on and off (ids ``pipe-chunk``, ``pipe-data``,
+    ``lock-chunk``, ``lock-data``): a test that sends through a fake server takes this
+    and configures its server with it (see :class:`~tests.helpers.ServerVariant`)."""
+    variant: ServerVariant = request.param
+    return variant

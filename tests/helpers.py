@@ -3,21 +3,87 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
+import attrs
+import pytest
 import trio
 import trio.testing
 
 from trio_sendmail import Session, TLSMode, open_session
-from trio_sendmail.testing import FakeSMTPServer, TestCertificates
+from trio_sendmail.testing import DEFAULT_EXTENSIONS, FakeSMTPServer, TestCertificates
 
 HOST = "mail.example.test"
 CLIENT_NAME = "client.example.test"
 PASSWORD = "s3cret-Pa55word!"
 USERS = {"alice": PASSWORD}
+
+
+# --------------------------------------------------------------------------- server variants
+
+
+@attrs.frozen
+class ServerVariant:
+    """Whether a test server offers PIPELINING and CHUNKING.
+
+    Every fake server of a suite that sends mail runs in all four variants (the
+    ``server_variant`` fixture of ``tests/conftest.py``): with CHUNKING a small
+    message goes out as ``BDAT n LAST`` with its data, and with PIPELINING too
+    that happens in the same write as MAIL and RCPT, before MAIL is answered.
+    """
+
+    pipelining: bool
+    chunking: bool
+
+    @property
+    def id(self) -> str:
+        return f"{'pipe' if self.pipelining else 'lock'}-{'chunk' if self.chunking else 'data'}"
+
+    def __str__(self) -> str:
+        return self.id
+
+    def extensions(self, base: Iterable[str] = DEFAULT_EXTENSIONS) -> tuple[str, ...]:
+        """*base* (EHLO extension lines) with PIPELINING and CHUNKING added or removed."""
+        rest = [line for line in base if line.split()[0].upper() not in ("PIPELINING", "CHUNKING")]
+        head = ["PIPELINING"] if self.pipelining else []
+        tail = ["CHUNKING"] if self.chunking else []
+        return (*head, *rest, *tail)
+
+    def ehlo(self, *base: str, name: str = "srv") -> bytes:
+        """A whole EHLO reply offering *base* and this variant's extensions."""
+        lines = [name, *self.extensions(base)]
+        return b"".join(
+            b"250%s%s\r\n" % (b" " if i == len(lines) - 1 else b"-", line.encode())
+            for i, line in enumerate(lines)
+        )
+
+    @property
+    def defers(self) -> bool:
+        """send_bulk pipelines across messages: a small message's body and final dot
+        wait for the next message's envelope (PIPELINING without CHUNKING)."""
+        return self.pipelining and not self.chunking
+
+    @property
+    def eod_with_envelope(self) -> bool:
+        """A small message's end of data (``BDAT n LAST``) is written with MAIL and
+        RCPT, before any of them is answered (PIPELINING and CHUNKING)."""
+        return self.pipelining and self.chunking
+
+
+PIPE_CHUNK: Final = ServerVariant(pipelining=True, chunking=True)
+PIPE_DATA: Final = ServerVariant(pipelining=True, chunking=False)
+LOCK_CHUNK: Final = ServerVariant(pipelining=False, chunking=True)
+LOCK_DATA: Final = ServerVariant(pipelining=False, chunking=False)
+VARIANTS: Final = (PIPE_CHUNK, PIPE_DATA, LOCK_CHUNK, LOCK_DATA)
+
+
+def variants(*chosen: ServerVariant) -> pytest.MarkDecorator:
+    """``parametrize`` the ``server_variant`` fixture with only *chosen* (all by default):
+    ``@variants(PIPE_CHUNK, LOCK_CHUNK)``."""
+    return pytest.mark.parametrize("server_variant", chosen or VARIANTS, ids=str, indirect=True)
 
 
 @asynccontextmanager
@@ -72,6 +138,36 @@ class RawServer:
         if reply:
             await self.send(reply)
         return line
+
+    async def bdat(self) -> tuple[bytes, bool]:
+        """Read one ``BDAT size [LAST]`` command and its chunk: (chunk, whether LAST)."""
+        line = await self.line()
+        words = line.split()
+        assert words[0] == b"BDAT" and len(words) in (2, 3), line
+        size = int(words[1])
+        while len(self.buffer) < size:
+            data = await self.stream.receive_some()
+            if not data:
+                raise EOFError
+            self.buffer += data
+        chunk = bytes(self.buffer[:size])
+        del self.buffer[:size]
+        return chunk, len(words) == 3 and words[2] == b"LAST"
+
+    async def message(self, variant: ServerVariant, *, go: bytes = b"354 go\r\n") -> bytes:
+        """After the envelope: DATA (answered *go*) and the data up to the final dot, or
+        BDAT chunks up to LAST (the others answered 250), as *variant* says. Returns the
+        data (with the final dot for DATA); the reply to its end is the caller's."""
+        if not variant.chunking:
+            await self.expect(b"DATA", go)
+            return await self.data()
+        message = b""
+        while True:
+            chunk, last = await self.bdat()
+            message += chunk
+            if last:
+                return message
+            await self.send(b"250 2.0.0 chunk received\r\n")
 
     async def data(self) -> bytes:
         """Read message data up to and including the end-of-data line."""

@@ -7,7 +7,8 @@ import inspect
 import trio_sendmail as ts
 
 PUBLIC = {
-    "BulkMessage", "BulkProgress", "BulkResult", "BulkStatus", "BulkSummary", "Pool",
+    "BulkMessage", "BulkProgress", "BulkResult", "BulkStatus", "BulkSummary", "Lease", "Pool",
+    "OutcomeTracker",
     "PoolLimits", "PoolStatistics", "open_pool", "send_bulk",
     "Authentication", "Buffers", "Capabilities", "DSN", "DSNNotify", "DSNReturn",
     "Domain", "DomainKind", "EnhancedStatus",

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 import trio_sendmail as ts
-import trio_sendmail._session as session_module
+import trio_sendmail._opening as session_module
 from trio_sendmail.__main__ import main
 from trio_sendmail._demo import DEMO_PASSWORD, run_demo
 from trio_sendmail.testing import FakeSMTPServer, serve_fake_smtp

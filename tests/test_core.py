@@ -14,7 +14,7 @@ import pytest
 from trio_sendmail._address import Domain, ForwardPath, ReversePath
 from trio_sendmail._capabilities import Capabilities
 from trio_sendmail._core import TABLE, ClientCore, Event, State, Verb
-from trio_sendmail._errors import SMTPInputError, SMTPProtocolError
+from trio_sendmail._errors import Outcome, SMTPInputError, SMTPProtocolError
 from trio_sendmail._reply import Reply
 from trio_sendmail._sasl import Authentication, LoginMechanism, Mechanism, PlainMechanism
 
@@ -160,10 +160,13 @@ def awaiting(verb: Verb) -> ClientCore:
         core.end_data()
     elif verb is Verb.BDAT:
         core = in_rcpt()
-        core.bdat(4, last=False)
+        core.begin_bdat(chunk_size=4)
+        core.body(b"abcd")
     elif verb is Verb.BDAT_LAST:
         core = in_rcpt()
-        core.bdat(4, last=True)
+        core.begin_bdat(chunk_size=100)
+        core.body(b"ab\r\n")
+        core.end_body()
     elif verb is Verb.RSET:
         core = in_mail()
         core.rset()
@@ -634,10 +637,11 @@ def test_nothing_can_be_queued_behind_an_auth_response_in_flight() -> None:
 def test_mail_rcpt_data_end_data(feed: Feed) -> None:
     lines: list[str] = []
     core = ready(lines.append)
-    core.mail(SENDER, ["SIZE=1000", "BODY=8BITMIME"])
+    txn = core.mail(SENDER, ["SIZE=1000", "BODY=8BITMIME"])
     assert core.data_to_send() == b"MAIL FROM:<alice@example.org> SIZE=1000 BODY=8BITMIME\r\n"
     events = feed(core, b"250 2.1.0 Ok\r\n")
-    assert events == [Event(Verb.MAIL, events[0].reply, SENDER)]
+    assert events == [Event(Verb.MAIL, events[0].reply, SENDER, txn)]
+    assert txn.sender_reply == events[0].reply and txn.envelope_written
     assert state_of(core) is State.MAIL
 
     core.rcpt(BOB, ["NOTIFY=NEVER"])
@@ -1199,22 +1203,43 @@ def test_every_verb_can_be_issued_from_some_reachable_state() -> None:
 
 def test_bdat_chunks_then_last(feed: Feed) -> None:
     core = in_rcpt()
-    core.bdat(5, last=False)
-    assert core.data_to_send() == b"BDAT 5\r\n"
-    core.bdat(0, last=True)  # BDAT may be pipelined (RFC 3030 §4.2)
-    assert core.data_to_send() == b"BDAT 0 LAST\r\n"
-    events = feed(core, b"250 2.0.0 5 octets\r\n250 2.0.0 queued\r\n")
-    assert [e.verb for e in events] == [Verb.BDAT, Verb.BDAT_LAST]
+    txn = core.transaction
+    assert txn is not None
+    core.begin_bdat(chunk_size=5)
+    core.body(b"hello wor")
+    assert core.data_to_send() == b"BDAT 5\r\nhello"
+    written = (txn.data_written, txn.end_written)
+    assert written == (True, False)
+    core.body(b"ld\n.dot")  # no dot-stuffing, line endings normalised (RFC 3030 §2)
+    core.end_body()  # BDAT may be pipelined (RFC 3030 §4.2)
+    assert core.data_to_send() == b"BDAT 5\r\n worlBDAT 5\r\nd\r\n.dBDAT 4 LAST\r\not\r\n"
+    assert (txn.end_written, txn.outcome) == (True, Outcome.UNKNOWN)
+    events = feed(core, b"250 2.0.0 5 octets\r\n" * 3 + b"250 2.0.0 queued\r\n")
+    assert [e.verb for e in events] == [Verb.BDAT, Verb.BDAT, Verb.BDAT, Verb.BDAT_LAST]
+    assert all(e.txn is txn for e in events)
     assert state_of(core) is State.READY
+    assert txn.outcome is Outcome.ACCEPTED
+
+
+def test_bdat_binary_goes_as_it_is() -> None:
+    core = in_rcpt()
+    core.begin_bdat(chunk_size=100, binary=True)
+    core.body(b"a\nb\r.\x00")
+    core.end_body()
+    assert core.data_to_send() == b"BDAT 6 LAST\r\na\nb\r.\x00"
 
 
 def test_bdat_refused_leaves_the_transaction_for_rset(feed: Feed) -> None:
     core = in_rcpt()
-    core.bdat(3, last=True)
-    core.data_to_send()
+    core.begin_bdat(chunk_size=100)
+    core.body(b"abc")
+    core.end_body()
+    assert core.data_to_send() == b"BDAT 5 LAST\r\nabc\r\n"
     feed(core, b"554 5.6.0 no\r\n")
     assert state_of(core) is State.RCPT
+    txn = core.transaction
+    assert txn is not None and txn.outcome is Outcome.REFUSED
     core.rset()
     assert core.data_to_send() == b"RSET\r\n"
     with pytest.raises(SMTPInputError):
-        core.bdat(-1, last=True)
+        core.begin_bdat(chunk_size=0)

@@ -48,7 +48,7 @@ import attrs
 import pytest
 import trio
 
-import trio_sendmail._session as session_module
+import trio_sendmail._settings as session_module
 from trio_sendmail.testing import (
     FakeSMTPServer,
     TestCertificates,
@@ -341,7 +341,7 @@ async def test_example_runs(
         monkeypatch.setattr(trio, "open_tcp_stream", open_tcp_stream)
         # The default SSLContext trusts the fake servers' CA (and only it).
         monkeypatch.setenv("SSL_CERT_FILE", str(doc_ca_file))
-        monkeypatch.setattr(session_module, "_shared_context", None, raising=False)
+        monkeypatch.setattr(session_module, "_shared_context", None)
         with _logging_restored(), trio.fail_after(60):
             await trio.to_thread.run_sync(execute_example, example, abandon_on_cancel=True)
 

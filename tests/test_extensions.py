@@ -229,13 +229,13 @@ async def test_bdat_chunks_in_flight(
     seen: list[int] = []
     async with fake_session(server, certs, pipelining=pipelining, buffers=buffers) as session:
         core = session._core
-        original = core.bdat
+        original = core.body
 
-        def spy(size: int, *, last: bool) -> None:
-            original(size, last=last)
+        def spy(chunk: bytes | bytearray | memoryview, *, clean: bool = False) -> None:
+            original(chunk, clean=clean)
             seen.append(len(core.inflight))
 
-        core.bdat = spy  # type: ignore[method-assign]
+        core.body = spy  # type: ignore[method-assign]
         await session.send("a@example.com", ["b@example.com"], b"x" * 20_000)
     assert max(seen) == most_in_flight
     assert server.pipelining_violations == 0

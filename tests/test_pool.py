@@ -33,7 +33,12 @@ from trio_sendmail.testing import (
     serve_fake_smtp,
 )
 
-from .helpers import CLIENT_NAME, PASSWORD, USERS
+from .helpers import (
+    CLIENT_NAME,
+    PASSWORD,
+    USERS,
+    ServerVariant,
+)
 
 LOCAL: Final = "127.0.0.1"
 PLAIN: Final = ts.TLSMode.INSECURE_PLAINTEXT
@@ -104,37 +109,59 @@ class Conn:
     commands: list[str] = attrs.field(factory=list)
     #: Messages answered with 2xx on this connection.
     messages: list[bytes] = attrs.field(factory=list)
+    #: A MAIL command was accepted and its transaction is open.
+    mail: bool = False
     rcpts: list[str] = attrs.field(factory=list)
+    #: The message data of the open transaction: after 354, or from the first BDAT on.
     in_data: bool = False
+    #: The BDAT chunks of the open transaction so far.
+    chunks: bytearray = attrs.field(factory=bytearray)
     quit: bool = False
     closed: bool = False
     closed_at: float | None = None
+
+    def end_transaction(self) -> None:
+        self.mail = self.in_data = False
+        self.rcpts.clear()
+        self.chunks.clear()
 
 
 CommandHook = Callable[[Conn, str], Awaitable[Action]]
 DataHook = Callable[[Conn, bytes], Awaitable[Action]]
 GreetingHook = Callable[["StubServer", Conn], Awaitable[Action]]
 
+#: What StubServer offers by default; a variant adds or removes PIPELINING and CHUNKING.
+STUB_EXTENSIONS: Final = ("PIPELINING", "8BITMIME")
+
 
 class StubServer:
     """A small SMTP server: hooks may replace any reply.
 
-    Every reply to the end of data is ``250 2.0.0 queued conn=<n> msg=<m>`` by
-    default, so a test can tell from :attr:`SendResult.reply` which connection
-    carried a message. A reply that starts with ``421`` closes the connection.
+    Every reply to the end of data (the final dot, or ``BDAT … LAST``) is
+    ``250 2.0.0 queued conn=<n> msg=<m>`` by default, so a test can tell from
+    :attr:`SendResult.reply` which connection carried a message. A reply that
+    starts with ``421`` closes the connection.
+
+    With *variant*, PIPELINING and CHUNKING are added to or removed from
+    *extensions* as it says. BDAT goes through the *command* hook too (before its
+    chunk is read; a hook that returns a reply has the chunk read and discarded,
+    and the transaction ended). Like a real server, the stub refuses RCPT without
+    an accepted MAIL (503), and DATA or BDAT without an accepted recipient (554,
+    after reading the chunk).
     """
 
     def __init__(
         self,
         *,
-        extensions: Iterable[str] = ("PIPELINING", "8BITMIME"),
+        extensions: Iterable[str] = STUB_EXTENSIONS,
+        variant: ServerVariant | None = None,
         greeting: GreetingHook | None = None,
         command: CommandHook | None = None,
         end_of_data: DataHook | None = None,
         idle_timeout: float | None = None,
         idle_reply: bytes = b"",
     ) -> None:
-        self.extensions = tuple(extensions)
+        self.extensions = tuple(extensions) if variant is None else variant.extensions(extensions)
         self.greeting = greeting
         self.command = command
         self.end_of_data = end_of_data
@@ -145,10 +172,14 @@ class StubServer:
         self.max_active = 0
         #: (virtual time, connection, command line) for every command.
         self.log: list[tuple[float, int, str]] = []
-        #: (connection, data) of every message whose end of data arrived.
+        #: (connection, data) of every message whose end of data arrived (with recipients).
         self.received: list[tuple[int, bytes]] = []
         #: (connection, data) of every message answered with 2xx.
         self.accepted: list[tuple[int, bytes]] = []
+
+    @property
+    def chunking(self) -> bool:
+        return "CHUNKING" in self.extensions
 
     def commands(self, verb: str) -> list[tuple[float, int, str]]:
         return [entry for entry in self.log if entry[2].upper().startswith(verb)]
@@ -196,8 +227,7 @@ class StubServer:
 
     async def _finish_message(self, conn: Conn, data: bytes) -> bool:
         self.received.append((conn.index, data))
-        conn.in_data = False
-        conn.rcpts.clear()
+        conn.end_transaction()
         action = None if self.end_of_data is None else await self.end_of_data(conn, data)
         if action is None:
             action = (
@@ -207,6 +237,29 @@ class StubServer:
             conn.messages.append(data)
             self.accepted.append((conn.index, data))
         return await self._say(conn, action)
+
+    async def _bdat(self, conn: Conn, text: str) -> bool:
+        """Serve one BDAT command (RFC 3030); False when the connection must end."""
+        words = text.split(" ")
+        if len(words) not in (2, 3) or not words[1].isdigit() or "CHUNKING" not in self.extensions:
+            return await self._say(conn, b"501 5.5.4 syntax: BDAT size [LAST]\r\n")
+        last = len(words) == 3 and words[2].upper() == "LAST"
+        action = None if self.command is None else await self.command(conn, text)
+        if action in (DROP, HANG):
+            return await self._say(conn, action)
+        chunk = await conn.reader.exactly(int(words[1]))  # read even if refused (§2)
+        if action is not None:
+            conn.end_transaction()
+            return await self._say(conn, action)
+        if not conn.mail:
+            return await self._say(conn, b"503 5.5.1 need MAIL command\r\n")
+        if not conn.rcpts:
+            return await self._say(conn, b"554 5.5.1 no valid recipients\r\n")
+        conn.in_data = True
+        conn.chunks += chunk
+        if last:
+            return await self._finish_message(conn, bytes(conn.chunks))
+        return await self._say(conn, b"250 2.0.0 %d octets received\r\n" % len(chunk))
 
     async def _run(self, conn: Conn) -> None:
         greeting = None if self.greeting is None else await self.greeting(self, conn)
@@ -223,17 +276,17 @@ class StubServer:
             self.log.append((trio.current_time(), conn.index, text))
             verb = text.partition(" ")[0].upper()
             if verb == "BDAT":
-                size, _, last = text[5:].partition(" ")
-                chunk = await conn.reader.exactly(int(size))
-                if last.upper() == "LAST":
-                    if not await self._finish_message(conn, chunk):
-                        return
-                elif not await self._say(conn, b"250 2.0.0 chunk ok\r\n"):
+                if not await self._bdat(conn, text):
                     return
                 continue
             action = None if self.command is None else await self.command(conn, text)
             if action is None:
                 action = self._default(conn, verb, text)
+            if verb == "MAIL":
+                conn.end_transaction()
+                conn.mail = isinstance(action, bytes) and action.startswith(b"2")
+            elif verb == "RSET":
+                conn.end_transaction()
             if not await self._say(conn, action):
                 return
             assert isinstance(action, bytes)
@@ -249,12 +302,15 @@ class StubServer:
         if verb in ("EHLO", "HELO"):
             return self._ehlo()
         if verb in ("MAIL", "RSET"):
-            conn.rcpts.clear()
             return b"250 2.0.0 ok\r\n"
         if verb == "RCPT":
+            if not conn.mail:
+                return b"503 5.5.1 need MAIL command\r\n"
             conn.rcpts.append(text)
             return b"250 2.1.5 ok\r\n"
         if verb == "DATA":
+            if conn.chunks:
+                return b"503 5.5.1 DATA after BDAT\r\n"
             return b"354 go ahead\r\n" if conn.rcpts else b"554 5.5.1 no valid recipients\r\n"
         if verb == "NOOP":
             return b"250 2.0.0 ok\r\n"
@@ -380,15 +436,17 @@ async def finish_all(helds: list[Held]) -> list[ts.SendResult]:
 
 
 def in_data(stub: StubServer) -> int:
-    return sum(conn.in_data for conn in stub.conns)
+    """The connections whose send is under way: in its message data, or (with CHUNKING,
+    where a streamed message sends no command before its first chunk) past RCPT."""
+    return sum(conn.in_data or (stub.chunking and bool(conn.rcpts)) for conn in stub.conns)
 
 
 # --------------------------------------------------------------------------------------------
 # Concurrency
 
 
-async def test_concurrent_sends_use_at_most_max_connections() -> None:
-    server = FakeSMTPServer()
+async def test_concurrent_sends_use_at_most_max_connections(server_variant: ServerVariant) -> None:
+    server = FakeSMTPServer(extensions=server_variant.extensions())
     counting = Counting(server)
     samples: list[ts.PoolStatistics] = []
     async with serve_tcp(counting.handle) as port, pool_at(port, max_connections=4) as pool:
@@ -442,8 +500,8 @@ async def test_concurrent_sends_use_at_most_max_connections() -> None:
     assert [line for who, line in server.transcript if who == "C"].count(b"QUIT") == 4
 
 
-async def test_callers_wait_when_every_connection_is_busy() -> None:
-    stub = StubServer()
+async def test_callers_wait_when_every_connection_is_busy(server_variant: ServerVariant) -> None:
+    stub = StubServer(variant=server_variant)
     async with (
         serve_tcp(stub.handle) as port,
         pool_at(port, max_connections=2) as pool,
@@ -479,8 +537,10 @@ async def test_callers_wait_when_every_connection_is_busy() -> None:
 # Limits
 
 
-async def test_connection_retired_after_max_messages_per_connection() -> None:
-    stub = StubServer()
+async def test_connection_retired_after_max_messages_per_connection(
+    server_variant: ServerVariant,
+) -> None:
+    stub = StubServer(variant=server_variant)
     async with (
         serve_tcp(stub.handle) as port,
         pool_at(port, max_messages_per_connection=3) as pool,
@@ -495,8 +555,9 @@ async def test_connection_retired_after_max_messages_per_connection() -> None:
 
 async def test_idle_connection_closed_by_the_reaper_after_max_idle(
     autojump_clock: trio.testing.MockClock,
+    server_variant: ServerVariant,
 ) -> None:
-    stub = StubServer()
+    stub = StubServer(variant=server_variant)
     async with (
         serve_tcp(stub.handle) as port,
         pool_at(port, max_idle=10, idle_check_after=100) as pool,
@@ -517,8 +578,9 @@ async def test_idle_connection_closed_by_the_reaper_after_max_idle(
 
 async def test_connection_retired_after_max_age_once_idle(
     autojump_clock: trio.testing.MockClock,
+    server_variant: ServerVariant,
 ) -> None:
-    stub = StubServer()
+    stub = StubServer(variant=server_variant)
     async with (
         serve_tcp(stub.handle) as port,
         pool_at(port, max_age=5, max_idle=100, idle_check_after=100) as pool,
@@ -544,8 +606,10 @@ async def test_connection_retired_after_max_age_once_idle(
 
 
 @pytest.mark.parametrize("order", [(0, 1, 2), (1, 2, 0), (2, 0, 1)])
-async def test_most_recently_used_idle_connection_is_reused_first(order: tuple[int, ...]) -> None:
-    stub = StubServer()
+async def test_most_recently_used_idle_connection_is_reused_first(
+    order: tuple[int, ...], server_variant: ServerVariant
+) -> None:
+    stub = StubServer(variant=server_variant)
     async with (
         serve_tcp(stub.handle) as port,
         pool_at(port, max_connections=3) as pool,
@@ -571,8 +635,9 @@ async def test_most_recently_used_idle_connection_is_reused_first(order: tuple[i
 
 async def test_connection_idle_past_idle_check_after_gets_noop(
     autojump_clock: trio.testing.MockClock,
+    server_variant: ServerVariant,
 ) -> None:
-    stub = StubServer()
+    stub = StubServer(variant=server_variant)
     async with serve_tcp(stub.handle) as port, pool_at(port, idle_check_after=5) as pool:
         await pool.send(SENDER, RECIPIENTS, body(1))
         await trio.sleep(4)
@@ -582,14 +647,15 @@ async def test_connection_idle_past_idle_check_after_gets_noop(
         result = await pool.send(SENDER, RECIPIENTS, body(3))
     assert conn_of(result) == 1
     (conn,) = stub.conns
+    data = "BDAT" if server_variant.chunking else "DATA"  # a small message: BDAT n LAST
     assert [c.split(" ")[0] for c in conn.commands if not c.startswith("RCPT")] == [
-        "EHLO", "MAIL", "DATA", "MAIL", "DATA", "NOOP", "MAIL", "DATA", "QUIT",
+        "EHLO", "MAIL", data, "MAIL", data, "NOOP", "MAIL", data, "QUIT",
     ]  # fmt: skip
 
 
 @pytest.mark.parametrize("failure", ["421", "closed", "silent"])
 async def test_failed_idle_check_discards_the_connection_silently(
-    autojump_clock: trio.testing.MockClock, failure: str
+    autojump_clock: trio.testing.MockClock, failure: str, server_variant: ServerVariant
 ) -> None:
     async def noop(conn: Conn, line: str) -> Action:
         if not line.startswith("NOOP") or conn.index != 1:
@@ -598,7 +664,7 @@ async def test_failed_idle_check_discards_the_connection_silently(
             return b"421 4.4.2 idle too long\r\n"
         return DROP if failure == "closed" else HANG
 
-    stub = StubServer(command=noop)
+    stub = StubServer(variant=server_variant, command=noop)
     async with serve_tcp(stub.handle) as port, pool_at(port, idle_check_after=5) as pool:
         assert conn_of(await pool.send(SENDER, RECIPIENTS, body(1))) == 1
         await trio.sleep(10)
@@ -614,12 +680,15 @@ async def test_failed_idle_check_discards_the_connection_silently(
 @pytest.mark.parametrize("reply", [b"", b"421 4.4.2 closing: idle timeout\r\n"])
 @pytest.mark.parametrize("idle_check_after", [5, 2])
 async def test_server_closed_idle_connection_next_send_succeeds(
-    autojump_clock: trio.testing.MockClock, reply: bytes, idle_check_after: float
+    autojump_clock: trio.testing.MockClock,
+    reply: bytes,
+    idle_check_after: float,
+    server_variant: ServerVariant,
 ) -> None:
     # The server drops clients idle for 3 s. With idle_check_after=5 the next
     # send finds the connection dead on MAIL and is sent again on another one
     # (a retry); with idle_check_after=2 the NOOP check finds it dead first.
-    stub = StubServer(idle_timeout=3, idle_reply=reply)
+    stub = StubServer(variant=server_variant, idle_timeout=3, idle_reply=reply)
     async with (
         serve_tcp(stub.handle) as port,
         pool_at(port, idle_check_after=idle_check_after, max_connections=2) as pool,
@@ -627,6 +696,9 @@ async def test_server_closed_idle_connection_next_send_succeeds(
         assert conn_of(await pool.send(SENDER, RECIPIENTS, body(1))) == 1
         await trio.sleep(4)
         assert stub.conns[0].closed
+        # With PIPELINING and CHUNKING, BDAT LAST and the message go out with MAIL: the
+        # dead connection must be noticed before that write (it was closed, FIN and all,
+        # a second ago), or answered by a 421 to MAIL, for the message to be sent again.
         result = await pool.send(SENDER, RECIPIENTS, body(2))  # no error
         assert conn_of(result) == 2
         stats = pool.statistics()
@@ -637,13 +709,13 @@ async def test_server_closed_idle_connection_next_send_succeeds(
     assert len(stub.conns) == 2
 
 
-async def test_421_to_mail_on_reused_connection_is_resent() -> None:
+async def test_421_to_mail_on_reused_connection_is_resent(server_variant: ServerVariant) -> None:
     async def mail(conn: Conn, line: str) -> Action:
         if line.startswith("MAIL") and conn.index == 1 and conn.messages:
             return b"421 4.3.2 shutting down\r\n"
         return None
 
-    stub = StubServer(command=mail)
+    stub = StubServer(variant=server_variant, command=mail)
     async with serve_tcp(stub.handle) as port, pool_at(port) as pool:
         await pool.send(SENDER, RECIPIENTS, body(1))
         result = await pool.send(SENDER, RECIPIENTS, body(2))
@@ -652,11 +724,11 @@ async def test_421_to_mail_on_reused_connection_is_resent() -> None:
     assert stub.accepted == [(1, body(1)), (2, body(2))]
 
 
-async def test_failure_on_a_fresh_connection_is_not_resent() -> None:
+async def test_failure_on_a_fresh_connection_is_not_resent(server_variant: ServerVariant) -> None:
     async def mail(conn: Conn, line: str) -> Action:
         return b"421 4.3.2 shutting down\r\n" if line.startswith("MAIL") else None
 
-    stub = StubServer(command=mail)
+    stub = StubServer(variant=server_variant, command=mail)
     async with serve_tcp(stub.handle) as port, pool_at(port) as pool:
         with pytest.raises(ts.SMTPServiceClosing) as info:
             await pool.send(SENDER, RECIPIENTS, body(1))
@@ -666,15 +738,25 @@ async def test_failure_on_a_fresh_connection_is_not_resent() -> None:
     assert len(stub.conns) == 1 and stub.received == []
 
 
-async def test_streamed_message_is_not_resent_once_its_data_began_to_flow() -> None:
-    async def data(conn: Conn, line: str) -> Action:
-        if line == "DATA" and conn.messages:
-            await conn.stream.send_all(b"354 go ahead\r\n")
-            await conn.reader.line()  # the first line of the message, then away
-            return DROP
+async def data_flows_then_drop(conn: Conn, line: str) -> Action:
+    """A command hook: on a reused connection, let the message data begin to flow (354
+    to DATA, or the first BDAT), read its first line, then drop the connection."""
+    if not conn.messages:
         return None
+    if line == "DATA":
+        await conn.stream.send_all(b"354 go ahead\r\n")
+        await conn.reader.line()  # the first line of the message, then away
+        return DROP
+    if line.startswith("BDAT"):
+        await conn.reader.line()  # the first line of the first chunk, then away
+        return DROP
+    return None
 
-    stub = StubServer(command=data)
+
+async def test_streamed_message_is_not_resent_once_its_data_began_to_flow(
+    server_variant: ServerVariant,
+) -> None:
+    stub = StubServer(variant=server_variant, command=data_flows_then_drop)
     async with serve_tcp(stub.handle) as port, pool_at(port) as pool:
         await pool.send(SENDER, RECIPIENTS, body(1))
         send, receive = trio.open_memory_channel[bytes](0)
@@ -700,16 +782,11 @@ async def test_streamed_message_is_not_resent_once_its_data_began_to_flow() -> N
     assert stub.received == [(1, body(1))]
 
 
-async def test_bytes_message_is_not_resent_once_its_data_began_to_flow() -> None:
+async def test_bytes_message_is_not_resent_once_its_data_began_to_flow(
+    server_variant: ServerVariant,
+) -> None:
     # The pool's rule: "a message whose data began to flow is never sent twice".
-    async def data(conn: Conn, line: str) -> Action:
-        if line == "DATA" and conn.messages:
-            await conn.stream.send_all(b"354 go ahead\r\n")
-            await conn.reader.line()
-            return DROP
-        return None
-
-    stub = StubServer(command=data)
+    stub = StubServer(variant=server_variant, command=data_flows_then_drop)
     big = b"Subject: big\r\n\r\n" + b"0123456789" * 1_000_000  # far more than socket buffers
     async with serve_tcp(stub.handle) as port, pool_at(port) as pool:
         await pool.send(SENDER, RECIPIENTS, body(1))
@@ -723,12 +800,12 @@ async def test_bytes_message_is_not_resent_once_its_data_began_to_flow() -> None
 
 @pytest.mark.parametrize("end", [DROP, HANG])
 async def test_message_is_not_resent_after_its_final_dot(
-    autojump_clock: trio.testing.MockClock, end: Action
+    autojump_clock: trio.testing.MockClock, end: Action, server_variant: ServerVariant
 ) -> None:
     async def after_dot(conn: Conn, data: bytes) -> Action:
         return end if conn.messages else None
 
-    stub = StubServer(end_of_data=after_dot)
+    stub = StubServer(variant=server_variant, end_of_data=after_dot)
     timeouts = ts.Timeouts(data_end=30)
     async with serve_tcp(stub.handle) as port, pool_at(port, timeouts=timeouts) as pool:
         await pool.send(SENDER, RECIPIENTS, body(1))
@@ -736,8 +813,9 @@ async def test_message_is_not_resent_after_its_final_dot(
         with pytest.raises((ts.SMTPConnectionError, ts.SMTPTimeoutError)) as info:
             await pool.send(SENDER, RECIPIENTS, body(2))
         assert info.value.outcome is ts.Outcome.UNKNOWN
-        if end == HANG:
+        if end == HANG:  # the reply to the final dot or to BDAT LAST: Timeouts.data_end
             assert isinstance(info.value, ts.SMTPTimeoutError)
+            assert info.value.phase == "data_end"
             assert trio.current_time() - start == pytest.approx(30)
         stats = pool.statistics()
         assert (stats.retries, stats.failures, stats.connections_open) == (0, 1, 0)
@@ -762,8 +840,10 @@ async def test_pipelined_bdat_message_is_not_resent_after_it_went_out() -> None:
     assert [data for _, data in stub.received].count(body(2)) == 1
 
 
-async def test_cancelled_send_discards_its_connection_only() -> None:
-    stub = StubServer()
+async def test_cancelled_send_discards_its_connection_only(
+    autojump_clock: trio.testing.MockClock, server_variant: ServerVariant
+) -> None:
+    stub = StubServer(variant=server_variant)
     async with serve_tcp(stub.handle) as port, pool_at(port) as pool:
         await pool.send(SENDER, RECIPIENTS, body(1))
         send, receive = trio.open_memory_channel[bytes](1)
@@ -779,11 +859,12 @@ async def test_cancelled_send_discards_its_connection_only() -> None:
 
 async def test_caller_cancelled_during_idle_check_does_not_leak_the_connection(
     autojump_clock: trio.testing.MockClock,
+    server_variant: ServerVariant,
 ) -> None:
     async def slow_noop(conn: Conn, line: str) -> Action:
         return HANG if line.startswith("NOOP") else None
 
-    stub = StubServer(command=slow_noop)
+    stub = StubServer(variant=server_variant, command=slow_noop)
     async with (
         serve_tcp(stub.handle) as port,
         pool_at(port, max_connections=1, idle_check_after=1) as pool,
@@ -805,11 +886,12 @@ async def test_caller_cancelled_during_idle_check_does_not_leak_the_connection(
 
 async def test_421_at_greeting_shrinks_the_pool_and_backs_off(
     autojump_clock: trio.testing.MockClock,
+    server_variant: ServerVariant,
 ) -> None:
     async def one_at_a_time(server: StubServer, conn: Conn) -> Action:
         return b"421 4.7.0 too many connections\r\n" if server.active > 1 else None
 
-    stub = StubServer(greeting=one_at_a_time)
+    stub = StubServer(variant=server_variant, greeting=one_at_a_time)
     async with serve_tcp(stub.handle) as port, pool_at(port, max_connections=4) as pool:
         start = trio.current_time()
         results: list[ts.SendResult] = []
@@ -834,6 +916,7 @@ async def test_421_at_greeting_shrinks_the_pool_and_backs_off(
 
 async def test_shrunk_pool_grows_back_after_regrow_after(
     autojump_clock: trio.testing.MockClock,
+    server_variant: ServerVariant,
 ) -> None:
     refusing = True
 
@@ -842,7 +925,7 @@ async def test_shrunk_pool_grows_back_after_regrow_after(
             return b"421 4.7.0 too many connections\r\n"
         return None
 
-    stub = StubServer(greeting=maybe_refuse)
+    stub = StubServer(variant=server_variant, greeting=maybe_refuse)
     async with (
         serve_tcp(stub.handle) as port,
         pool_at(port, max_connections=3, regrow_after=30) as pool,
@@ -924,8 +1007,12 @@ async def test_fatal_connect_errors_are_raised_at_once(
     assert server.messages == []
 
 
-async def test_sending_with_a_good_password_over_tls(certs: TestCertificates) -> None:
-    server = FakeSMTPServer(ssl_context=certs.server_context, users=USERS)
+async def test_sending_with_a_good_password_over_tls(
+    certs: TestCertificates, server_variant: ServerVariant
+) -> None:
+    server = FakeSMTPServer(
+        extensions=server_variant.extensions(), ssl_context=certs.server_context, users=USERS
+    )
     async with (
         serve_fake_smtp(server, implicit_tls=True) as port,
         tls_pool(port, certs.client_context, PASSWORD, max_connections=2) as pool,
@@ -959,8 +1046,10 @@ async def test_fatal_connect_error_does_not_leak_a_connection_slot(
 # Closing
 
 
-async def test_leaving_the_block_quits_idle_connections_and_ends_every_task() -> None:
-    server = FakeSMTPServer()
+async def test_leaving_the_block_quits_idle_connections_and_ends_every_task(
+    server_variant: ServerVariant,
+) -> None:
+    server = FakeSMTPServer(extensions=server_variant.extensions())
     counting = Counting(server)
     async with serve_tcp(counting.handle) as port:
         me = trio.lowlevel.current_task()
@@ -982,8 +1071,10 @@ async def test_leaving_the_block_quits_idle_connections_and_ends_every_task() ->
         await pool.send(SENDER, RECIPIENTS, body(99))
 
 
-async def test_close_wakes_waiting_callers_and_closes_busy_connections_after_their_send() -> None:
-    stub = StubServer()
+async def test_close_wakes_waiting_callers_and_closes_busy_connections_after_their_send(
+    server_variant: ServerVariant,
+) -> None:
+    stub = StubServer(variant=server_variant)
     async with (
         serve_tcp(stub.handle) as port,
         pool_at(port, max_connections=1) as pool,
@@ -1022,8 +1113,8 @@ class OopsGroup(ExceptionGroup[Exception]):
     pass
 
 
-async def test_exception_in_the_block_comes_out_unwrapped() -> None:
-    server = FakeSMTPServer()
+async def test_exception_in_the_block_comes_out_unwrapped(server_variant: ServerVariant) -> None:
+    server = FakeSMTPServer(extensions=server_variant.extensions())
     async with serve_fake_smtp(server) as port:
         error = Oops("mine")
         with pytest.raises(Oops) as info:
@@ -1048,8 +1139,10 @@ async def test_exception_group_raised_in_the_block_comes_out_as_raised() -> None
         assert info.value is group
 
 
-async def test_cancellation_of_the_block_comes_out_as_plain_cancellation() -> None:
-    server = FakeSMTPServer()
+async def test_cancellation_of_the_block_comes_out_as_plain_cancellation(
+    server_variant: ServerVariant,
+) -> None:
+    server = FakeSMTPServer(extensions=server_variant.extensions())
     async with serve_fake_smtp(server) as port:
         with trio.move_on_after(5) as scope:
             async with pool_at(port) as pool:
@@ -1066,8 +1159,9 @@ async def test_cancellation_of_the_block_comes_out_as_plain_cancellation() -> No
 
 async def test_max_connect_rate_spaces_connections(
     autojump_clock: trio.testing.MockClock,
+    server_variant: ServerVariant,
 ) -> None:
-    stub = StubServer()
+    stub = StubServer(variant=server_variant)
     async with (
         serve_tcp(stub.handle) as port,
         pool_at(port, max_connections=6, max_connect_rate=2) as pool,

@@ -34,7 +34,7 @@ from ._errors import (
     SMTPTLSError,
     SMTPTransientError,
 )
-from ._pool import Pool, PoolLimits, PoolStatistics, open_pool
+from ._pool import Lease, Pool, PoolLimits, PoolStatistics, open_pool
 from ._reply import EnhancedStatus, Reply
 from ._sasl import Authentication, OAuth2Token
 from ._session import (
@@ -46,6 +46,7 @@ from ._session import (
     TLSMode,
     open_session,
 )
+from ._transaction import OutcomeTracker
 
 __version__ = "0.1.0"
 
@@ -65,9 +66,11 @@ __all__ = [
     "DomainKind",
     "EnhancedStatus",
     "ForwardPath",
+    "Lease",
     "Mailbox",
     "OAuth2Token",
     "Outcome",
+    "OutcomeTracker",
     "Pool",
     "PoolLimits",
     "PoolStatistics",

@@ -1,4 +1,17 @@
-"""The two one-shot functions of the seed: ``sendmail`` and ``sendmail_with_starttls``."""
+"""The two one-shot functions of ``sendmail-lwt``: ``sendmail`` and ``sendmail_with_starttls``.
+
+Both run the same steps (:func:`_send_one`):
+
+1. every check that needs no connection, so that a caller mistake raises
+   before anything is opened, handshaken or authenticated (docs/errors.rst);
+2. connect, secure, greet and authenticate (:func:`_session._connect`);
+3. send the message;
+4. close. Once the server has answered the end of the data, the answer is what
+   the caller needs: the QUIT that follows is best effort, shielded from the
+   caller's cancellation and bounded by ``Timeouts.quit`` (a deadline that fires
+   during QUIT must not turn a queued message into an unknown outcome). On every
+   other path the session is closed as ``async with open_session()`` closes it.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +19,15 @@ import ssl
 from collections.abc import Iterable
 from email.headerregistry import Address
 
+import trio
+
 from ._address import Domain, ForwardPath, Mailbox, ReversePath
+from ._errors import Outcome, SMTPError
+from ._inputs import envelope, mail_body
 from ._message import Mail
 from ._sasl import Authentication
-from ._session import Buffers, SendResult, Timeouts, TLSMode, open_session
+from ._session import Buffers, SendResult, Timeouts, TLSMode, _connect, _SessionConfig
+from ._transaction import OutcomeTracker
 
 __all__ = ["sendmail", "sendmail_with_starttls"]
 
@@ -27,47 +45,62 @@ async def sendmail(
     buffers: Buffers | None = None,
     timeouts: Timeouts = Timeouts(),  # noqa: B008 (frozen)
     pipelining: bool = True,
+    tracker: OutcomeTracker | None = None,
 ) -> SendResult:
     """Submit one message over implicit TLS (RFC 8314), port 465 by default.
 
-    Opens a connection, performs the TLS handshake (certificate and host name
-    verified, with SNI), sends EHLO, authenticates if *authentication* is given,
-    sends the message, then QUIT, and closes the connection.
+    Checks every argument, then opens a connection, performs the TLS handshake
+    (certificate and host name verified, with SNI), sends EHLO, authenticates if
+    *authentication* is given, sends the message, then QUIT, and closes the
+    connection.
 
     Args:
         hostname: the server's domain name or IP address.
         sender: the reverse-path: a :class:`ReversePath`, a ``str``, an
             :class:`email.headerregistry.Address`, or ``""`` / ``"<>"`` for the null path.
-        recipients: forward-paths (:class:`ForwardPath`, ``str`` or ``Address``).
+        recipients: forward-paths (:class:`ForwardPath`, ``str`` or ``Address``);
+            an iterable of them, not a single one. Duplicates are sent once.
         mail: the message (see :meth:`Session.send`).
         port: the server's port.
         domain: the EHLO name (default: the local FQDN, or an address literal).
-        ssl_context: the seed's *authenticator*; default
+        ssl_context: ``sendmail-lwt``'s *authenticator*; default
             :func:`ssl.create_default_context`.
         authentication: credentials for AUTH, or ``None``.
         buffers: reusable I/O buffers (:class:`Buffers`).
         timeouts: per-phase bounds (:class:`Timeouts`).
         pipelining: use PIPELINING when offered.
+        tracker: an :class:`OutcomeTracker` that tells the message's outcome
+            however this call ends, cancellation included.
 
     Returns:
-        :class:`SendResult`: the final reply and any refused recipients.
+        :class:`SendResult`: the final reply and any refused recipients. Once
+        the server has answered the end of the data, the answer is returned (or
+        raised) even if the caller's deadline fires during the QUIT that
+        follows: that QUIT is shielded and bounded by ``Timeouts.quit``.
 
     Raises:
+        SMTPInputError: a malformed hostname, port, sender, recipient or EHLO
+            name (one with no ASCII form), or no recipient, raised before any I/O.
+        TypeError: *recipients* is a single address, or *mail* is a ``str`` or
+            not a message (raised before any I/O).
         SMTPError: see :func:`open_session` and :meth:`Session.send`. The
-        connection is always closed when this returns or raises.
+            connection is always closed when this returns or raises.
     """
-    async with open_session(
-        hostname,
+    return await _send_one(
+        TLSMode.IMPLICIT,
+        hostname=hostname,
+        sender=sender,
+        recipients=recipients,
+        mail=mail,
         port=port,
-        tls=TLSMode.IMPLICIT,
-        ssl_context=ssl_context,
         domain=domain,
+        ssl_context=ssl_context,
         authentication=authentication,
         buffers=buffers,
         timeouts=timeouts,
         pipelining=pipelining,
-    ) as session:
-        return await session.send(sender, recipients, mail)
+        tracker=tracker,
+    )
 
 
 async def sendmail_with_starttls(
@@ -83,23 +116,101 @@ async def sendmail_with_starttls(
     buffers: Buffers | None = None,
     timeouts: Timeouts = Timeouts(),  # noqa: B008 (frozen)
     pipelining: bool = True,
+    tracker: OutcomeTracker | None = None,
 ) -> SendResult:
     """Submit one message over plain TCP upgraded with STARTTLS, port 587 by default.
 
-    Same parameters as :func:`sendmail`. The server must offer STARTTLS: if it
-    does not, :class:`SMTPNotSupportedError` is raised and nothing is sent in
-    plaintext. The TCP stream is upgraded in place to a :class:`trio.SSLStream`
-    (certificate and host name verified), and EHLO is sent again over TLS.
+    Same parameters, checks and result as :func:`sendmail`. The server must
+    offer STARTTLS: if it does not, :class:`SMTPNotSupportedError` is raised and
+    nothing is sent in plaintext. The TCP stream is upgraded in place to a
+    :class:`trio.SSLStream` (certificate and host name verified), and EHLO is
+    sent again over TLS.
     """
-    async with open_session(
-        hostname,
+    return await _send_one(
+        TLSMode.STARTTLS,
+        hostname=hostname,
+        sender=sender,
+        recipients=recipients,
+        mail=mail,
         port=port,
-        tls=TLSMode.STARTTLS,
-        ssl_context=ssl_context,
         domain=domain,
+        ssl_context=ssl_context,
         authentication=authentication,
         buffers=buffers,
         timeouts=timeouts,
         pipelining=pipelining,
-    ) as session:
-        return await session.send(sender, recipients, mail)
+        tracker=tracker,
+    )
+
+
+def _check_types(
+    ssl_context: object, authentication: object, buffers: object, timeouts: object
+) -> None:
+    """Refuse an argument of the wrong type before connecting (it would fail
+    later, after the connection, the TLS handshake or even AUTH)."""
+    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+        raise TypeError("ssl_context must be an ssl.SSLContext or None")
+    if authentication is not None and not isinstance(authentication, Authentication):
+        raise TypeError("authentication must be an Authentication or None")
+    if buffers is not None and not isinstance(buffers, Buffers):
+        raise TypeError("buffers must be a Buffers or None")
+    if not isinstance(timeouts, Timeouts):
+        raise TypeError("timeouts must be a Timeouts")
+
+
+def _answered(exc: BaseException) -> bool:
+    """True when *exc* carries the server's answer to the end of the data."""
+    return isinstance(exc, SMTPError) and exc.outcome is Outcome.REFUSED
+
+
+async def _send_one(
+    tls: TLSMode,
+    *,
+    hostname: str,
+    sender: ReversePath | Mailbox | str | Address,
+    recipients: Iterable[ForwardPath | Mailbox | str | Address],
+    mail: Mail,
+    port: int,
+    domain: Domain | str | None,
+    ssl_context: ssl.SSLContext | None,
+    authentication: Authentication | None,
+    buffers: Buffers | None,
+    timeouts: Timeouts,
+    pipelining: bool,
+    tracker: OutcomeTracker | None,
+) -> SendResult:
+    # 1. Every input check, before any I/O.
+    config = _SessionConfig.make(
+        hostname,
+        port=port,
+        tls=tls,
+        ssl_context=ssl_context,
+        domain=domain,
+        authentication=authentication,
+        insecure_auth_over_plaintext=False,
+        timeouts=timeouts,
+        pipelining=pipelining,
+        chunking=True,
+    )
+    _check_types(ssl_context, authentication, buffers, timeouts)
+    rpath, fpaths = envelope(sender, recipients)
+    body = mail_body(mail)  # a Message is serialised once, here
+    # 2. Connect, secure, greet, authenticate (closed if this raises).
+    session = await _connect(config, buffers=buffers, stream=None)
+    # 3. Send.
+    try:
+        result = await session.send(rpath, fpaths, body, tracker=tracker)
+    except BaseException as exc:
+        if _answered(exc):
+            # The message was refused after the end of the data: that refusal
+            # is the answer the caller needs; QUIT must not lose it.
+            with trio.CancelScope(shield=True):
+                await session.aclose()
+        else:
+            await session.aclose()
+        raise
+    # 4. The message is queued: QUIT is best effort, bounded by Timeouts.quit
+    # (inside aclose), and the caller's deadline cannot throw the result away.
+    with trio.CancelScope(shield=True):
+        await session.aclose()
+    return result

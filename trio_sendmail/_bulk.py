@@ -43,7 +43,7 @@ alone. Messages that were still pending are then reported as ``NOT_SENT``.
 
 from __future__ import annotations
 
-import contextlib
+import email.message
 import enum
 import random
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
@@ -62,12 +62,15 @@ from ._errors import (
     SMTPError,
     SMTPNotSupportedError,
     SMTPProtocolError,
+    SMTPResponseError,
+    SMTPServiceClosing,
     SMTPTimeoutError,
     SMTPTransientError,
 )
-from ._message import Mail, close_early, prepare_mail
-from ._pool import Pool, _Connection, _RateLimiter, _Replayable, _stale, _Tracker, open_pool
-from ._session import SendResult, _Options, _Pending
+from ._message import Mail, MailBody, OneShotStream, close_early, prepare_mail
+from ._plan import NO_OPTIONS, Options
+from ._pool import Lease, Pool, RateLimiter, open_pool
+from ._transaction import OutcomeTracker, SendResult, settle_error
 
 __all__ = ["BulkMessage", "BulkProgress", "BulkResult", "BulkStatus", "BulkSummary", "send_bulk"]
 
@@ -169,29 +172,28 @@ class BulkSummary:
 _FATAL = (SMTPAuthenticationError, SMTPNotSupportedError, SMTPConnectionError)
 
 
-def _pending_error(error: SMTPError, outcome: Outcome) -> SMTPError:
+def _lost_error(error: BaseException, tracker: OutcomeTracker) -> SMTPError:
     """The error of a pipelined message whose connection failed before the
-    reply to its end of data (*error* is the next message's)."""
+    reply to its end of data (*error* is what the next message ran into)."""
     copy: SMTPError
     if isinstance(error, SMTPTimeoutError):
         copy = SMTPTimeoutError(str(error), phase=error.phase)
     elif isinstance(error, SMTPProtocolError):
         copy = SMTPProtocolError(str(error))
     else:
-        copy = SMTPConnectionError(str(error))
-    copy.outcome = outcome
+        copy = SMTPConnectionError(
+            f"the connection was lost before the reply to the end of data: {error}"
+        )
     copy.__cause__ = error
-    return copy
+    return settle_error(copy, tracker._transaction)
 
 
-def _retryable(error: SMTPError, tracker: _Tracker, retry_unknown: bool) -> bool:
-    if tracker.stream_started:
-        return False  # the chunks already read are gone
-    if error.outcome is Outcome.UNKNOWN or tracker.outcome_unknown:
-        return retry_unknown
-    if isinstance(error, SMTPTransientError):
-        return True
-    return isinstance(error, SMTPConnectionError | SMTPTimeoutError)
+def _refusal(tracker: OutcomeTracker) -> SMTPError:
+    """The error of a pipelined message that the server refused."""
+    reply = tracker.final_reply
+    assert reply is not None
+    kind = SMTPServiceClosing if reply.code == 421 else SMTPResponseError
+    return settle_error(kind.from_reply(reply, "."), tracker._transaction)
 
 
 async def send_bulk(
@@ -260,7 +262,7 @@ async def send_bulk(
     if hostname is not None or connection:
         raise TypeError("give send_bulk either a pool or connection parameters, not both")
     if concurrency is None:
-        concurrency = pool._limits.max_connections
+        concurrency = pool.limits.max_connections
     if concurrency < 1 or max_retries < 0 or not retry_backoff >= 0:
         raise ValueError("concurrency must be >= 1, max_retries and retry_backoff >= 0")
     run = _Run(pool, max_retries, retry_backoff, retry_unknown, rate, on_result, progress)
@@ -273,7 +275,6 @@ class _Marker(enum.Enum):
     LATER = "nothing can be taken without waiting"
 
 
-_NO_OPTIONS = _Options(None, False, False)
 _END = _Marker.END
 _LATER = _Marker.LATER
 
@@ -348,10 +349,30 @@ class _Job:
 
     message: BulkMessage
     attempts: int = 0
-    tracker: _Tracker = attrs.field(factory=_Tracker)
+    #: Follows the current attempt (a new one for each attempt).
+    tracker: OutcomeTracker = attrs.field(factory=OutcomeTracker)
+    #: The message's stream, when it is one: it can be read only once.
+    stream: OneShotStream | None = None
     reported: bool = False
     #: An earlier attempt ended with an unknown outcome (``retry_unknown``).
     was_unknown: bool = False
+
+    def body(self) -> Mail | MailBody:
+        """What to send: the message, or its stream (noting when it is read)."""
+        mail = self.message.mail
+        if self.stream is None and not isinstance(mail, bytes | email.message.Message):
+            body = prepare_mail(mail)
+            if body.chunks is None:
+                return body
+            self.stream = OneShotStream(body.chunks)
+        if self.stream is not None:
+            return MailBody(chunks=self.stream)
+        return mail
+
+    def attempt(self) -> OutcomeTracker:
+        self.attempts += 1
+        self.tracker = OutcomeTracker()
+        return self.tracker
 
 
 class _Run:
@@ -372,7 +393,7 @@ class _Run:
         self.retry_backoff = retry_backoff
         self.retry_unknown = retry_unknown
         self.rate = rate
-        self.limiter = _RateLimiter(rate)
+        self.limiter = RateLimiter(rate)
         self.on_result = on_result
         self.progress = progress
         self.summary = BulkSummary()
@@ -425,17 +446,19 @@ class _Run:
             self.notify()
         return _Job(message)
 
-    def classify(self, job: _Job, exc: BaseException) -> BulkResult | None:
+    def classify(
+        self, job: _Job, exc: BaseException, *, connecting: bool = False
+    ) -> BulkResult | None:
         """The final result of a failed attempt, or None to retry it."""
-        message, attempts, tracker = job.message, job.attempts, job.tracker
+        message, attempts = job.message, job.attempts
         if isinstance(exc, SMTPError):
-            if tracker.connecting and isinstance(exc, _FATAL):
+            if connecting and isinstance(exc, _FATAL):
                 # Every send would fail the same way (bad credentials or TLS, or
                 # no connection after the pool's retries): the run ends.
                 self.fatal.append(exc)
                 return BulkResult(message, BulkStatus.NOT_SENT, error=exc, attempts=attempts)
-            unknown = exc.outcome is Outcome.UNKNOWN or tracker.outcome_unknown
-            if attempts <= self.max_retries and _retryable(exc, tracker, self.retry_unknown):
+            unknown = job.tracker.outcome is Outcome.UNKNOWN or exc.outcome is Outcome.UNKNOWN
+            if attempts <= self.max_retries and self._retryable(job, exc, unknown):
                 job.was_unknown |= unknown
                 return None
             # After an attempt that may have been accepted, no later refusal
@@ -446,17 +469,48 @@ class _Run:
         assert isinstance(exc, TypeError | ValueError)  # a malformed message
         return BulkResult(message, BulkStatus.FAILED, error=exc, attempts=attempts)
 
+    def _retryable(self, job: _Job, error: SMTPError, unknown: bool) -> bool:
+        if job.stream is not None and job.stream.started:
+            return False  # the chunks already read are gone
+        if unknown:
+            return self.retry_unknown
+        if isinstance(error, SMTPTransientError):
+            return True
+        return isinstance(error, SMTPConnectionError | SMTPTimeoutError)
+
     def interrupted(self, job: _Job, exc: BaseException) -> None:
-        """Report a job cut short by cancellation or another task's failure."""
-        if not job.reported:
-            status = BulkStatus.UNKNOWN if job.tracker.outcome_unknown else BulkStatus.NOT_SENT
-            self.report(BulkResult(job.message, status, error=exc, attempts=job.attempts), job)
+        """Report a job cut short by cancellation or another task's failure,
+        with what the wire says of its latest attempt."""
+        if job.reported:
+            return
+        tracker = job.tracker
+        outcome = tracker.outcome
+        result = None
+        if outcome is Outcome.ACCEPTED:
+            status = BulkStatus.ACCEPTED
+            result = tracker.result
+        elif outcome is Outcome.UNKNOWN or job.was_unknown:
+            status = BulkStatus.UNKNOWN
+        elif outcome is Outcome.REFUSED:
+            status = BulkStatus.FAILED
+        else:
+            status = BulkStatus.NOT_SENT
+        error = None if result is not None else exc
+        self.report(BulkResult(job.message, status, result=result, error=error,
+                               attempts=job.attempts), job)  # fmt: skip
 
     def finish(self, job: _Job, result: BulkResult) -> None:
         """Report *job*'s final result; raise if it ended the run."""
         self.report(result, job)
         if any(result.error is error for error in self.fatal):
             raise self.fatal[0]
+
+    @staticmethod
+    def accepted(job: _Job, result: SendResult) -> BulkResult:
+        return BulkResult(job.message, BulkStatus.ACCEPTED, result=result, attempts=job.attempts)
+
+    def options(self, message: BulkMessage) -> Options:
+        return NO_OPTIONS if message.dsn is None else Options(message.dsn)
 
     # ---------------------------------------------------------- one at a time
 
@@ -471,19 +525,22 @@ class _Run:
                     ceiling = min(300.0, self.retry_backoff * 2.0 ** (job.attempts - 1))
                     await trio.sleep(random.uniform(0, ceiling))
                 backoff = True
-                job.attempts += 1
-                job.tracker = _Tracker()
+                tracker = job.attempt()
                 await self.limiter.wait()
+                connected = False
                 try:
-                    result = await self.pool._send(
-                        message.sender, message.recipients, message.mail,
-                        message.dsn, False, False, job.tracker,
-                    )  # fmt: skip
+                    async with self.pool.lease() as lease:
+                        connected = True
+                        result = await lease.send(
+                            message.sender, message.recipients, job.body(),
+                            options=self.options(message), tracker=tracker,
+                        )  # fmt: skip
                 except (SMTPError, TypeError, ValueError) as exc:
-                    final = self.classify(job, exc)
+                    final = self.classify(job, exc, connecting=not connected)
                     if final is None:
                         continue
                 else:
+                    assert result is not None
                     final = BulkResult(message, BulkStatus.ACCEPTED, result=result,
                                        attempts=job.attempts)  # fmt: skip
                 self.finish(job, final)
@@ -502,156 +559,117 @@ class _Run:
         Returns the jobs to retry alone, each with whether to back off first.
         """
         retry: list[tuple[_Job, bool]] = []
-        pool = self.pool
-        pending: tuple[_Job, _Pending] | None = None
+        pending: _Job | None = None  # its end of data has no reply yet
         current: _Job | None = job
-        connection: _Connection | None = None
-
-        def settle(error: SMTPError | None, own: bool = False) -> None:
-            nonlocal pending
-            assert pending is not None
-            again = self._settled(*pending, error, own)
-            pending = None
-            if again is not None:
-                retry.append((again, True))
-
+        connected = False
         try:
-            job.tracker.connecting = True
-            try:
-                connection = await pool._acquire()
-            except SMTPError as exc:
-                job.attempts += 1  # opening the connection was this attempt
-                final = self.classify(job, exc)
-                if final is None:
-                    current = None
-                    return [(job, True)]
-                self.finish(job, final)
-                return []
-            job.tracker.connecting = False
-            session = connection.session
-            reused = connection.messages > 0
-            first = True
-            with session._batch():  # one cancel scope for the whole run
-                while current is not None:
-                    message = current.message
-                    current.attempts += 1
-                    stream: _Replayable | None = None
-                    try:
-                        body = prepare_mail(message.mail)
-                        if body.chunks is not None:  # a stream: note when it is read
-                            stream = _Replayable(body.chunks)
-                        options = _NO_OPTIONS
-                        if message.dsn is not None:
-                            options = _Options(message.dsn, False, False)
-                        out = await session._send_op(
-                            message.sender, message.recipients,
-                            body if stream is None else stream, options, defer=True,
-                        )  # fmt: skip
-                    except (SMTPError, TypeError, ValueError) as exc:
-                        current.tracker.outcome_unknown = session.outcome_unknown
-                        current.tracker.stream_started = stream is not None and stream.started
-                        if pending is not None and (
-                            pending[1].reply is not None or not session.is_usable
-                        ):
-                            settle(
-                                exc
-                                if isinstance(exc, SMTPError)
-                                else SMTPConnectionError(f"connection dropped: {exc!r}")
-                            )
-                        failed, current = current, None
-                        if first and reused and _stale(exc, session, stream) and not pool._closed:
-                            # The server had closed the idle connection: not an attempt.
-                            pool._retries += 1
-                            failed.attempts -= 1
-                            retry.append((failed, False))
-                        else:
-                            pool._failures += 1
+            job.attempt()  # opening the connection is part of this attempt
+            async with self.pool.lease() as lease:
+                connected = True
+                with lease.batch():  # one cancel scope for the whole run
+                    first = True
+                    while current is not None:
+                        if not first:
+                            current.attempt()
+                        first = False
+                        message = current.message
+                        try:
+                            out = await lease.send(
+                                message.sender, message.recipients, current.body(),
+                                options=self.options(message), tracker=current.tracker,
+                                defer=True,
+                            )  # fmt: skip
+                        except (SMTPError, TypeError, ValueError) as exc:
+                            if pending is not None:
+                                pending = self._pending_done(pending, lease, exc, retry)
+                            failed, current = current, None
                             final = self.classify(failed, exc)
                             if final is None:
                                 retry.append((failed, True))
                             else:
                                 self.finish(failed, final)
-                        if not session.is_usable:
-                            break
-                    else:
-                        if pending is not None:
-                            settle(None)
-                        connection.messages += 1
-                        done, current = current, None
-                        if isinstance(out, SendResult):
-                            pool._sent += 1
-                            self.finish(done, BulkResult(message, BulkStatus.ACCEPTED, result=out,
-                                                         attempts=done.attempts))  # fmt: skip
+                            if not lease.session.is_usable:
+                                break
                         else:
-                            pending = (done, out)
-                    first = False
-                    connection.last_used = now = trio.current_time()
-                    if retry or pool._lot or pool._retire(connection, now) or pool._closed:
-                        # A retry waits its back-off before anything else, and
-                        # another task waiting for a connection gets this one.
-                        break
-                    following = source.take_nowait()
-                    if isinstance(following, _Marker):
-                        break
-                    current = self.taken(following)
-            if pending is not None:
-                try:
-                    await session._settle()
-                except SMTPError as exc:
-                    exc.outcome = pending[1].outcome
-                    settle(exc, own=True)  # the pending message's own error
-                else:
-                    settle(None)
+                            if pending is not None:
+                                pending = self._pending_done(pending, lease, None, retry)
+                            done, current = current, None
+                            if out is None:
+                                pending = done
+                            else:
+                                self.finish(done, self.accepted(done, out))
+                        if retry or lease.should_return():
+                            # A retry waits its back-off before anything else, and
+                            # another task waiting for a connection gets this one.
+                            break
+                        following = source.take_nowait()
+                        if isinstance(following, _Marker):
+                            break
+                        current = self.taken(following)
+                if pending is not None:
+                    try:
+                        await lease.settle()
+                    except SMTPError as exc:
+                        pending = self._pending_done(pending, lease, exc, retry, own=True)
+                    else:
+                        pending = self._pending_done(pending, lease, None, retry)
             return retry
+        except SMTPError as exc:
+            if connected:
+                raise self._interrupted_all(exc, pending, current, retry) from None
+            final = self.classify(job, exc, connecting=True)
+            if final is None:
+                return [(job, True)]
+            self.finish(job, final)
+            return []
         except BaseException as exc:
-            if pending is not None:
-                if pending[1].reply is None:
-                    # Its end of data may still wait in the buffer: this
-                    # connection must never carry anything again.
-                    session._abandon()
-                    pending[0].tracker.outcome_unknown = pending[1].written
-                    self.interrupted(pending[0], exc)
-                else:
-                    with contextlib.suppress(SMTPError):  # a fatal error: already raised
-                        settle(None)
-            if current is not None:
-                self.interrupted(current, exc)
-            # A job waiting for its retry is handed back only by a normal return;
-            # none is left here today, but every job taken must be reported.
-            for waiting, _ in retry:  # pragma: no cover
-                self.interrupted(waiting, exc)
-            raise
-        finally:
-            if connection is not None:
-                await pool._release(connection)
+            raise self._interrupted_all(exc, pending, current, retry) from None
 
-    def _settled(
-        self, job: _Job, pending: _Pending, error: SMTPError | None, own: bool = False
+    def _interrupted_all(
+        self,
+        exc: BaseException,
+        pending: _Job | None,
+        current: _Job | None,
+        retry: list[tuple[_Job, bool]],
+    ) -> BaseException:
+        """Report every job of a lease cut short; returns *exc* to raise."""
+        for job in (pending, current, *(waiting for waiting, _ in retry)):
+            if job is not None:
+                self.interrupted(job, exc)
+        return exc.with_traceback(exc.__traceback__)
+
+    def _pending_done(
+        self,
+        job: _Job,
+        lease: Lease,
+        error: BaseException | None,
+        retry: list[tuple[_Job, bool]],
+        *,
+        own: bool = False,
     ) -> _Job | None:
-        """Report a pipelined message whose end of data was answered, or whose
-        connection failed (*error*) before the answer; returns it if it must
-        be retried. *error* is the next message's unless *own*: it is then
-        reported as it is."""
-        if pending.reply is None:
+        """Report a pipelined message once its end of data was answered, or its
+        connection failed before the answer (*error*: the next message's
+        error, or its own if *own*); returns it while it still waits."""
+        tracker = job.tracker
+        if tracker.final_reply is None:
+            if lease.session.is_usable:
+                return job  # the next message failed before any I/O
             assert error is not None
-            job.tracker.outcome_unknown = pending.written
-            self.pool._failures += 1
-            exc: SMTPError = error if own else _pending_error(error, pending.outcome)
+            # Its own error already tells its outcome; another message's does not.
+            exc = error if own and isinstance(error, SMTPError) else _lost_error(error, tracker)
+        elif tracker.final_reply.is_positive:
+            result = tracker.result
+            assert result is not None
+            self.finish(job, BulkResult(job.message, BulkStatus.ACCEPTED, result=result,
+                                        attempts=job.attempts))  # fmt: skip
+            return None
         else:
-            try:
-                result = pending.result()
-            except SMTPError as refusal:
-                self.pool._failures += 1
-                exc = refusal
-            else:
-                self.pool._sent += 1
-                self.finish(job, BulkResult(job.message, BulkStatus.ACCEPTED, result=result,
-                                            attempts=job.attempts))  # fmt: skip
-                return None
+            exc = _refusal(tracker)
         final = self.classify(job, exc)
         if final is None:
-            return job
-        self.finish(job, final)
+            retry.append((job, True))
+        else:
+            self.finish(job, final)
         return None
 
     # ---------------------------------------------------------- the run

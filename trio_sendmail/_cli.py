@@ -154,6 +154,10 @@ def exit_status(exc: BaseException) -> tuple[int, str]:
         return EX_USAGE, text
     if isinstance(exc, SMTPError):  # pragma: no cover - every concrete error is above
         return EX_SOFTWARE, text
+    if isinstance(exc, UnicodeError):
+        # Its text quotes the offending character, and its value may be a secret
+        # (e.g. a password read with surrogateescape): show only the reason.
+        text = _one_line(str(getattr(exc, "reason", ""))) or "cannot convert text"
     return EX_SOFTWARE, f"internal error: {type(exc).__name__}: {text} (run with --debug)"
 
 

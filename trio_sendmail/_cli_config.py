@@ -10,8 +10,10 @@ command (``--password-command``, msmtp's ``passwordeval``), the account's
 
 from __future__ import annotations
 
+import ast
 import netrc
 import os
+import re
 import shlex
 import ssl
 import stat
@@ -25,7 +27,7 @@ import attrs
 
 from ._dsn import DSN
 from ._errors import SMTPInputError
-from ._sasl import OAUTH_MECHANISMS, Authentication
+from ._sasl import OAUTH_MECHANISMS, Authentication, OAuth2Token
 from ._session import Timeouts, TLSMode
 
 __all__ = [
@@ -300,11 +302,72 @@ def run_password_command(command: str) -> str:
         raise CLIError(
             EX_CONFIG, f"the password command {argv[0]!r} failed with status {done.returncode}"
         )
-    text = done.stdout.decode("utf-8", "replace")
+    # Not "replace": a password with bytes that are not UTF-8 would be silently
+    # changed (and refused by the server); _checked() reports it instead.
+    text = done.stdout.decode("utf-8", "surrogateescape")
     password = text.splitlines()[0] if text else ""
     if not password:
         raise CLIError(EX_CONFIG, f"the password command {argv[0]!r} printed no password")
-    return password
+    return _checked(password, f"the password command {argv[0]!r}")
+
+
+def _checked(secret: str, source: str) -> str:
+    """*secret* if it can be sent (encoded as UTF-8), else a configuration error
+    that names its *source* and shows nothing of it.
+
+    Environment variables and files are decoded with ``surrogateescape`` (or the
+    password command's output here): a byte that is not UTF-8 becomes a lone
+    surrogate, which SASL cannot encode.
+    """
+    if any("\ud800" <= char <= "\udfff" for char in secret):
+        raise CLIError(
+            EX_CONFIG,
+            f"the password from {source} is not valid UTF-8 text (it has bytes in another "
+            "encoding, such as Latin-1); it is not shown",
+        )
+    return secret
+
+
+def _netrc_error_line(exc: netrc.NetrcParseError, raw: bytes) -> int | None:
+    """The line of the token *exc* complains about.
+
+    Python's parser counts the newline that ends a token before it finds the
+    token wrong, so its line number is often one too far: take the line before
+    when the token is there and not on the reported one. Only the number is used.
+    """
+    lineno = exc.lineno
+    quoted = re.search(r"(?:token|missing) ('.*'|\".*\")", exc.msg)
+    if lineno is None or quoted is None:
+        return lineno
+    try:
+        token = ast.literal_eval(quoted[1])
+    except (ValueError, SyntaxError):  # pragma: no cover - the parser quotes with repr()
+        return lineno
+    lines = raw.decode("utf-8", "replace").splitlines()
+    for candidate in (lineno, lineno - 1):
+        if 1 <= candidate <= len(lines) and str(token) in lines[candidate - 1]:
+            return candidate
+    return lineno
+
+
+def _parse_netrc(path: Path, raw: bytes) -> netrc.netrc:
+    """Parse the netrc file *path* (whose bytes are *raw*); its errors name the
+    file and line, never its content.
+
+    Python's parser quotes the offending token in its message (which may be a
+    password, or part of one), so its message is never shown.
+    """
+    try:
+        return netrc.netrc(str(path))
+    except netrc.NetrcParseError as exc:
+        lineno = _netrc_error_line(exc, raw)
+        problem = f"malformed netrc file {path}" + ("" if lineno is None else f", line {lineno}")
+    except UnicodeDecodeError:
+        problem = f"netrc file {path} is not valid text (neither UTF-8 nor the locale's encoding)"
+    except OSError as exc:
+        problem = f"cannot read netrc file {path}: {exc.strerror or type(exc).__name__}"
+    # Raised outside the handler, so that no __context__ carries the parser's message.
+    raise CLIError(EX_CONFIG, f"{problem} (its content is not shown: it may hold passwords)")
 
 
 def _netrc_password(host: str, user: str, netrc_file: str | None) -> str | None:
@@ -313,18 +376,15 @@ def _netrc_password(host: str, user: str, netrc_file: str | None) -> str | None:
         if netrc_file is not None:
             raise CLIError(EX_CONFIG, f"cannot read netrc file {path}: it does not exist")
         return None
-    _, st = _read_file(path, "netrc file")
+    raw, st = _read_file(path, "netrc file")
     _check_private(path, st, "netrc file")
-    try:
-        entry = netrc.netrc(str(path)).authenticators(host)
-    except netrc.NetrcParseError as exc:
-        raise CLIError(EX_CONFIG, f"{path}: {exc.msg} (line {exc.lineno})") from exc
+    entry = _parse_netrc(path, raw).authenticators(host)
     if entry is None:
         return None
     login, _account, password = entry
     if login and login != user:
         return None
-    return password or None
+    return _checked(password, f"netrc file {path}") if password else None
 
 
 def _password(args: Any, account: Mapping[str, Any], host: str, user: str) -> str:
@@ -337,7 +397,7 @@ def _password(args: Any, account: Mapping[str, Any], host: str, user: str) -> st
         value = os.environ.get(args.password_env)
         if not value:
             raise CLIError(EX_NOPERM, f"environment variable {args.password_env} is not set")
-        return value
+        return _checked(value, f"environment variable {args.password_env}")
     if "password_command" in account:
         return run_password_command(account["password_command"])
     if "password" in account:
@@ -347,10 +407,10 @@ def _password(args: Any, account: Mapping[str, Any], host: str, user: str) -> st
         value = os.environ.get(account["password_env"])
         if not value:
             raise CLIError(EX_NOPERM, f"environment variable {account['password_env']} is not set")
-        return value
+        return _checked(value, f"environment variable {account['password_env']}")
     value = os.environ.get(DEFAULT_PASSWORD_ENV)
     if value:
-        return value
+        return _checked(value, f"environment variable {DEFAULT_PASSWORD_ENV}")
     found = _netrc_password(host, user, _pick(args, account, "netrc_file"))
     if found is not None:
         return found
@@ -358,6 +418,20 @@ def _password(args: Any, account: Mapping[str, Any], host: str, user: str) -> st
         EX_NOPERM,
         f"no password for {user} on {host}: use --password-command, --password-env, "
         f"${DEFAULT_PASSWORD_ENV}, ~/.netrc, or the config file",
+    )
+
+
+def _oauth_token(secret: str) -> OAuth2Token:
+    """The OAuth access token given as the password, checked before any connection."""
+    try:
+        return OAuth2Token(secret)
+    except SMTPInputError:
+        pass
+    # Raised outside the handler; the message shows nothing of the token.
+    raise CLIError(
+        EX_CONFIG,
+        "the OAuth access token (given as the password) is not a bearer token "
+        "(RFC 6750 §2.1 b64token characters only); it is not shown",
     )
 
 
@@ -372,12 +446,16 @@ def _authentication(args: Any, account: Mapping[str, Any], host: str) -> Authent
     try:
         if mechanism is not None and mechanism.upper() in OAUTH_MECHANISMS:
             # For OAuth the secret is the access token (as msmtp's passwordeval gives it).
-            async def token() -> str:
-                return secret
+            token = _oauth_token(secret)
 
-            return Authentication(user, mechanism=mechanism, token_provider=token)
+            async def provider() -> OAuth2Token:
+                return token
+
+            return Authentication(user, mechanism=mechanism, token_provider=provider)
         return Authentication(user, secret, mechanism=mechanism)
     except SMTPInputError as exc:
+        # The library's messages never show a secret (and its errors carry no
+        # chained error that would): a bad --user or --auth.
         raise CLIError(EX_USAGE, str(exc)) from exc
 
 

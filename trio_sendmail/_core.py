@@ -26,6 +26,18 @@ driver moves the bytes.
   forgotten and EHLO must be sent again.
 * **Injection.** No command argument may hold CR, LF, NUL or any other control
   character (RFC 5321 §2.3.8, §4.1.1): it raises before anything is queued.
+* **Body framing.** The message body goes through the core too, so that the
+  driver has one path from the core's bytes to the stream: after 354,
+  :meth:`ClientCore.body` normalises line endings and dot-stuffs (RFC 5321
+  §4.5.2, :class:`~trio_sendmail._data.DataEncoder`) and :meth:`ClientCore.end_body`
+  adds ``CRLF.CRLF``; with CHUNKING (RFC 3030 §2), :meth:`ClientCore.begin_bdat`
+  switches the same two calls to ``BDAT n`` chunks of at most *chunk_size*
+  octets, the last one sent as ``BDAT n LAST``.
+* **Outcomes.** :meth:`ClientCore.mail` opens a
+  :class:`~trio_sendmail._transaction.Transaction`. The core records in it every
+  reply to the transaction's commands, and when :meth:`ClientCore.take_output`
+  hands out the bytes of its envelope, of its data and of its end of data.
+  Nothing else writes it, so every outcome is derived from the wire.
 """
 
 from __future__ import annotations
@@ -33,10 +45,9 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import attrs
 
@@ -48,8 +59,10 @@ from ._errors import (
     SMTPInputError,
     SMTPProtocolError,
 )
+from ._inputs import check_argument, ehlo_ascii
 from ._reply import Reply, ReplyParser
 from ._sasl import Mechanism
+from ._transaction import Transaction
 
 __all__ = ["TABLE", "ClientCore", "Event", "Rule", "State", "Verb"]
 
@@ -165,42 +178,31 @@ class Event(NamedTuple):
     reply: Reply
     #: What the command was about (the path for MAIL and RCPT), else ``None``.
     subject: object = None
+    #: The mail transaction the command belongs to, else ``None``.
+    txn: Transaction | None = None
 
 
 class _Command:
-    """A command in flight, with its rule (looked up once, when issued)."""
+    """A command in flight, with its rule (looked up once, when issued) and the
+    transaction it belongs to (``None`` outside a mail transaction)."""
 
-    __slots__ = ("rule", "subject", "verb")
+    __slots__ = ("rule", "subject", "txn", "verb")
 
-    def __init__(self, verb: Verb, subject: object = None, rule: Rule | None = None) -> None:
+    def __init__(
+        self,
+        verb: Verb,
+        subject: object = None,
+        rule: Rule | None = None,
+        txn: Transaction | None = None,
+    ) -> None:
         self.verb = verb
         self.rule = TABLE[verb] if rule is None else rule
         self.subject = subject
+        self.txn = txn
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
-
-
-def check_argument(text: str, what: str, *, utf8: bool = False) -> None:
-    """Refuse control characters (and non-ASCII unless *utf8*) in a command argument."""
-    bad = _CONTROL.search(text)
-    if bad is not None:
-        raise SMTPInputError(f"{what} contains the control character {bad[0]!r}")
-    if not utf8 and not text.isascii():
-        raise SMTPInputError(f"{what} is not ASCII (it needs SMTPUTF8)")
-
-
-def _ascii_domain(domain: Domain) -> str:
-    """The EHLO argument in ASCII: whether the server speaks SMTPUTF8 is not
-    known yet, so U-labels become A-labels (RFC 5890; RFC 6531 §3.7.1)."""
-    name = str(domain)
-    check_argument(name, "the EHLO domain", utf8=True)
-    if name.isascii():
-        return name
-    try:
-        return name.encode("idna").decode("ascii")
-    except UnicodeError as exc:
-        raise SMTPInputError(f"cannot convert the EHLO domain {name!r} to A-labels") from exc
+# What a mark in the output buffer notes when its byte is handed out.
+_ENVELOPE, _DATA, _END = 0, 1, 2
 
 
 class ClientCore:
@@ -240,21 +242,86 @@ class ClientCore:
         self.authenticated = False
         #: The greeting, once received.
         self.greeting: Reply | None = None
+        #: The current (latest) mail transaction.
+        self._txn: Transaction | None = None
+        # Offsets in the output buffer whose bytes, once handed out, mean that
+        # a transaction's envelope, data or end of data went out.
+        self._marks: list[tuple[int, Transaction, int]] = []
+        # Commands queued since the output was last taken.
+        self._unsent = 0
+        # Body framing: BDAT (with its chunk size and encoder) or DATA.
+        self._bdat = False
+        self._chunk_size = 0
+        self._bdat_encoder: DataEncoder | None = None
+        self._stage = bytearray()
+        self._data_marked = False
 
     # ---------------------------------------------------------------- output
 
-    def data_to_send(self) -> bytes:
-        """Take the bytes queued for sending."""
-        if not self._out:
+    def take_output(self, limit: int | None = None) -> bytes:
+        """Take up to *limit* of the bytes queued for sending (all by default).
+
+        Call it right before writing what it returns: the transactions whose
+        envelope, data or end of data lie in these bytes are marked as
+        written, so that an interrupted write counts as one that went out.
+        """
+        out = self._out
+        if not out:
             return b""
-        data = bytes(self._out)
-        del self._out[:]
+        if limit is None or len(out) <= limit:
+            data = bytes(out)
+            del out[:]
+        else:
+            data = bytes(out[:limit])
+            del out[:limit]
+        self._unsent = 0
+        if self._marks:
+            self._marks_taken(len(data))
         return data
+
+    def data_to_send(self) -> bytes:
+        """Take all the bytes queued for sending (see :meth:`take_output`)."""
+        return self.take_output()
+
+    def _marks_taken(self, count: int) -> None:
+        keep = []
+        for offset, txn, kind in self._marks:
+            if offset >= count:
+                keep.append((offset - count, txn, kind))
+            elif kind == _END:
+                txn.end_written = txn.data_written = txn.envelope_written = True
+            elif kind == _DATA:
+                txn.data_written = txn.envelope_written = True
+            else:
+                txn.envelope_written = True
+        self._marks = keep
+
+    @property
+    def wire_idle(self) -> bool:
+        """True when no command already written waits for a reply: any byte
+        from the server now would be one nobody asked for."""
+        return self._unsent == len(self._inflight)
+
+    @property
+    def body_open(self) -> bool:
+        """True while a message body is being queued (after 354, or between
+        :meth:`begin_bdat` and :meth:`end_body`)."""
+        return self._bdat or self._tail is State.DATA
+
+    @property
+    def transaction(self) -> Transaction | None:
+        """The latest mail transaction (opened by :meth:`mail`)."""
+        return self._txn
 
     @property
     def has_output(self) -> bool:
         """True when bytes are queued for sending."""
         return bool(self._out)
+
+    @property
+    def output_size(self) -> int:
+        """How many bytes are queued for sending."""
+        return len(self._out)
 
     @property
     def awaiting_reply(self) -> bool:
@@ -281,7 +348,7 @@ class ClientCore:
             self.transcript(line)
 
     def _issue(self, verb: Verb, line: str, *, subject: object = None, log: str | None = None,
-               utf8: bool = False) -> None:  # fmt: skip
+               utf8: bool = False, txn: Transaction | None = None) -> None:  # fmt: skip
         if self.state is State.BROKEN:
             raise SMTPProtocolError("the session is broken by an earlier error")
         rule = TABLE[verb]
@@ -298,7 +365,8 @@ class ClientCore:
         out = self._out
         out += line.encode("utf-8" if utf8 else "ascii")
         out += b"\r\n"
-        inflight.append(_Command(verb, subject, rule))
+        inflight.append(_Command(verb, subject, rule, txn))
+        self._unsent += 1
         if rule.success is not SAME:
             self._tail = rule.success
         if self.transcript is not None:
@@ -308,11 +376,11 @@ class ClientCore:
 
     def ehlo(self, domain: Domain) -> None:
         """Queue ``EHLO domain`` (a U-label name is sent as A-labels)."""
-        self._issue(Verb.EHLO, f"EHLO {_ascii_domain(domain)}")
+        self._issue(Verb.EHLO, f"EHLO {ehlo_ascii(domain)}")
 
     def helo(self, domain: Domain) -> None:
         """Queue ``HELO domain`` (for servers that refuse EHLO)."""
-        self._issue(Verb.HELO, f"HELO {_ascii_domain(domain)}")
+        self._issue(Verb.HELO, f"HELO {ehlo_ascii(domain)}")
 
     def starttls(self) -> None:
         """Queue ``STARTTLS`` (RFC 3207)."""
@@ -343,8 +411,8 @@ class ClientCore:
                 log=f"AUTH {mechanism.name} <redacted>",
             )
 
-    def mail(self, path: ReversePath, params: Iterable[str] = ()) -> None:
-        """Queue ``MAIL FROM:<path> params…``."""
+    def mail(self, path: ReversePath, params: Iterable[str] = ()) -> Transaction:
+        """Queue ``MAIL FROM:<path> params…``; returns the transaction it opens."""
         params = tuple(params)
         utf8 = "SMTPUTF8" in map(str.upper, params)
         text = str(path)
@@ -354,8 +422,15 @@ class ClientCore:
         line = "MAIL FROM:" + text
         if params:
             line = " ".join((line, *params))
-        self._issue(Verb.MAIL, line, subject=path, utf8=utf8)
+        txn = Transaction()
+        offset = len(self._out)
+        self._issue(Verb.MAIL, line, subject=path, utf8=utf8, txn=txn)
+        self._marks.append((offset, txn, _ENVELOPE))
         self._utf8 = utf8
+        self._txn = txn
+        self._bdat = False
+        self._data_marked = False
+        return txn
 
     def rcpt(self, path: ForwardPath, params: Iterable[str] = ()) -> None:
         """Queue ``RCPT TO:<path> params…``."""
@@ -367,41 +442,103 @@ class ClientCore:
             for param in params:
                 check_argument(param, "an RCPT parameter", utf8=self._utf8)
             line = " ".join((line, *params))
-        self._issue(Verb.RCPT, line, subject=path, utf8=self._utf8)
+        txn = self._txn
+        self._issue(Verb.RCPT, line, subject=path, utf8=self._utf8, txn=txn)
+        if txn is not None:
+            txn.rcpt_sent += 1
 
     def data(self) -> None:
         """Queue ``DATA``."""
-        self._issue(Verb.DATA, "DATA")
+        self._issue(Verb.DATA, "DATA", txn=self._txn)
 
-    def bdat(self, size: int, *, last: bool) -> None:
-        """Queue ``BDAT size [LAST]`` (RFC 3030 §2). The caller sends exactly
-        *size* octets of message data right after the bytes queued here."""
-        if size < 0:
-            raise SMTPInputError("BDAT size must not be negative")
-        if last:
-            self._issue(Verb.BDAT_LAST, f"BDAT {size} LAST", log=f"BDAT {size} LAST")
+    # ------------------------------------------------------------ body framing
+
+    def begin_bdat(self, *, chunk_size: int, binary: bool = False) -> None:
+        """Frame the body that follows as BDAT chunks (RFC 3030 §2) of at most
+        *chunk_size* octets: line endings normalised, no dot-stuffing; with
+        *binary* (``BODY=BINARYMIME``), the octets go as they are. May follow
+        the RCPT commands at once (RFC 3030 §4.2 allows pipelining BDAT)."""
+        if chunk_size < 1:
+            raise SMTPInputError("the BDAT chunk size must be positive")
+        if self._tail not in (State.RCPT, State.BDAT):
+            raise SMTPProtocolError(f"BDAT is not allowed now (session state: {self._tail.value})")
+        self._bdat = True
+        self._chunk_size = chunk_size
+        self._bdat_encoder = None if binary else DataEncoder(stuff=False)
+        del self._stage[:]
+
+    def body(self, chunk: bytes | bytearray | memoryview, *, clean: bool = False) -> None:
+        """Queue one piece of the message body, cut anywhere (after 354 for
+        DATA, after :meth:`begin_bdat` for BDAT). *clean*: the piece is known
+        to have CRLF line endings only (see :func:`~trio_sendmail._data.measure`)."""
+        txn = self._txn
+        if self._bdat:
+            encoder = self._bdat_encoder
+            stage = self._stage
+            stage += chunk if encoder is None else encoder.encode(chunk, clean=clean)
+            size = self._chunk_size
+            while len(stage) >= size:
+                with memoryview(stage) as view:
+                    self._chunk(Verb.BDAT, f"BDAT {size}", view[:size])
+                del stage[:size]
+            return
+        if self.state is not State.DATA or self._inflight:
+            raise SMTPProtocolError(f"message data outside DATA (state: {self.state.value})")
+        encoded = self._encoder.encode(chunk, clean=clean)
+        if encoded and txn is not None and not self._data_marked:
+            self._marks.append((len(self._out), txn, _DATA))
+            self._data_marked = True
+        self._out += encoded
+
+    def end_body(self) -> None:
+        """Queue the end of the data: ``CRLF.CRLF`` after DATA, or the last
+        chunk as ``BDAT n LAST``; its reply answers the whole message."""
+        txn = self._txn
+        if self._bdat:
+            stage = self._stage
+            if self._bdat_encoder is not None:
+                stage += self._bdat_encoder.finish()
+            self._chunk(Verb.BDAT_LAST, f"BDAT {len(stage)} LAST", stage)
+            del stage[:]
+            self._bdat = False
+            self._bdat_encoder = None
         else:
-            self._issue(Verb.BDAT, f"BDAT {size}")
+            if self.state is not State.DATA or self._inflight:
+                raise SMTPProtocolError(f"end of data outside DATA (state: {self.state.value})")
+            self._out += self._encoder.finish()
+            if self.transcript is not None:
+                self._log(f"C: <{self._encoder.bytes_out} bytes of message data>")
+            self._encoder.reset()
+            self._inflight.append(_Command(Verb.END_DATA, txn=txn))
+            self._unsent += 1
+            self._tail = State.READY
+        if txn is not None:
+            self._marks.append((len(self._out) - 1, txn, _END))
+
+    def _chunk(self, verb: Verb, line: str, data: bytes | bytearray | memoryview) -> None:
+        txn = self._txn
+        self._issue(verb, line, txn=txn)
+        if txn is not None and data and not self._data_marked:
+            self._marks.append((len(self._out), txn, _DATA))
+            self._data_marked = True
+        self._out += data
+        if self.transcript is not None and data:
+            self._log(f"C: <{len(data)} bytes of message data>")
+
+    def end_data(self, tail: bytes | bytearray | memoryview = b"", *, clean: bool = False) -> None:
+        """Queue the rest of the message after 354 and its end (:meth:`body`
+        then :meth:`end_body`)."""
+        if tail:
+            self.body(tail, clean=clean)
+        self.end_body()
 
     def encode_data(self, chunk: bytes | bytearray | memoryview) -> bytes:
-        """Normalise and dot-stuff one chunk of the message (after 354)."""
+        """Normalise and dot-stuff one chunk of the message (after 354), and
+        return it instead of queuing it (for inspection: a session sends the
+        body with :meth:`body`)."""
         if self.state is not State.DATA:
             raise SMTPProtocolError(f"message data outside DATA (state: {self.state.value})")
         return self._encoder.encode(chunk)
-
-    def end_data(self, tail: bytes | bytearray | memoryview = b"", *, clean: bool = False) -> None:
-        """Queue the end of the message data: *tail* (the rest of the message,
-        encoded like :meth:`encode_data`; *clean* as in
-        :meth:`DataEncoder.encode`), the final CRLF if needed, then ``.CRLF``."""
-        if self.state is not State.DATA or self._inflight:
-            raise SMTPProtocolError(f"end of data outside DATA (state: {self.state.value})")
-        if tail:
-            self._out += self._encoder.encode(tail, clean=clean)
-        self._out += self._encoder.finish()
-        self._log(f"C: <{self._encoder.bytes_out} bytes of message data>")
-        self._encoder.reset()
-        self._inflight.append(_Command(Verb.END_DATA))
-        self._tail = State.READY
 
     def rset(self) -> None:
         """Queue ``RSET``."""
@@ -415,9 +552,26 @@ class ClientCore:
         """Queue ``QUIT``."""
         self._issue(Verb.QUIT, "QUIT")
 
+    def closing(self, reply: Reply) -> None:
+        """The server said 421 before the queued commands went out (RFC 5321
+        §3.8): none of them will be read."""
+        self._log_reply(reply)
+        self.state = self._tail = State.CLOSED
+        for command in self._inflight:
+            if command.txn is not None:
+                command.txn.closed_early = True
+        self._inflight.clear()
+        del self._out[:]
+        self._marks.clear()
+
     def broken(self) -> None:
-        """Mark the session unusable (I/O failed or a command was interrupted)."""
+        """Mark the session unusable (I/O failed or a command was interrupted).
+
+        Whatever is still queued is dropped: it must never go out.
+        """
         self.state = self._tail = State.BROKEN
+        del self._out[:]
+        self._marks.clear()
 
     # ----------------------------------------------------------------- input
 
@@ -487,13 +641,34 @@ class ClientCore:
             if reply.code == 421:
                 self.state = self._tail = State.CLOSED
                 return Event(Verb.NOOP, reply)
+            txn = self._txn
+            if (
+                self.state is State.DATA
+                and txn is not None
+                and txn.final_reply is None
+                and not reply.is_positive
+            ):
+                # RFC 5321 §4.1.1.4 has the server answer after the end of
+                # data; some refuse a message early (over their size limit)
+                # and close. The message is refused; the session is over.
+                txn.final_reply = reply
+                self.broken()
+                return Event(Verb.END_DATA, reply, None, txn)
             raise SMTPProtocolError(f"unsolicited reply: {reply}")
         command = self._inflight.popleft()
         verb = command.verb
         if reply.code == 421:
             self.state = self._tail = State.CLOSED
+            if command.txn is not None:
+                self._record(command, reply)
+            # RFC 5321 §3.8: the server closes; it read nothing after this.
+            for later in self._inflight:
+                if later.txn is not None:
+                    later.txn.closed_early = True
             self._inflight.clear()
-            return Event(verb, reply, command.subject)
+            del self._out[:]
+            self._marks.clear()
+            return Event(verb, reply, command.subject, command.txn)
         klass = reply.code // 100
         nxt = command.rule.replies.get(klass, _ILLEGAL)
         if nxt is _ILLEGAL or (
@@ -508,10 +683,12 @@ class ClientCore:
             self.state = nxt
         if not self._inflight:
             self._tail = self.state
-        if command.rule.special:
+        if command.txn is not None:
+            self._record(command, reply)
+        elif command.rule.special:
             self._special_reply(verb, reply)
         if self._inflight:
-            return Event(verb, reply, command.subject)
+            return Event(verb, reply, command.subject, command.txn)
         head = self._parser.peek(3)
         if head and not b"421".startswith(head):
             # Only a 421 may come unasked (RFC 5321 §3.8); anything else means
@@ -519,7 +696,31 @@ class ClientCore:
             raise SMTPProtocolError(
                 f"the server sent more replies than commands (after: {verb.value} {reply})"
             )
-        return Event(verb, reply, command.subject)
+        return Event(verb, reply, command.subject, command.txn)
+
+    @staticmethod
+    def _record(command: _Command, reply: Reply) -> None:
+        """Write a reply to a transaction's command into its record."""
+        txn = command.txn
+        assert txn is not None
+        verb = command.verb
+        if verb is Verb.RCPT:
+            txn.rcpt_answered += 1
+            path = cast("ForwardPath", command.subject)
+            if reply.is_positive:
+                txn.accepted.append(path)
+            else:
+                txn.refused[path] = reply
+        elif verb is Verb.MAIL:
+            txn.sender_reply = reply
+        elif verb is Verb.END_DATA or verb is Verb.BDAT_LAST:
+            txn.final_reply = reply
+        elif verb is Verb.DATA:
+            txn.data_reply = reply
+        elif verb is Verb.BDAT and not reply.is_positive and txn.chunk_refusal is None:
+            txn.chunk_refusal = reply
+        if reply.code == 421 and txn.final_reply is None:
+            txn.closed_early = True
 
     def _special_reply(self, verb: Verb, reply: Reply) -> None:
         """What a reply to the greeting, EHLO, HELO, STARTTLS or AUTH changes."""

@@ -43,11 +43,16 @@ __all__ = [
 
 
 class Outcome(enum.Enum):
-    """What became of a message when sending it failed.
+    """What became of a message, derived from what went over the wire.
 
     Every :class:`SMTPError` raised while a message was being sent carries one
-    of these in its :attr:`SMTPError.outcome` attribute.
+    of these (never ``ACCEPTED``) in its :attr:`SMTPError.outcome` attribute;
+    an :class:`OutcomeTracker` given to a send holds one after any return,
+    error or cancellation.
     """
+
+    #: The server answered the end of the data with 2xx: it took the message.
+    ACCEPTED = "accepted"
 
     #: The final dot (or ``BDAT … LAST``) never went out: the server cannot have
     #: accepted the message, and sending it again will not duplicate it.

@@ -18,7 +18,7 @@ from typing import TypeAlias
 
 import attrs
 
-__all__ = ["Mail", "MailBody", "close_early", "prepare_mail"]
+__all__ = ["Mail", "MailBody", "OneShotStream", "close_early", "prepare_mail"]
 
 #: What ``mail=`` accepts.
 Mail: TypeAlias = (
@@ -68,3 +68,18 @@ async def close_early(iterator: AsyncIterator[object]) -> None:
     if aclose is not None:
         with contextlib.suppress(Exception):
             await aclose()
+
+
+class OneShotStream:
+    """Wraps a message stream and notes whether anything began to read it: a
+    stream can be sent once, so a message is sent again only if it was not."""
+
+    __slots__ = ("_chunks", "started")
+
+    def __init__(self, chunks: AsyncIterable[bytes | bytearray | memoryview]) -> None:
+        self._chunks = chunks
+        self.started = False
+
+    def __aiter__(self) -> AsyncIterator[bytes | bytearray | memoryview]:
+        self.started = True
+        return aiter(self._chunks)

@@ -33,10 +33,11 @@ ones), so that no task of the pool outlives its ``async with`` block.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from email.headerregistry import Address
 
@@ -51,14 +52,18 @@ from ._errors import (
     SMTPConnectionError,
     SMTPError,
     SMTPNotSupportedError,
+    SMTPProtocolError,
     SMTPServiceClosing,
     SMTPTLSError,
 )
-from ._message import Mail, prepare_mail
+from ._message import Mail, MailBody, OneShotStream, prepare_mail
+from ._plan import NO_OPTIONS, Options
 from ._sasl import Authentication
-from ._session import SendResult, Session, Timeouts, TLSMode, _connect, _SessionConfig
+from ._session import Session, _connect
+from ._settings import SessionConfig, Timeouts, TLSMode
+from ._transaction import OutcomeTracker, SendResult
 
-__all__ = ["Pool", "PoolLimits", "PoolStatistics", "open_pool"]
+__all__ = ["Lease", "Pool", "PoolLimits", "PoolStatistics", "RateLimiter", "open_pool"]
 
 
 @attrs.frozen
@@ -102,7 +107,7 @@ class PoolLimits:
             raise ValueError("max_connect_rate must be a positive number per second")
 
 
-class _RateLimiter:
+class RateLimiter:
     """Spaces events at least ``1 / rate`` seconds apart (no bursts)."""
 
     def __init__(self, rate: float | None) -> None:
@@ -151,52 +156,182 @@ class _Connection:
     messages: int = 0
 
 
-@attrs.define
-class _Tracker:
-    """How far a send went, for callers that must report cancelled sends."""
-
-    outcome_unknown: bool = False
-    #: A streamed message had chunks read: it cannot be sent again.
-    stream_started: bool = False
-    #: The failure happened while opening a connection (not about the message).
-    connecting: bool = False
-
-
-class _Replayable:
-    """Wraps a message stream, noting whether any chunk was taken."""
-
-    def __init__(self, chunks: AsyncIterable[bytes | bytearray | memoryview]) -> None:
-        self._chunks = chunks
-        self.started = False
-
-    def __aiter__(self) -> AsyncIterator[bytes | bytearray | memoryview]:
-        self.started = True
-        return aiter(self._chunks)
-
-
 # Errors that say the connection (not the message) is the problem.
-_STALE = (SMTPConnectionError, SMTPServiceClosing)
+_STALE = (SMTPConnectionError, SMTPServiceClosing, SMTPProtocolError)
 # Errors that make every further attempt pointless.
-_FATAL = (SMTPAuthenticationError, SMTPTLSError, SMTPNotSupportedError)
+FATAL_CONNECT_ERRORS = (SMTPAuthenticationError, SMTPTLSError, SMTPNotSupportedError)
 
 
-def _stale(exc: BaseException, session: Session, stream: _Replayable | None) -> bool:
+def _stale(exc: SMTPError, tracker: OutcomeTracker, stream: OneShotStream | None) -> bool:
     """Whether a send on a reused connection failed because the server had
-    closed it: only then is the message sent again, since nothing of it can
-    have reached a server that still works (no message data flowed)."""
+    closed it (or spoke out of turn) before it took any of the message, as the
+    wire proves (:attr:`Outcome.NOT_SENT`): only then is it sent again, since
+    that cannot duplicate it. A stream already read cannot be sent again."""
+    transaction = tracker._transaction
     return (
         isinstance(exc, _STALE)
-        and exc.outcome is Outcome.NOT_SENT
-        and not session.data_started
-        and not session.outcome_unknown
+        and tracker.outcome is Outcome.NOT_SENT
+        # A message whose data began to flow into a transaction the server had
+        # opened is never sent twice; data pipelined behind a MAIL that got
+        # 421 never flowed into one.
+        and (transaction is None or not transaction.data_written or transaction.refuted)
         and not (stream is not None and stream.started)
     )
+
+
+class Lease:
+    """A pooled connection held by one task; see :meth:`Pool.lease`.
+
+    :meth:`send` sends one message at a time; :meth:`send` with ``defer=True``
+    may leave a small message's end of data queued, to go out with the next
+    message's envelope (pipelining across messages, RFC 2920 §3.1), until
+    :meth:`settle` or the next send reads its reply.
+    """
+
+    def __init__(self, pool: Pool, connection: _Connection) -> None:
+        self._pool = pool
+        self._connection: _Connection | None = connection
+        self._sends = 0
+        self._pending: OutcomeTracker | None = None
+
+    def __repr__(self) -> str:
+        return f"<trio_sendmail.Lease of {self._held().session!r}>"
+
+    def _held(self) -> _Connection:
+        connection = self._connection
+        assert connection is not None, "the lease lost its connection"
+        return connection
+
+    @property
+    def session(self) -> Session:
+        """The session this lease holds."""
+        return self._held().session
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """One cancel scope for a run of sends on this lease instead of one
+        per send (each I/O is still bounded by its phase's timeout)."""
+        with self._held().session._batch():
+            yield
+
+    @property
+    def pending(self) -> OutcomeTracker | None:
+        """The tracker of a message whose end of data has no reply yet."""
+        return self._pending
+
+    def should_return(self) -> bool:
+        """True when the connection should go back to the pool now: another
+        task waits for one, it is due for retirement, or the pool is closing."""
+        pool = self._pool
+        connection = self._held()
+        connection.last_used = now = trio.current_time()
+        return bool(pool._lot) or pool._retire(connection, now) or pool._closed
+
+    async def send(
+        self,
+        sender: ReversePath | Mailbox | str | Address,
+        recipients: Iterable[ForwardPath | Mailbox | str | Address],
+        mail: Mail | MailBody,
+        *,
+        options: Options = NO_OPTIONS,
+        tracker: OutcomeTracker | None = None,
+        defer: bool = False,
+    ) -> SendResult | None:
+        """Send one message on this lease (see :meth:`Pool.send`); ``None``
+        when *defer* left its end of data pending (*tracker* follows it).
+
+        The first send on a reused connection is sent again on another
+        connection when the server had closed the first one before any of the
+        message was written.
+        """
+        pool = self._pool
+        if tracker is None:
+            tracker = OutcomeTracker()
+        if not isinstance(recipients, str | bytes | Address | ForwardPath | Mailbox):
+            recipients = list(recipients)  # it may be needed twice
+        body = mail if isinstance(mail, MailBody) else prepare_mail(mail)
+        stream: OneShotStream | None = None
+        if body.chunks is not None:
+            stream = OneShotStream(body.chunks)
+            body = MailBody(chunks=stream)
+        while True:
+            connection = self._held()
+            first = self._sends == 0 and connection.messages > 0
+            self._sends += 1
+            try:
+                out = await connection.session._send_op(
+                    sender, recipients, body, options, tracker=tracker, defer=defer
+                )
+            except SMTPError as exc:
+                self._count_pending()
+                if first and _stale(exc, tracker, stream) and not pool._closed:
+                    pool._retries += 1
+                    await self._replace()
+                    continue
+                pool._failures += 1
+                raise
+            except BaseException:
+                pool._failures += 1
+                raise
+            self._count_pending()
+            connection.messages += 1
+            if out is None:
+                self._pending = tracker
+            else:
+                pool._sent += 1
+            return out
+
+    async def settle(self) -> None:
+        """Read the reply to a pending message's end of data (writing it first
+        if it is still queued). Raises the connection's error when no reply
+        came; the pending message's tracker tells what that means for it."""
+        if self._pending is None:
+            return
+        try:
+            await self._held().session._settle()
+        finally:
+            self._count_pending()
+
+    def _count_pending(self) -> None:
+        pending = self._pending
+        if pending is None:
+            return
+        reply = pending.final_reply
+        if reply is None and self._held().session.is_usable:
+            return  # still waiting for its reply
+        self._pending = None
+        if reply is not None and reply.is_positive:
+            self._pool._sent += 1
+        else:
+            self._pool._failures += 1
+
+    async def _replace(self) -> None:
+        """Swap a connection the server had closed for another one."""
+        pool = self._pool
+        dead = self._held()
+        self._connection = None
+        await pool._release(dead)
+        self._connection = await pool._acquire()
+        self._sends = 0
+
+    async def _end(self) -> None:
+        """Give the connection back; a message still pending abandons it, so
+        that its queued end of data can never go out later."""
+        connection = self._connection
+        if connection is None:
+            return
+        try:
+            if self._pending is not None and self._pending.final_reply is None:
+                await connection.session._driver.fail()
+                self._count_pending()
+        finally:
+            await self._pool._release(connection)
 
 
 class Pool(trio.abc.AsyncResource):
     """Concurrency-safe sending over many connections; get one from :func:`open_pool`."""
 
-    def __init__(self, config: _SessionConfig, limits: PoolLimits, nursery: trio.Nursery) -> None:
+    def __init__(self, config: SessionConfig, limits: PoolLimits, nursery: trio.Nursery) -> None:
         self._config = config
         self._limits = limits
         self._nursery = nursery
@@ -212,7 +347,7 @@ class Pool(trio.abc.AsyncResource):
         self._retries = 0
         self._failures = 0
         self._connection_failures = 0
-        self._connect_limiter = _RateLimiter(limits.max_connect_rate)
+        self._connect_limiter = RateLimiter(limits.max_connect_rate)
 
     def __repr__(self) -> str:
         c = self._config
@@ -241,6 +376,31 @@ class Pool(trio.abc.AsyncResource):
 
     # ------------------------------------------------------------ sending
 
+    @property
+    def limits(self) -> PoolLimits:
+        """The pool's bounds."""
+        return self._limits
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[Lease]:
+        """Hold one pooled connection for a run of sends (see :class:`Lease`).
+
+        Opens a connection when none is idle and the pool may grow, else waits
+        for one. The connection goes back to the pool when the block ends; one
+        that was interrupted is closed.
+
+        Raises:
+            trio.ClosedResourceError: the pool is closed.
+            SMTPError: no connection could be opened (see :func:`open_session`).
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("this pool is closed")
+        lease = Lease(self, await self._acquire())
+        try:
+            yield lease
+        finally:
+            await lease._end()
+
     async def send(
         self,
         sender: ReversePath | Mailbox | str | Address,
@@ -250,70 +410,30 @@ class Pool(trio.abc.AsyncResource):
         dsn: DSN | None = None,
         requiretls: bool = False,
         binary: bool = False,
+        tracker: OutcomeTracker | None = None,
     ) -> SendResult:
         """Send one message over a pooled connection; safe from any number of tasks.
 
         Arguments and errors are those of :meth:`Session.send`, plus the
         connection errors of :func:`open_session` when no connection can be
-        opened. A message is sent again on another connection only when the
-        connection it was given had been closed by the server before any of the
-        message was accepted.
+        opened (no message was involved: their ``outcome`` is ``None``, and
+        *tracker* says :attr:`Outcome.NOT_SENT`). A message is
+        sent again on another connection only when the connection it was given
+        had been closed by the server before any of the message was written.
 
         Raises:
             trio.ClosedResourceError: the pool is closed.
         """
-        return await self._send(sender, recipients, mail, dsn, requiretls, binary, _Tracker())
-
-    async def _send(
-        self,
-        sender: ReversePath | Mailbox | str | Address,
-        recipients: Iterable[ForwardPath | Mailbox | str | Address],
-        mail: Mail,
-        dsn: DSN | None,
-        requiretls: bool,
-        binary: bool,
-        tracker: _Tracker,
-    ) -> SendResult:
-        if self._closed:
-            raise trio.ClosedResourceError("this pool is closed")
-        if not isinstance(recipients, str | bytes | Address | ForwardPath | Mailbox):
-            recipients = list(recipients)  # it may be needed twice
-        body = prepare_mail(mail)
-        source: bytes | _Replayable
-        if body.data is not None:
-            source = body.data
-        else:
-            assert body.chunks is not None
-            source = _Replayable(body.chunks)
-        while True:
-            tracker.connecting = True
-            connection = await self._acquire()
-            tracker.connecting = False
-            reused = connection.messages > 0
-            try:
-                result = await connection.session.send(
-                    sender, recipients, source, dsn=dsn, requiretls=requiretls, binary=binary
-                )
-            except SMTPError as exc:
-                tracker.outcome_unknown = connection.session.outcome_unknown
-                tracker.stream_started = isinstance(source, _Replayable) and source.started
-                await self._release(connection)
-                stream = source if isinstance(source, _Replayable) else None
-                if reused and _stale(exc, connection.session, stream) and not self._closed:
-                    self._retries += 1
-                    continue
-                self._failures += 1
-                raise
-            except BaseException:
-                self._failures += 1
-                tracker.outcome_unknown = connection.session.outcome_unknown
-                tracker.stream_started = isinstance(source, _Replayable) and source.started
-                await self._release(connection)
-                raise
-            connection.messages += 1
-            self._sent += 1
-            await self._release(connection)
-            return result
+        if tracker is None:
+            tracker = OutcomeTracker()
+        options = NO_OPTIONS
+        if dsn is not None or requiretls or binary:
+            options = Options(dsn, requiretls, binary)
+        body = prepare_mail(mail)  # a bad message fails before a connection is taken
+        async with self.lease() as lease:
+            result = await lease.send(sender, recipients, body, options=options, tracker=tracker)
+        assert result is not None
+        return result
 
     # ---------------------------------------------------- acquire / release
 
@@ -371,7 +491,7 @@ class Pool(trio.abc.AsyncResource):
         try:
             await self._connect_limiter.wait()
             session = await _connect(self._config)
-        except _FATAL:
+        except FATAL_CONNECT_ERRORS:
             self._connection_failures += 1
             raise
         except SMTPError as exc:
@@ -484,7 +604,7 @@ async def open_pool(
     Raises:
         SMTPInputError: a malformed hostname, port or EHLO domain.
     """
-    config = _SessionConfig.make(
+    config = SessionConfig.make(
         hostname,
         port=port,
         tls=tls,

@@ -100,6 +100,8 @@ _B64TOKEN_RE: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _NONCE_RE: Final = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
 _B64_RE: Final = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _ATTRIBUTE_RE: Final = re.compile(r"([A-Za-z])=(.*)", re.DOTALL)
+#: The code points a str can hold but UTF-8 cannot encode (lone surrogates).
+_SURROGATE_RE: Final = re.compile(r"[\ud800-\udfff]")
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,6 +143,12 @@ class OAuth2Token:
         if self.expires_at is None:
             return False
         return self.expires_at - (time.time() if now is None else now) < seconds
+
+
+def _utf8_encodable(text: str) -> bool:
+    """True when *text* has a UTF-8 form (a str fails only on lone surrogates,
+    e.g. ``"\\udce9"`` from an undecodable byte read with ``surrogateescape``)."""
+    return _SURROGATE_RE.search(text) is None
 
 
 TokenProvider: TypeAlias = Callable[[], Awaitable[str | OAuth2Token]]
@@ -191,8 +199,10 @@ class Authentication:
     moment with an expired token may both call the provider.
 
     Raises:
-        SMTPInputError: a NUL in a field; an unknown mechanism; an OAuth mechanism
-            without *token_provider*; a password mechanism without *password*; no
+        SMTPInputError: a NUL in a field; a field that cannot be encoded as UTF-8
+            (a lone surrogate such as ``"\\udce9"``; the message never shows the
+            value); an unknown mechanism; an OAuth mechanism without
+            *token_provider*; a password mechanism without *password*; no
             credentials at all; U+0001 in *username* or *authzid* with a
             *token_provider* (it separates the OAuth fields).
         TypeError: a field of the wrong type.
@@ -215,6 +225,14 @@ class Authentication:
                 raise TypeError(f"Authentication.{name} must be a str")
             if "\x00" in value:
                 raise SMTPInputError(f"Authentication.{name} must not contain NUL")
+            if not _utf8_encodable(value):
+                # Checked here, not by encoding: a codec's error quotes the value
+                # (its repr holds the whole string). The message names the field only.
+                raise SMTPInputError(
+                    f"Authentication.{name} cannot be encoded as UTF-8: it holds a lone "
+                    "surrogate (often a byte that was not valid text where it was read, "
+                    "such as a Latin-1 byte in an environment variable)"
+                )
         provider = self.token_provider
         if provider is not None:
             if not callable(provider):

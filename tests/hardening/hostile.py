@@ -8,7 +8,9 @@ step (``"greeting"``, ``"mail"``, ``"dot"``, …) a :data:`Behaviour` replaces
 the server's normal answer. A behaviour either stops the dialogue (the server
 then reads whatever the client still sends until it closes, answering a QUIT)
 or hangs (silence), or returns :data:`CONTINUE` to carry on as if it had
-answered normally.
+answered normally. With CHUNKING among its extensions the dialogue takes the
+message as BDAT chunks (RFC 3030) instead of DATA; with PIPELINING, the commands
+that may be pipelined are read before they are answered.
 
 Everything the client sent is recorded per connection, so a test can check
 what the client did *after* the misbehaviour (nothing, or only QUIT).
@@ -48,9 +50,12 @@ Step = Literal[
     "mail",
     "rcpt",
     "data",
-    "envelope",  # with PIPELINING: MAIL, RCPT and DATA were read, none answered
-    "body",  # 354 sent: the message data flows
-    "dot",  # the final dot was read
+    # With PIPELINING: MAIL, RCPT and DATA (with CHUNKING: MAIL, RCPT, and BDAT LAST with a
+    # small message's data) were read, none answered. Without an "envelope" hook, each is
+    # answered in turn at its own step ("mail", "rcpt", "data" or "dot").
+    "envelope",
+    "body",  # 354 sent, or the first BDAT command read: the message data flows
+    "dot",  # the final dot was read, or the BDAT LAST chunk
 ]
 
 
@@ -81,7 +86,8 @@ class Conn:
         self.stopped = False
         self.hung = False
         self.finished = trio.Event()
-        self.data = b""  # the message data, up to and including the final dot
+        #: The message data, up to and including the final dot (BDAT: the chunks).
+        self.data = b""
 
     # -------------------------------------------------------------- state
 
@@ -138,6 +144,23 @@ class Conn:
                 del self.buffer[:end]
                 return data
             await self._fill()
+
+    async def read_exactly(self, count: int) -> bytes:
+        """Read exactly *count* bytes (a BDAT chunk)."""
+        while len(self.buffer) < count:
+            await self._fill()
+        data = bytes(self.buffer[:count])
+        del self.buffer[:count]
+        return data
+
+    async def read_chunk(self, line: bytes) -> bool:
+        """Read the chunk of the BDAT command *line* into :attr:`data`; True if LAST."""
+        words = line.split()
+        if len(words) not in (2, 3) or not words[1].isdigit():
+            self.after.append(line)
+            raise StopDialogue(line)
+        self.data += await self.read_exactly(int(words[1]))
+        return len(words) == 3 and words[2].upper() == b"LAST"
 
     async def read_some(self, at_least: int) -> None:
         """Read (and drop) at least *at_least* bytes."""
@@ -210,10 +233,17 @@ class Dialogue:
     pre_tls_caps: tuple[str, ...] = ("STARTTLS",)
     #: Expect AUTH (answered 235) before the transaction.
     auth: bool = False
+    #: The message is small: with CHUNKING it comes as one ``BDAT n LAST`` (pipelined
+    #: with MAIL and RCPT under PIPELINING); else as chunks after the envelope's replies.
+    single: bool = True
 
     @property
     def pipelining(self) -> bool:
         return "PIPELINING" in self.caps
+
+    @property
+    def chunking(self) -> bool:
+        return "CHUNKING" in self.caps
 
     async def _hook(self, conn: Conn, *names: Step) -> bool:
         """Run the hook of the first of *names* that has one: True when the dialogue stops."""
@@ -259,30 +289,80 @@ class Dialogue:
             await conn.expect(b"AUTH")
             if await self.step(conn, ["auth"], b"235 2.7.0 Authentication successful\r\n"):
                 return
-        if self.pipelining:
-            await conn.expect(b"MAIL")
-            await conn.expect(b"RCPT")
-            await conn.expect(b"DATA")
-            if await self.step(conn, ["envelope"], b"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 Go\r\n"):
+        if self.chunking:
+            if await self._bdat_transaction(conn):
                 return
-        else:
-            await conn.expect(b"MAIL")
-            if await self.step(conn, ["mail"], b"250 2.1.0 Ok\r\n"):
-                return
-            await conn.expect(b"RCPT")
-            if await self.step(conn, ["rcpt"], b"250 2.1.5 Ok\r\n"):
-                return
-            await conn.expect(b"DATA")
-            if await self.step(conn, ["data"], b"354 Go ahead\r\n"):
-                return
-        if await self._hook(conn, "body"):
-            return
-        conn.data = await conn.read_data()
-        if await self.step(conn, ["dot"], b"250 2.0.0 Ok: queued as HOSTILE\r\n"):
+        elif await self._data_transaction(conn):
             return
         await conn.expect(b"QUIT")
         await conn.send(b"221 2.0.0 Bye\r\n")
         conn.stopped = True
+
+    async def _envelope(self, conn: Conn, *steps: tuple[Step, bytes]) -> bool:
+        """Answer pipelined commands already read: the "envelope" hook, or each *step*
+        in turn. True when the dialogue stops."""
+        if "envelope" in self.hooks:
+            return await self._hook(conn, "envelope")
+        for name, answer in steps:
+            if await self.step(conn, [name], answer):
+                return True
+        return False
+
+    async def _data_transaction(self, conn: Conn) -> bool:
+        """MAIL, RCPT, DATA and the message; True when the dialogue stops."""
+        if self.pipelining:
+            await conn.expect(b"MAIL")
+            await conn.expect(b"RCPT")
+            await conn.expect(b"DATA")
+            if await self._envelope(conn, ("mail", MAIL_OK), ("rcpt", RCPT_OK), ("data", GO)):
+                return True
+        else:
+            await conn.expect(b"MAIL")
+            if await self.step(conn, ["mail"], MAIL_OK):
+                return True
+            await conn.expect(b"RCPT")
+            if await self.step(conn, ["rcpt"], RCPT_OK):
+                return True
+            await conn.expect(b"DATA")
+            if await self.step(conn, ["data"], GO):
+                return True
+        if await self._hook(conn, "body"):
+            return True
+        conn.data = await conn.read_data()
+        return await self.step(conn, ["dot"], QUEUED)
+
+    async def _bdat_transaction(self, conn: Conn) -> bool:
+        """MAIL, RCPT and the message in BDAT chunks (RFC 3030); True when the dialogue
+        stops. A pipelined small message's ``BDAT n LAST`` and data are read with the
+        envelope, before any reply (the client wrote them all at once)."""
+        await conn.expect(b"MAIL")
+        if not self.pipelining and await self.step(conn, ["mail"], MAIL_OK):
+            return True
+        await conn.expect(b"RCPT")
+        if not self.pipelining and await self.step(conn, ["rcpt"], RCPT_OK):
+            return True
+        last = False
+        if self.pipelining:
+            if self.single:
+                last = await conn.read_chunk(await conn.expect(b"BDAT"))
+            if await self._envelope(conn, ("mail", MAIL_OK), ("rcpt", RCPT_OK)):
+                return True
+        first = True
+        while not last:
+            line = await conn.expect(b"BDAT")
+            if first and await self._hook(conn, "body"):
+                return True
+            first = False
+            last = await conn.read_chunk(line)
+            if not last:
+                await conn.send(b"250 2.0.0 Chunk received\r\n")
+        return await self.step(conn, ["dot"], QUEUED)
+
+
+MAIL_OK = b"250 2.1.0 Ok\r\n"
+RCPT_OK = b"250 2.1.5 Ok\r\n"
+GO = b"354 Go ahead\r\n"
+QUEUED = b"250 2.0.0 Ok: queued as HOSTILE\r\n"
 
 
 # ------------------------------------------------------------------ behaviours

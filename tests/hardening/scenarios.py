@@ -10,6 +10,16 @@ scenario against every entry point that can use one of those modes:
 The timeouts are the RFC 5321 defaults of :class:`trio_sendmail.Timeouts`
 unless a scenario says otherwise: the tests run on an autojump clock, so a
 10-minute wait costs nothing.
+
+Every scenario that misbehaves during the mail transaction (MAIL, RCPT, DATA, the
+message, its end) also runs against servers that offer PIPELINING or not and
+CHUNKING or not (:func:`server_variants`, named ``<scenario>+pipe-chunk`` and so
+on): the same misbehaviour at the same step of the BDAT dialogue, or of the
+pipelined one. Its expected outcome is the same, except that with PIPELINING and
+CHUNKING a small message's ``BDAT n LAST`` goes out with MAIL and RCPT: a failure
+to answer MAIL or RCPT (silence, a lost connection, garbage) then leaves the
+message's fate *unknown*, while a reply that refuses it (421) still proves that it
+was *not sent*.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import attrs
 import trio_sendmail as ts
 from trio_sendmail._message import Mail
 
+from ..helpers import PIPE_CHUNK, VARIANTS, ServerVariant
 from .hostile import (
     ALL_MODES,
     DEFAULT_CAPS,
@@ -116,7 +127,10 @@ def _s(
     auth: bool = False,
     **kw: Any,
 ) -> Scenario:
-    dialogue = Dialogue(dict(hooks), caps=caps, pre_tls_caps=pre_tls_caps, auth=auth)
+    single = not kw.get("endless", False)
+    dialogue = Dialogue(
+        dict(hooks), caps=caps, pre_tls_caps=pre_tls_caps, auth=auth, single=single
+    )
     return Scenario(name, family, dialogue, expected, **kw)
 
 
@@ -211,7 +225,8 @@ SCENARIOS: list[Scenario] = [
     _s("disconnect-at-mail", "disconnect", {"mail": close()}, C, outcome=NOT_SENT),
     _s("disconnect-at-rcpt", "disconnect", {"rcpt": close()}, C, outcome=NOT_SENT),
     _s("disconnect-at-data", "disconnect", {"data": close()}, C, outcome=NOT_SENT),
-    _s("disconnect-mid-data", "disconnect", {"body": read_then(100_000, reset())}, C,
+    # (Reads less than one BDAT chunk: without PIPELINING the client waits for its reply.)
+    _s("disconnect-mid-data", "disconnect", {"body": read_then(30_000, reset())}, C,
        endless=True, outcome=NOT_SENT),
     _s("disconnect-after-final-dot", "disconnect", {"dot": close()}, C, outcome=UNKNOWN),
     _s("reset-at-rcpt", "disconnect", {"rcpt": reset()}, C, outcome=NOT_SENT),
@@ -285,6 +300,75 @@ SCENARIOS: list[Scenario] = [
     _s("unsolicited-reply-flood", "pipelining", {"ehlo": stream(b"250 ok\r\n" * 4096, BIG)}, E,
        after=None),
 ]  # fmt: skip
+
+#: The steps of the mail transaction: a scenario with a hook there runs in every variant.
+TRANSACTION_STEPS: frozenset[Step] = frozenset({"mail", "rcpt", "data", "envelope", "body", "dot"})
+
+
+def server_variant_of(caps: tuple[str, ...]) -> ServerVariant:
+    return ServerVariant(pipelining="PIPELINING" in caps, chunking="CHUNKING" in caps)
+
+
+def as_variant(scenario: Scenario, variant: ServerVariant) -> Scenario | None:
+    """*scenario* against a server that offers what *variant* says (None: the
+    misbehaviour has no counterpart there)."""
+    (step,) = set(scenario.dialogue.hooks) & TRANSACTION_STEPS
+    if step == "data" and variant.chunking:
+        return None  # no DATA command with BDAT (and its "354" has no counterpart)
+    if step == "envelope":
+        return None  # pipelining itself: see PIPELINED_BDAT below
+    outcome = scenario.outcome
+    if variant.eod_with_envelope and step in ("mail", "rcpt") and scenario.code != 421:
+        # BDAT LAST with the message was written with MAIL and RCPT, and no reply
+        # refused them: the message may have been taken.
+        outcome = UNKNOWN
+    dialogue = attrs.evolve(scenario.dialogue, caps=variant.extensions(scenario.dialogue.caps))
+    return attrs.evolve(
+        scenario, name=f"{scenario.name}+{variant.id}", dialogue=dialogue, outcome=outcome
+    )
+
+
+def server_variants(scenarios: list[Scenario]) -> list[Scenario]:
+    """The other server variants of every scenario that misbehaves in the transaction."""
+    made = []
+    for scenario in scenarios:
+        if not set(scenario.dialogue.hooks) & TRANSACTION_STEPS:
+            continue
+        own = server_variant_of(scenario.dialogue.caps)
+        for variant in VARIANTS:
+            if variant != own and (other := as_variant(scenario, variant)) is not None:
+                made.append(other)
+    return made
+
+
+BDAT_CAPS = PIPE_CHUNK.extensions(PIPE_CAPS)
+MAIL_550_THEN_421 = b"550 5.7.1 sender refused\r\n503 5.5.1 no\r\n421 4.3.2 bye\r\n"
+
+#: The pipelining family with CHUNKING: MAIL, RCPT and BDAT LAST (with a small message)
+#: were read together, then the replies misbehave. The end of data went out with them, so
+#: unless a reply refused the transaction the outcome is unknown.
+PIPELINED_BDAT: list[Scenario] = [
+    _s("pipelining-bdat-out-of-order", "pipelining",
+       {"envelope": reply(b"354 go\r\n250 2.1.0 ok\r\n250 2.1.5 ok\r\n")}, E, caps=BDAT_CAPS,
+       outcome=UNKNOWN),
+    _s("pipelining-bdat-fewer-replies", "pipelining",
+       {"envelope": send_then_hang(b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n")}, TO, caps=BDAT_CAPS,
+       bound=T.data_end, at_least=T.data_end, phase="data_end", outcome=UNKNOWN),
+    _s("pipelining-bdat-more-replies", "pipelining",
+       {"envelope": reply(b"250 ok\r\n250 ok\r\n250 queued\r\n250 extra\r\n")}, E,
+       caps=BDAT_CAPS, outcome=UNKNOWN),
+    _s("silent-envelope-short-timeouts+pipe-chunk", "silence", {"envelope": hang()}, TO,
+       caps=BDAT_CAPS, timeouts=ts.Timeouts(mail=7, rcpt=8, data_end=9), bound=7, at_least=7,
+       phase="mail", outcome=UNKNOWN),
+    # MAIL refused, then the server closes: the refusal of MAIL proves that nothing was
+    # taken, although the end of data went out with it (the DATA counterpart is below).
+    _s("550-mail-then-421+pipe-chunk", "421", {"envelope": reply(MAIL_550_THEN_421)}, CLOSING,
+       caps=BDAT_CAPS, code=421, outcome=NOT_SENT),
+    _s("550-mail-then-421", "421", {"envelope": reply(MAIL_550_THEN_421)}, CLOSING,
+       caps=PIPE_CAPS, code=421, outcome=NOT_SENT),
+]  # fmt: skip
+
+SCENARIOS += server_variants(SCENARIOS) + PIPELINED_BDAT
 
 BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
 assert len(BY_NAME) == len(SCENARIOS), "scenario names must be unique"

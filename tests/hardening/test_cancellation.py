@@ -28,8 +28,9 @@ import trio.lowlevel
 import trio.testing
 
 import trio_sendmail as ts
-from trio_sendmail.testing import DEFAULT_EXTENSIONS, FakeSMTPServer, serve_fake_smtp
+from trio_sendmail.testing import FakeSMTPServer, serve_fake_smtp
 
+from ..helpers import LOCK_CHUNK, LOCK_DATA, PIPE_CHUNK, PIPE_DATA, ServerVariant
 from .support import CLIENT_NAME, LOOPBACK, RecordingStream
 
 PLAIN = ts.TLSMode.INSECURE_PLAINTEXT
@@ -57,24 +58,42 @@ class CancelAfter(trio.abc.Instrument):
 @attrs.frozen
 class Config:
     name: str
-    extensions: tuple[str, ...]
+    #: What the server offers (PIPELINING and CHUNKING on or off).
+    variant: ServerVariant
+    #: The client's own ``pipelining=`` switch (off: lockstep although the server offers it).
     pipelining: bool = True
     streamed: bool = False
     body: bytes = BODY
-    #: The first write already holds the end of data (MAIL, RCPT and BDAT LAST pipelined).
-    all_at_once: bool = False
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        return self.variant.extensions()
+
+    @property
+    def all_at_once(self) -> bool:
+        """The first write already holds the end of data (MAIL, RCPT and BDAT LAST
+        pipelined with a small message)."""
+        return self.variant.eod_with_envelope and self.pipelining and not self.streamed
 
 
+# The server offers PIPELINING or not, CHUNKING or not (pipe-/lock-, -chunk/-data), and the
+# client may turn pipelining off itself (*-lockstep with a server that offers it).
 CONFIGS = [
-    Config("data-pipelined", DEFAULT_EXTENSIONS),
-    Config("data-lockstep", DEFAULT_EXTENSIONS, pipelining=False),
-    Config("data-streamed-big", DEFAULT_EXTENSIONS, streamed=True, body=BIG_BODY),
-    Config("bdat-single", (*DEFAULT_EXTENSIONS, "CHUNKING"), all_at_once=True),
-    Config("bdat-streamed-big", (*DEFAULT_EXTENSIONS, "CHUNKING"), streamed=True, body=BIG_BODY),
-    Config(
-        "bdat-big-lockstep", (*DEFAULT_EXTENSIONS, "CHUNKING"), pipelining=False, body=BIG_BODY
-    ),
+    Config("data-pipelined", PIPE_DATA),
+    Config("data-lockstep", PIPE_DATA, pipelining=False),
+    Config("data-no-pipelining", LOCK_DATA),
+    Config("data-streamed-big", PIPE_DATA, streamed=True, body=BIG_BODY),
+    Config("data-streamed-big-no-pipelining", LOCK_DATA, streamed=True, body=BIG_BODY),
+    Config("bdat-single", PIPE_CHUNK),
+    Config("bdat-single-lockstep", PIPE_CHUNK, pipelining=False),
+    Config("bdat-single-no-pipelining", LOCK_CHUNK),
+    Config("bdat-streamed-big", PIPE_CHUNK, streamed=True, body=BIG_BODY),
+    Config("bdat-streamed-big-no-pipelining", LOCK_CHUNK, streamed=True, body=BIG_BODY),
+    Config("bdat-big-lockstep", PIPE_CHUNK, pipelining=False, body=BIG_BODY),
+    Config("bdat-big-no-pipelining", LOCK_CHUNK, body=BIG_BODY),
 ]
+#: One small message per server variant, and the client's own lockstep.
+SMALL_CONFIGS = [config for config in CONFIGS if config.body is BODY]
 
 
 async def pieces(body: bytes, size: int = 20_000) -> AsyncIterator[bytes]:
@@ -203,11 +222,12 @@ HALF = ts.Timeouts(connect=0.5, tls_handshake=0.5, greeting=0.5, command=0.5, ma
                    rcpt=0.5, data_init=0.5, data_block=0.5, data_end=0.5, quit=0.5)  # fmt: skip
 
 
-@pytest.mark.parametrize("config", CONFIGS[:2] + CONFIGS[3:4], ids=lambda c: c.name)
+@pytest.mark.parametrize("config", SMALL_CONFIGS, ids=lambda c: c.name)
 async def test_timeout_at_every_reply(
     config: Config, autojump_clock: trio.testing.MockClock
 ) -> None:
     outcomes: list[ts.Outcome | None] = []
+    phases: list[str] = []
     for k in range(1, 50):
         server = FakeSMTPServer(extensions=config.extensions)
         client, server_stream = trio.testing.memory_stream_pair()
@@ -231,6 +251,7 @@ async def test_timeout_at_every_reply(
         if error is None:
             break
         outcomes.append(error.outcome)
+        phases.append(error.phase)
         if error.outcome is ts.Outcome.UNKNOWN:
             # The end of data went out: with BDAT LAST pipelined behind MAIL, that is
             # already so while the client waits for the reply to MAIL.
@@ -244,14 +265,18 @@ async def test_timeout_at_every_reply(
     # The greeting, EHLO, then every reply of the transaction, the final one last.
     assert outcomes[:2] == [None, None] and outcomes[-1] is ts.Outcome.UNKNOWN
     assert set(outcomes[2:-1]) == {ts.Outcome.NOT_SENT} or config.all_at_once
+    # The reply to the end of data (final dot or BDAT LAST) is bounded by data_end.
+    assert phases[-1] == "data_end", phases
 
 
 # ------------------------------------------------------------------ the pool
 
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["bytes", "streamed"])
-async def test_pool_discards_an_interrupted_connection(streamed: bool) -> None:
-    server = FakeSMTPServer()
+async def test_pool_discards_an_interrupted_connection(
+    streamed: bool, server_variant: ServerVariant
+) -> None:
+    server = FakeSMTPServer(extensions=server_variant.extensions())
     async with serve_fake_smtp(server) as port:
         for n in range(1, MAX_STEPS):
             server.messages.clear()
@@ -292,12 +317,13 @@ async def test_pool_discards_an_interrupted_connection(streamed: bool) -> None:
 # ------------------------------------------------------------------ a reply to the end of data
 
 
-@pytest.mark.parametrize("chunking", [False, True], ids=["DATA", "BDAT"])
 @pytest.mark.parametrize("code", [250, 451, 554, 421])
-async def test_the_reply_to_the_end_of_data_decides_the_outcome(chunking: bool, code: int) -> None:
+async def test_the_reply_to_the_end_of_data_decides_the_outcome(
+    server_variant: ServerVariant, code: int
+) -> None:
     """2xx: accepted. Any 4xx or 5xx reply, 421 included, is an answer: the message was
     refused (Outcome.REFUSED), not lost in the dark (Outcome.UNKNOWN)."""
-    extensions = (*DEFAULT_EXTENSIONS, "CHUNKING") if chunking else DEFAULT_EXTENSIONS
+    extensions = server_variant.extensions()
     text = {250: "2.0.0 queued", 451: "4.3.0 try later", 554: "5.7.1 no", 421: "4.3.2 bye"}
     server = FakeSMTPServer(extensions=extensions, data_reply=(code, text[code]))
     client, server_stream = trio.testing.memory_stream_pair()

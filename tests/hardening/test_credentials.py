@@ -294,7 +294,15 @@ async def pool_run(evidence: Evidence, port: int, certs: TestCertificates) -> No
         LOOPBACK, port=port, tls=ts.TLSMode.STARTTLS, ssl_context=certs.client_context,
         domain=CLIENT_NAME, authentication=credentials("SCRAM-SHA-256"),
     ) as pool:  # fmt: skip
-        evidence.obj("pool result", await pool.send("a@example.com", ["b@example.com"], b"x"))
+        tracker = ts.OutcomeTracker()
+        evidence.obj(
+            "pool result",
+            await pool.send("a@example.com", ["b@example.com"], b"x", tracker=tracker),
+        )
+        evidence.obj("tracker", tracker, deep=True)
+        async with pool.lease() as lease:
+            await lease.send("a@example.com", ["b@example.com"], b"z", defer=True)
+            evidence.obj("lease", lease, deep=True)
         messages = [
             ts.BulkMessage("a@example.com", ["b@example.com"], b"y", key=i) for i in (1, 2)
         ]

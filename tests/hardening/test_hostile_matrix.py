@@ -14,6 +14,10 @@ clock:
   after a refusal only QUIT;
 * no task is left behind, and no descriptor once the server is gone;
 * an interrupted session is unusable, and the pool keeps no idle connection.
+
+A scenario that misbehaves during the mail transaction runs against a server
+that offers PIPELINING or not and CHUNKING or not (``<scenario>+pipe-chunk`` and
+so on, see ``scenarios.py``).
 """
 
 from __future__ import annotations

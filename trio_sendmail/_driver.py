@@ -1,0 +1,436 @@
+"""The session driver: one stream, one pump, one error boundary.
+
+Theory of operation
+-------------------
+A :class:`Driver` owns one ``trio.abc.Stream`` and one sans-io
+:class:`~trio_sendmail._core.ClientCore`. SMTP submission is request/reply, so
+it needs no background task: :meth:`Driver.write` hands the core's bytes to the
+stream, :meth:`Driver.event` writes what is queued and then reads until the
+oldest command has its reply.
+
+* **One error boundary.** :meth:`Driver._send` and :meth:`Driver._receive`
+  are the only places that touch the stream. They turn trio and OS errors into
+  :class:`~trio_sendmail.SMTPConnectionError`, :class:`~trio_sendmail.SMTPTLSError`
+  or :class:`~trio_sendmail.SMTPTimeoutError` (``raise … from exc``); anything
+  that interrupts them (cancellation included) breaks the core and closes the
+  transport at once, so that nothing queued is ever written later.
+* **Timeouts.** One cancel scope per operation (:meth:`Driver.timed`), armed
+  before each write or read with its phase's bound (RFC 5321 §4.5.3.2), and
+  one write of at most ``Buffers.send_size`` bytes per bound, so a slow but
+  steady server never trips the data-block bound.
+* **Nothing unasked.** Replies pair with commands by order alone (RFC 2920
+  §3.1), so a reply the server sends unasked would shift every later pairing.
+  Before a write starts a new exchange (no command on the wire awaits a
+  reply), the driver looks at the socket without waiting (:meth:`Driver._probe`):
+  a ``421`` there closes the session, any other byte is a protocol error, and
+  either way nothing of the new commands has been written. Only a ``421`` may
+  come unasked (RFC 5321 §3.8).
+* **A refusal before a reset.** A server may refuse a message while it is
+  still flowing (``552`` to a BDAT chunk, or mid-DATA) and then reset the
+  connection. Between two writes of message data the driver takes in any reply
+  that arrived, and after a failed write on a plain socket it reads what the
+  server had sent before the reset: the caller gets the server's reply, not
+  "connection reset".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import ssl
+from collections.abc import Iterator
+
+import trio
+
+from ._core import ClientCore, Event, State, Verb
+from ._errors import (
+    SMTPConnectionError,
+    SMTPError,
+    SMTPProtocolError,
+    SMTPResponseError,
+    SMTPServiceClosing,
+    SMTPTimeoutError,
+    SMTPTLSError,
+)
+from ._reply import ReplyParser
+from ._settings import Buffers, Timeouts
+
+__all__ = ["Driver", "phase_timeout"]
+
+logger = logging.getLogger("trio_sendmail.transcript")
+
+#: How long a look at bytes that are already there may wait for the rest of
+#: them (a TLS record that held only a session ticket yields nothing).
+PROBE_GRACE = 0.05
+
+
+def phase_timeout(timeouts: Timeouts, verb: Verb) -> tuple[str, float]:
+    """The phase name and bound of the wait for *verb*'s reply."""
+    match verb:
+        case Verb.CONNECT:
+            return "greeting", timeouts.greeting
+        case Verb.MAIL:
+            return "mail", timeouts.mail
+        case Verb.RCPT:
+            return "rcpt", timeouts.rcpt
+        case Verb.DATA:
+            return "data_init", timeouts.data_init
+        case Verb.BDAT:
+            return "data_block", timeouts.data_block
+        case Verb.END_DATA | Verb.BDAT_LAST:
+            return "data_end", timeouts.data_end
+        case Verb.QUIT:
+            return "quit", timeouts.quit
+        case _:
+            return "command", timeouts.command
+
+
+def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        return stream.socket
+    return None
+
+
+class Driver:
+    """Moves the core's bytes over one stream (see the module's docstring)."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        session_id: int,
+        hostname: str,
+        timeouts: Timeouts,
+        buffers: Buffers,
+    ) -> None:
+        self.stream = stream
+        self.session_id = session_id
+        self.hostname = hostname
+        self.timeouts = timeouts
+        self.buffers = buffers
+        self.send_size = buffers.send_size
+        self.core = ClientCore(
+            transcript=self.log if logger.isEnabledFor(logging.DEBUG) else None,
+            parser=ReplyParser(buffer=buffers.receive_buffer),
+            out_buffer=buffers.command_buffer,
+        )
+        self.timer: trio.CancelScope | None = None
+        self.phase = ""
+        self.waiting_for = ""
+        self.timeout = 0.0
+        self.transport_closed = False
+        self.round_trips = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._unanswered_write = True  # the greeting is the first wait
+        # The first write after a TLS handshake is not probed: the server's
+        # post-handshake records (session tickets) may still be on the way.
+        self._skip_probe = False
+
+    def log(self, line: str) -> None:
+        logger.debug("[%d] %s", self.session_id, line)
+
+    # ------------------------------------------------------------- timing
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[None]:
+        """Bound one operation's I/O with a single cancel scope, armed with
+        each I/O's phase bound (:meth:`arm`). Between two I/Os the last bound
+        still runs: a message source slower than the data-block bound ends the
+        send, as the server would end it. A timeout is raised as
+        :class:`SMTPTimeoutError`."""
+        assert self.timer is None, "timed() inside a timed operation"
+        with trio.CancelScope() as scope:
+            self.timer = scope
+            try:
+                yield
+            finally:
+                self.timer = None
+        if scope.cancelled_caught:
+            raise self.timeout_error()
+
+    def timeout_error(self) -> SMTPTimeoutError:
+        return SMTPTimeoutError(
+            f"timed out waiting for {self.waiting_for} ({self.phase}) after {self.timeout:g} s",
+            phase=self.phase,
+        )
+
+    def arm(self, phase: str, timeout: float, waiting_for: str) -> None:
+        """Bound the next I/O by *timeout* seconds (its phase's bound)."""
+        timer = self.timer
+        assert timer is not None, "I/O outside a timed operation"
+        self.phase = phase
+        self.waiting_for = waiting_for
+        self.timeout = timeout
+        deadline = trio.current_time() + timeout
+        # Moving a deadline costs a heap update: keep one that is already
+        # within a thousandth of the bound (consecutive I/Os of one message).
+        if not deadline - timeout / 1000 <= timer.deadline <= deadline:
+            timer.deadline = deadline
+
+    # --------------------------------------------------------------- pump
+
+    async def write(self, phase: str, timeout: float) -> None:
+        """Write everything the core queued, in writes of at most ``send_size``."""
+        core = self.core
+        if not core.has_output:
+            return
+        if core.wire_idle and not core.body_open:
+            if self._skip_probe:
+                self._skip_probe = False
+            else:
+                await self._probe()
+        size = self.send_size
+        while core.has_output:
+            await self._send(core.take_output(size), phase, timeout)
+
+    async def write_data(self) -> None:
+        """Write the message data queued so far, once there is a block of it;
+        first take in any reply that arrived meanwhile (a refusal mid-message)."""
+        core = self.core
+        if core.output_size < self.send_size:
+            return
+        if self._readable():
+            await self._take_in()
+        timeout = self.timeouts.data_block
+        while core.output_size >= self.send_size:
+            await self._send(core.take_output(self.send_size), "data_block", timeout)
+
+    async def event(self) -> Event:
+        """Write what is queued, then the reply to the oldest command in flight.
+
+        Raises:
+            SMTPServiceClosing: the reply was 421; the session is closed.
+        """
+        core = self.core
+        event = None
+        if not core.has_output:  # under PIPELINING, the reply is often here already
+            try:
+                event = core.next_event()
+            except SMTPError:
+                await self.fail()
+                raise
+        if event is None:
+            phase, timeout = phase_timeout(self.timeouts, core.oldest)
+            if core.has_output:
+                # Writing the end of data is bounded like any block of data.
+                bound = self.timeouts.data_block if phase == "data_end" else timeout
+                await self.write(phase, bound)
+            event = await self._receive(phase, timeout)
+        if event.reply.code == 421:
+            await self.fail()
+            raise SMTPServiceClosing.from_reply(event.reply, event.verb.value)
+        return event
+
+    def ready_event(self) -> Event | None:
+        """A reply that has already arrived, or ``None`` (never waits)."""
+        core = self.core
+        if not core.in_reply:
+            return None
+        event = core.next_event()
+        if event is not None and event.reply.code == 421:
+            raise SMTPServiceClosing.from_reply(event.reply, event.verb.value)
+        return event
+
+    async def _send(self, data: bytes, phase: str, timeout: float) -> None:
+        self.arm(phase, timeout, "the server to take our data")
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, OSError) as exc:
+            refusal = await self._salvage()
+            await self.fail()
+            if refusal is not None:
+                raise refusal from exc
+            raise SMTPConnectionError(f"connection lost while sending ({phase}): {exc}") from exc
+        except BaseException:
+            await self.fail()
+            raise
+        self.bytes_sent += len(data)
+        self._unanswered_write = True
+
+    async def _receive(self, phase: str, timeout: float) -> Event:
+        """Read until the oldest command in flight has its reply."""
+        core = self.core
+        try:
+            event = core.next_event()
+            if event is None:
+                self.arm(phase, timeout, "a reply from the server")
+                if self._unanswered_write:
+                    # A round trip: we wait for the server after sending.
+                    self.round_trips += 1
+                    self._unanswered_write = False
+                while event is None:
+                    data = await self.stream.receive_some(self.buffers.receive_size)
+                    if not data:
+                        core.receive_eof()
+                        raise SMTPConnectionError(
+                            f"the server closed the connection (waiting for: {phase})"
+                        )
+                    self.bytes_received += len(data)
+                    core.receive_data(data)
+                    event = core.next_event()
+        except (trio.BrokenResourceError, OSError) as exc:
+            await self.fail()
+            raise SMTPConnectionError(f"connection lost ({phase}): {exc}") from exc
+        except BaseException:
+            await self.fail()
+            raise
+        return event
+
+    # --------------------------------------------- what the server said unasked
+
+    def _readable(self) -> bool:
+        """True when the server sent something that was not read yet (looked
+        up without waiting; always False for streams without a socket)."""
+        stream = self.stream
+        while isinstance(stream, trio.SSLStream):
+            incoming = getattr(stream, "_incoming", None)  # read, not decrypted yet
+            if stream.pending() or getattr(incoming, "pending", 0):
+                return True
+            stream = stream.transport_stream
+        sock = _socket_of(stream)
+        if sock is None or sock.fileno() < 0:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        return bool(poller.poll(0))
+
+    async def _probe(self) -> None:
+        """Before a new exchange: whatever the server sent unasked ends the
+        session, before any byte of the queued commands is written."""
+        core = self.core
+        if core.in_reply:
+            await self.fail()
+            raise SMTPProtocolError("the server sent bytes that answer no command")
+        if not self._readable():
+            return
+        self.arm("command", self.timeouts.command, "what the server sent unasked")
+        data: bytes | bytearray = b""
+        try:
+            with trio.move_on_after(PROBE_GRACE):
+                data = await self.stream.receive_some(self.buffers.receive_size)
+                if not data:
+                    raise SMTPConnectionError("the server had closed the connection")
+        except (trio.BrokenResourceError, OSError) as exc:
+            await self.fail()
+            raise SMTPConnectionError(f"the server had closed the connection: {exc}") from exc
+        except BaseException:
+            await self.fail()
+            raise
+        if not data:
+            return  # TLS housekeeping only
+        self.bytes_received += len(data)
+        parser = ReplyParser()
+        try:
+            parser.feed(data)
+            reply = parser.next_reply()
+        except SMTPProtocolError:
+            reply = None
+        if reply is not None and reply.code == 421:
+            command = core.oldest.value  # the first command that never went out
+            core.closing(reply)
+            await self.fail()
+            raise SMTPServiceClosing.from_reply(reply, command)
+        await self.fail()
+        shown = f": {reply}" if reply is not None else ""
+        raise SMTPProtocolError(f"the server sent a reply nobody asked for{shown}")
+
+    async def _take_in(self) -> None:
+        """Between writes of message data: read what arrived (without waiting
+        for more) and raise a refusal that came before the end of data."""
+        core = self.core
+        try:
+            with trio.move_on_after(PROBE_GRACE):
+                data = await self.stream.receive_some(self.buffers.receive_size)
+                if not data:
+                    return  # the next write or read reports the closed connection
+                self.bytes_received += len(data)
+                core.receive_data(data)
+        except (trio.BrokenResourceError, OSError):
+            return  # likewise
+        except BaseException:
+            await self.fail()
+            raise
+        if not core.awaiting_reply:  # DATA: a reply now refuses the message
+            try:
+                event = core.next_event()
+            except SMTPError:
+                await self.fail()
+                raise
+            if event is not None:
+                await self.fail()
+                raise SMTPResponseError.from_reply(event.reply, ".")
+
+    async def _salvage(self) -> SMTPError | None:
+        """After a failed write on a plain socket: the refusal the server sent
+        before it reset the connection, if one had arrived."""
+        stream = self.stream
+        core = self.core
+        if not isinstance(stream, trio.SocketStream) or core.state is State.BROKEN:
+            return None
+        try:
+            with trio.move_on_after(PROBE_GRACE):
+                while True:
+                    data = await stream.receive_some(self.buffers.receive_size)
+                    if not data:
+                        break
+                    core.receive_data(data)
+        except (trio.BrokenResourceError, OSError, SMTPError):
+            pass
+        try:
+            while (event := core.next_event()) is not None:
+                if not event.reply.is_positive:
+                    verb = "BDAT" if event.verb is Verb.BDAT_LAST else event.verb.value
+                    kind = SMTPServiceClosing if event.reply.code == 421 else SMTPResponseError
+                    return kind.from_reply(event.reply, verb)
+        except SMTPError:
+            pass
+        return None
+
+    # ------------------------------------------------------------ TLS, end
+
+    async def handshake(self, ssl_context: ssl.SSLContext) -> None:
+        """Run TLS over the current stream (implicit TLS, or after STARTTLS's 220)."""
+        stream = trio.SSLStream(
+            self.stream, ssl_context, server_hostname=self.hostname, https_compatible=False
+        )
+        self.stream = stream
+        timeout = self.timeouts.tls_handshake
+        try:
+            with trio.fail_after(timeout):
+                await stream.do_handshake()
+        except trio.TooSlowError as exc:
+            await self.fail()
+            raise SMTPTimeoutError(f"TLS handshake took longer than {timeout:g} s",
+                                   phase="tls_handshake") from exc  # fmt: skip
+        except (trio.BrokenResourceError, OSError) as exc:
+            await self.fail()
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            raise SMTPTLSError(f"TLS handshake with {self.hostname} failed: {cause}") from exc
+        except BaseException:
+            await self.fail()
+            raise
+        self._skip_probe = True
+
+    async def fail(self) -> None:
+        """A command was interrupted (or the server closed): the session is over.
+
+        The core is marked broken (unless the server closed it with 421), so
+        nothing queued goes out, and the transport is closed at once.
+        """
+        if self.core.state is not State.CLOSED:
+            self.core.broken()
+        await self.close_transport()
+
+    async def close_transport(self) -> None:
+        """Close the stream at once (never blocks, never raises Cancelled: a
+        cleanup path must run to its end)."""
+        if self.transport_closed:
+            return
+        self.transport_closed = True
+        self.buffers._release()
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(self.stream)

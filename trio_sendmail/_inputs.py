@@ -1,0 +1,118 @@
+"""Checks of the caller's arguments that need no connection (pure functions).
+
+Everything here runs before any I/O: a caller mistake (a malformed address, an
+empty recipient list, a ``str`` message, an EHLO name that has no ASCII form)
+must raise before the connection is opened, the TLS handshake done or the
+credentials sent (docs/errors.rst: "raised before any I/O").
+
+This module does not import the core or trio: the session driver, the core and
+the one-shot functions all call it, so it must sit below them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from email.headerregistry import Address
+from typing import Final
+
+from ._address import Domain, ForwardPath, Mailbox, ReversePath, domain, forward_path, reverse_path
+from ._errors import SMTPInputError
+from ._message import Mail, MailBody, prepare_mail
+
+__all__ = ["check_argument", "ehlo_ascii", "envelope", "mail_body"]
+
+#: What no command argument may hold (the same set as ``_core.check_argument``):
+#: C0 and C1 controls, DEL, the Unicode line and paragraph separators, and BOM.
+_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
+
+
+def check_argument(text: str, what: str, *, utf8: bool = False) -> None:
+    """Refuse control characters (and non-ASCII unless *utf8*) in a command
+    argument (RFC 5321 §2.3.8, §4.1.1): no CR/LF injection."""
+    bad = _CONTROL.search(text)
+    if bad is not None:
+        raise SMTPInputError(f"{what} contains the control character {bad[0]!r}")
+    if not utf8 and not text.isascii():
+        raise SMTPInputError(f"{what} is not ASCII (it needs SMTPUTF8)")
+
+
+#: Values that are one address, not an iterable of them.
+_SINGLE_ADDRESS: Final = (str, bytes, bytearray, memoryview, Address, ForwardPath, Mailbox)
+
+
+def envelope(
+    sender: ReversePath | Mailbox | str | Address,
+    recipients: Iterable[ForwardPath | Mailbox | str | Address],
+) -> tuple[ReversePath, list[ForwardPath]]:
+    """Check and coerce a message's envelope.
+
+    Args:
+        sender: the reverse-path (``""`` or ``"<>"`` for the null path).
+        recipients: the forward-paths; read once (an iterator is fine).
+
+    Returns:
+        The reverse-path, and the forward-paths in order, each given once.
+
+    Raises:
+        SMTPAddressError: a malformed sender or recipient.
+        SMTPInputError: *recipients* is empty.
+        TypeError: *recipients* is a single address rather than an iterable of
+            them, or an address has a wrong type.
+    """
+    rpath = reverse_path(sender)
+    if isinstance(recipients, _SINGLE_ADDRESS):
+        raise TypeError("recipients must be an iterable of addresses, not a single address")
+    fpaths = [forward_path(r) for r in recipients]
+    if len(fpaths) > 1:
+        fpaths = list(dict.fromkeys(fpaths))  # duplicates are sent once
+    elif not fpaths:
+        raise SMTPInputError("at least one recipient is required")
+    return rpath, fpaths
+
+
+def mail_body(mail: Mail) -> Mail:
+    """Check *mail* and return it in the form to send: ``bytes`` for a whole
+    message (an :class:`email.message.Message` is serialised here, once), or
+    the async iterable itself for a stream.
+
+    Raises:
+        TypeError: *mail* is a ``str`` or anything else that is not a message.
+    """
+    body: MailBody = prepare_mail(mail)
+    if body.data is not None:
+        return body.data
+    assert body.chunks is not None
+    return body.chunks
+
+
+def ehlo_ascii(name: Domain | str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The EHLO (or HELO) argument in ASCII.
+
+    Whether the server speaks SMTPUTF8 is not known before EHLO, so U-labels
+    become A-labels (RFC 5890; RFC 6531 §3.7.1). Address literals and ASCII
+    names are returned as they are.
+
+    Args:
+        name: the EHLO name: a :class:`Domain`, or anything :func:`domain` accepts.
+
+    Returns:
+        The wire form of the name, ASCII only.
+
+    Raises:
+        SMTPAddressError: *name* is not a valid domain or address literal.
+        SMTPInputError: *name* holds a control character, or has no A-label form
+            (IDNA refuses one of its labels).
+        TypeError: *name* has another type.
+    """
+    text = str(domain(name))
+    check_argument(text, "the EHLO domain", utf8=True)
+    if text.isascii():
+        return text
+    try:
+        return text.encode("idna").decode("ascii")
+    except UnicodeError:
+        pass
+    # Raised outside the handler: the codec's error adds nothing for the caller.
+    raise SMTPInputError(f"cannot convert the EHLO domain {text!r} to A-labels")
