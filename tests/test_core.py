@@ -162,6 +162,7 @@ def awaiting(verb: Verb) -> ClientCore:
         core = in_rcpt()
         core.begin_bdat(chunk_size=4)
         core.body(b"abcd")
+        assert core.next_chunk() and not core.next_chunk()
     elif verb is Verb.BDAT_LAST:
         core = in_rcpt()
         core.begin_bdat(chunk_size=100)
@@ -1207,6 +1208,8 @@ def test_bdat_chunks_then_last(feed: Feed) -> None:
     assert txn is not None
     core.begin_bdat(chunk_size=5)
     core.body(b"hello wor")
+    assert core.data_to_send() == b""  # staged until framed
+    assert core.next_chunk()
     assert core.data_to_send() == b"BDAT 5\r\nhello"
     written = (txn.data_written, txn.end_written)
     assert written == (True, False)

@@ -229,13 +229,14 @@ async def test_bdat_chunks_in_flight(
     seen: list[int] = []
     async with fake_session(server, certs, pipelining=pipelining, buffers=buffers) as session:
         core = session._core
-        original = core.body
+        original = core.next_chunk
 
-        def spy(chunk: bytes | bytearray | memoryview, *, clean: bool = False) -> None:
-            original(chunk, clean=clean)
+        def spy() -> bool:
+            queued = original()
             seen.append(len(core.inflight))
+            return queued
 
-        core.body = spy  # type: ignore[method-assign]
+        core.next_chunk = spy  # type: ignore[method-assign]
         await session.send("a@example.com", ["b@example.com"], b"x" * 20_000)
     assert max(seen) == most_in_flight
     assert server.pipelining_violations == 0

@@ -27,7 +27,7 @@ from ._inputs import envelope, mail_body
 from ._message import Mail
 from ._sasl import Authentication
 from ._session import Buffers, SendResult, Timeouts, TLSMode, _connect, _SessionConfig
-from ._transaction import OutcomeTracker
+from ._transaction import OutcomeTracker, settle_error
 
 __all__ = ["sendmail", "sendmail_with_starttls"]
 
@@ -193,7 +193,11 @@ async def _send_one(
         chunking=True,
     )
     _check_types(ssl_context, authentication, buffers, timeouts)
-    rpath, fpaths = envelope(sender, recipients)
+    try:
+        rpath, fpaths = envelope(sender, recipients)
+    except SMTPError as exc:  # a bad address: the message was not sent
+        settle_error(exc, None)
+        raise
     body = mail_body(mail)  # a Message is serialised once, here
     # 2. Connect, secure, greet, authenticate (closed if this raises).
     session = await _connect(config, buffers=buffers, stream=None)

@@ -8,8 +8,9 @@ Workers read a sync iterable themselves; an async one (e.g. a
 unbuffered channel. Either way the input is read only as fast as messages go
 out, so memory stays bounded however long it is.
 
-**Pipelining across messages.** A worker takes a connection from the pool and
-keeps it while the input has a message ready: the body and final dot of one
+**Pipelining across messages.** A worker takes a :class:`~trio_sendmail.Lease`
+on a connection (:meth:`Pool.lease`, the pool's only way in) and keeps it
+while the input has a message ready: the body and final dot of one
 message go out in the same write as the next message's MAIL, RCPT and DATA,
 and one wait brings back the reply to both (RFC 2920 §3.1 lets message content
 open a pipelined group). Against a server without CHUNKING this halves the
@@ -28,8 +29,8 @@ Each message ends in exactly one :class:`BulkResult`, handed to ``on_result``
 * ``UNKNOWN``: the end of the data went out but no reply came back. It is **not
   retried** by default: the server may have queued it, and a retry could
   deliver it twice (``retry_unknown=True`` changes that);
-* ``NOT_SENT``: the run was cancelled or ended by a fatal error before the
-  message could be accepted.
+* ``NOT_SENT``: the run was cancelled or ended by a fatal error, and the
+  wire shows that the server cannot have the message.
 
 Transient failures (4xx, a connection lost or timed out before the end of the
 data) are retried with exponential back-off and full jitter. One message's
@@ -38,7 +39,16 @@ end the run and are raised, unwrapped: when *opening a connection* fails on
 authentication, TLS verification, a missing required extension (STARTTLS, an
 AUTH mechanism), or fails outright after the pool's connect retries; and bugs.
 A message the server cannot take (too large, 8-bit without 8BITMIME) fails
-alone. Messages that were still pending are then reported as ``NOT_SENT``.
+alone.
+
+**Cancellation.** Each attempt of a message has an :class:`OutcomeTracker` of
+its own, and every status is read from it. When the run is cancelled or ended
+by a fatal error, each message still in flight is reported with what its
+latest attempt's tracker shows: ``ACCEPTED`` if the 2xx reply had arrived,
+``FAILED`` if the message was refused, ``UNKNOWN`` if its end of data went out
+without a reply (or an earlier attempt was unknown), else ``NOT_SENT``. A
+deferred end of data still in the buffer is dropped with the connection, so
+its message is ``NOT_SENT``.
 """
 
 from __future__ import annotations
@@ -67,8 +77,7 @@ from ._errors import (
     SMTPTimeoutError,
     SMTPTransientError,
 )
-from ._message import Mail, MailBody, OneShotStream, close_early, prepare_mail
-from ._plan import NO_OPTIONS, Options
+from ._message import Mail, OneShotStream, close_early, prepare_mail
 from ._pool import Lease, Pool, RateLimiter, open_pool
 from ._transaction import OutcomeTracker, SendResult, settle_error
 
@@ -185,7 +194,7 @@ def _lost_error(error: BaseException, tracker: OutcomeTracker) -> SMTPError:
             f"the connection was lost before the reply to the end of data: {error}"
         )
     copy.__cause__ = error
-    return settle_error(copy, tracker._transaction)
+    return settle_error(copy, tracker.transaction)
 
 
 def _refusal(tracker: OutcomeTracker) -> SMTPError:
@@ -193,7 +202,7 @@ def _refusal(tracker: OutcomeTracker) -> SMTPError:
     reply = tracker.final_reply
     assert reply is not None
     kind = SMTPServiceClosing if reply.code == 421 else SMTPResponseError
-    return settle_error(kind.from_reply(reply, "."), tracker._transaction)
+    return settle_error(kind.from_reply(reply, "."), tracker.transaction)
 
 
 async def send_bulk(
@@ -357,16 +366,17 @@ class _Job:
     #: An earlier attempt ended with an unknown outcome (``retry_unknown``).
     was_unknown: bool = False
 
-    def body(self) -> Mail | MailBody:
+    def body(self) -> Mail:
         """What to send: the message, or its stream (noting when it is read)."""
         mail = self.message.mail
         if self.stream is None and not isinstance(mail, bytes | email.message.Message):
             body = prepare_mail(mail)
             if body.chunks is None:
-                return body
+                assert body.data is not None
+                return body.data
             self.stream = OneShotStream(body.chunks)
         if self.stream is not None:
-            return MailBody(chunks=self.stream)
+            return self.stream
         return mail
 
     def attempt(self) -> OutcomeTracker:
@@ -509,9 +519,6 @@ class _Run:
     def accepted(job: _Job, result: SendResult) -> BulkResult:
         return BulkResult(job.message, BulkStatus.ACCEPTED, result=result, attempts=job.attempts)
 
-    def options(self, message: BulkMessage) -> Options:
-        return NO_OPTIONS if message.dsn is None else Options(message.dsn)
-
     # ---------------------------------------------------------- one at a time
 
     async def deliver(self, job: _Job, *, backoff: bool) -> None:
@@ -533,7 +540,7 @@ class _Run:
                         connected = True
                         result = await lease.send(
                             message.sender, message.recipients, job.body(),
-                            options=self.options(message), tracker=tracker,
+                            dsn=message.dsn, tracker=tracker,
                         )  # fmt: skip
                 except (SMTPError, TypeError, ValueError) as exc:
                     final = self.classify(job, exc, connecting=not connected)
@@ -576,8 +583,7 @@ class _Run:
                         try:
                             out = await lease.send(
                                 message.sender, message.recipients, current.body(),
-                                options=self.options(message), tracker=current.tracker,
-                                defer=True,
+                                dsn=message.dsn, tracker=current.tracker, defer=True,
                             )  # fmt: skip
                         except (SMTPError, TypeError, ValueError) as exc:
                             if pending is not None:

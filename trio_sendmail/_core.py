@@ -306,7 +306,7 @@ class ClientCore:
     def body_open(self) -> bool:
         """True while a message body is being queued (after 354, or between
         :meth:`begin_bdat` and :meth:`end_body`)."""
-        return self._bdat or self._tail is State.DATA
+        return self._bdat or (self.state is State.DATA and self._tail is State.DATA)
 
     @property
     def transaction(self) -> Transaction | None:
@@ -469,18 +469,13 @@ class ClientCore:
 
     def body(self, chunk: bytes | bytearray | memoryview, *, clean: bool = False) -> None:
         """Queue one piece of the message body, cut anywhere (after 354 for
-        DATA, after :meth:`begin_bdat` for BDAT). *clean*: the piece is known
-        to have CRLF line endings only (see :func:`~trio_sendmail._data.measure`)."""
+        DATA; after :meth:`begin_bdat`, it is staged until :meth:`next_chunk`
+        or :meth:`end_body` frames it). *clean*: the piece is known to have
+        CRLF line endings only (see :func:`~trio_sendmail._data.measure`)."""
         txn = self._txn
         if self._bdat:
             encoder = self._bdat_encoder
-            stage = self._stage
-            stage += chunk if encoder is None else encoder.encode(chunk, clean=clean)
-            size = self._chunk_size
-            while len(stage) >= size:
-                with memoryview(stage) as view:
-                    self._chunk(Verb.BDAT, f"BDAT {size}", view[:size])
-                del stage[:size]
+            self._stage += chunk if encoder is None else encoder.encode(chunk, clean=clean)
             return
         if self.state is not State.DATA or self._inflight:
             raise SMTPProtocolError(f"message data outside DATA (state: {self.state.value})")
@@ -490,11 +485,26 @@ class ClientCore:
             self._data_marked = True
         self._out += encoded
 
+    def next_chunk(self) -> bool:
+        """With BDAT: queue one ``BDAT size`` chunk if a whole one is staged
+        (the caller reads replies between chunks, RFC 3030 §4.2); True when
+        it did."""
+        stage = self._stage
+        size = self._chunk_size
+        if not self._bdat or len(stage) < size:
+            return False
+        with memoryview(stage) as view:
+            self._chunk(Verb.BDAT, f"BDAT {size}", view[:size])
+        del stage[:size]
+        return True
+
     def end_body(self) -> None:
         """Queue the end of the data: ``CRLF.CRLF`` after DATA, or the last
         chunk as ``BDAT n LAST``; its reply answers the whole message."""
         txn = self._txn
         if self._bdat:
+            while self.next_chunk():
+                pass
             stage = self._stage
             if self._bdat_encoder is not None:
                 stage += self._bdat_encoder.finish()
@@ -726,7 +736,15 @@ class ClientCore:
         """What a reply to the greeting, EHLO, HELO, STARTTLS or AUTH changes."""
         positive = reply.is_positive
         if verb is Verb.CONNECT:
+            if positive and reply.code != 220:
+                # RFC 5321 §4.2: the greeting is 220 (or 554, or 421); another
+                # 2xx first means the replies and the commands are out of step.
+                raise SMTPProtocolError(f"the greeting is not 220: {reply}")
             self.greeting = reply
+        elif (verb is Verb.EHLO or verb is Verb.HELO) and positive and reply.code != 250:
+            # RFC 5321 §4.3.2: EHLO and HELO succeed with 250; another 2xx (a
+            # late greeting, say) means the replies and the commands are out of step.
+            raise SMTPProtocolError(f"unexpected reply to {verb.value}: {reply}")
         elif verb is Verb.EHLO and positive:
             self.capabilities = Capabilities.from_reply(reply)
         elif verb is Verb.HELO and positive:

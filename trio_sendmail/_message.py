@@ -2,7 +2,7 @@
 
 A message is ``bytes`` (or any bytes-like object), an
 :class:`email.message.EmailMessage` (any :class:`email.message.Message`), or a
-stream of bytes-like chunks: a :class:`trio.MemoryReceiveChannel` (the seed's
+stream of bytes-like chunks: a :class:`trio.MemoryReceiveChannel` (``sendmail-lwt``'s
 ``unit -> (string * int * int) option Lwt.t``) or any async iterable. A whole
 message lets the session declare ``SIZE=`` and know up front whether it holds
 8-bit bytes; a stream is read one chunk at a time, so memory stays bounded

@@ -6,18 +6,23 @@ A :class:`Pool` owns up to ``max_connections`` :class:`~trio_sendmail.Session`\\
 and a nursery for its own housekeeping (closing connections, reaping idle
 ones), so that no task of the pool outlives its ``async with`` block.
 
-* **Reuse.** :meth:`Pool.send` takes the most recently used idle connection
-  (the one least likely to have been dropped by the server), or opens a new
-  one while fewer than the *target size* are open, or else waits: callers park
-  in FIFO order on a :class:`trio.lowlevel.ParkingLot`, so back-pressure needs
-  no queue of its own.
+* **Reuse.** Every send holds a :class:`Lease` (:meth:`Pool.lease`, the only
+  way into a pooled connection; :meth:`Pool.send` and the bulk sender use it
+  too). Taking one picks the most recently used idle connection (the one
+  least likely to have been dropped by the server), or opens a new one while
+  fewer than the *target size* are open, or else waits: callers park in FIFO
+  order on a :class:`trio.lowlevel.ParkingLot`, so back-pressure needs no
+  queue of its own.
 * **Health.** A connection that was interrupted in any way is discarded (the
   session breaks itself, see :attr:`Session.is_usable`). One that sat idle for
   ``idle_check_after`` seconds is checked with NOOP before reuse. If a reused
-  connection turns out to be closed by the server before anything of the
-  message was accepted (the MAIL command fails on a dead socket, or with 421),
-  the message is sent again on another connection, and the caller sees no
-  error; a message whose data began to flow is never sent twice.
+  connection turns out to have been closed by the server, the lease sends the
+  message again on another connection, and the caller sees no error, only
+  when the wire proves the first attempt :attr:`Outcome.NOT_SENT`: e.g. a 421
+  or an EOF seen by the driver's probe before anything was written, or a 421
+  answering MAIL (data pipelined behind it never went into a transaction).
+  A message whose data went into a transaction the server had opened, or
+  whose stream was already read, is never sent twice (see :func:`_stale`).
 * **Back-off.** When the server refuses new connections (421 at the greeting,
   or a refused TCP connect under load), the target size shrinks to the number
   of connections that work, and new attempts wait with exponential back-off and
@@ -167,7 +172,7 @@ def _stale(exc: SMTPError, tracker: OutcomeTracker, stream: OneShotStream | None
     closed it (or spoke out of turn) before it took any of the message, as the
     wire proves (:attr:`Outcome.NOT_SENT`): only then is it sent again, since
     that cannot duplicate it. A stream already read cannot be sent again."""
-    transaction = tracker._transaction
+    transaction = tracker.transaction
     return (
         isinstance(exc, _STALE)
         and tracker.outcome is Outcome.NOT_SENT
@@ -231,25 +236,47 @@ class Lease:
         self,
         sender: ReversePath | Mailbox | str | Address,
         recipients: Iterable[ForwardPath | Mailbox | str | Address],
-        mail: Mail | MailBody,
+        mail: Mail,
         *,
-        options: Options = NO_OPTIONS,
+        dsn: DSN | None = None,
+        requiretls: bool = False,
+        binary: bool = False,
         tracker: OutcomeTracker | None = None,
         defer: bool = False,
     ) -> SendResult | None:
-        """Send one message on this lease (see :meth:`Pool.send`); ``None``
-        when *defer* left its end of data pending (*tracker* follows it).
+        """Send one message on this lease (arguments and errors of
+        :meth:`Pool.send`).
 
-        The first send on a reused connection is sent again on another
-        connection when the server had closed the first one before any of the
-        message was written.
+        With *defer*, a small message sent with DATA under PIPELINING may
+        leave its body and final dot queued, to go out with the next message's
+        envelope (RFC 2920 §3.1): this then returns ``None``, :attr:`pending`
+        is its *tracker*, and the next :meth:`send` or :meth:`settle` reads its
+        reply. The first send on a reused connection is sent again on another
+        connection when the server had closed the first one before it took any
+        of the message.
         """
+        options = NO_OPTIONS
+        if dsn is not None or requiretls or binary:
+            options = Options(dsn, requiretls, binary)
+        return await self._send(
+            sender, recipients, prepare_mail(mail), options, tracker=tracker, defer=defer
+        )
+
+    async def _send(
+        self,
+        sender: ReversePath | Mailbox | str | Address,
+        recipients: Iterable[ForwardPath | Mailbox | str | Address],
+        body: MailBody,
+        options: Options,
+        *,
+        tracker: OutcomeTracker | None,
+        defer: bool = False,
+    ) -> SendResult | None:
         pool = self._pool
         if tracker is None:
             tracker = OutcomeTracker()
         if not isinstance(recipients, str | bytes | Address | ForwardPath | Mailbox):
             recipients = list(recipients)  # it may be needed twice
-        body = mail if isinstance(mail, MailBody) else prepare_mail(mail)
         stream: OneShotStream | None = None
         if body.chunks is not None:
             stream = OneShotStream(body.chunks)
@@ -288,7 +315,7 @@ class Lease:
         if self._pending is None:
             return
         try:
-            await self._held().session._settle()
+            await self._held().session._settle(self._pending)
         finally:
             self._count_pending()
 
@@ -431,7 +458,7 @@ class Pool(trio.abc.AsyncResource):
             options = Options(dsn, requiretls, binary)
         body = prepare_mail(mail)  # a bad message fails before a connection is taken
         async with self.lease() as lease:
-            result = await lease.send(sender, recipients, body, options=options, tracker=tracker)
+            result = await lease._send(sender, recipients, body, options, tracker=tracker)
         assert result is not None
         return result
 
@@ -498,6 +525,9 @@ class Pool(trio.abc.AsyncResource):
             failure = exc
         finally:
             self._opening -= 1
+            # A caller parked because the pool looked full: an attempt that
+            # failed or was cancelled makes room for it.
+            self._lot.unpark()
         if failure is not None:
             self._connection_failures += 1
             self._connect_failures += 1

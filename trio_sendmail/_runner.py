@@ -187,19 +187,25 @@ async def _send_chunks(
         async with contextlib.aclosing(_pieces(driver, body)) as pieces:
             async for piece in pieces:
                 core.body(piece, clean=plan.clean)
-                await driver.write_data()
-                while (event := driver.ready_event()) is not None:
-                    _check_chunk(event.verb, event.reply)
-                while core.inflight_count >= window:
-                    event = await driver.event()
-                    _check_chunk(event.verb, event.reply)
+                while core.next_chunk():
+                    await driver.write_data()
+                    while (event := driver.ready_event()) is not None:
+                        _check_chunk(event.verb, event.reply)
+                    while core.inflight_count >= window:
+                        event = await driver.event()
+                        _check_chunk(event.verb, event.reply)
         core.end_body()
         while core.awaiting_reply:
             event = await driver.event()
             _check_chunk(event.verb, event.reply)
     except _ChunkRefused as refusal:
-        await _drain(driver)  # RFC 3030 §4.2: read every reply
-        await _refuse(driver, txn, SMTPResponseError.from_reply(refusal.reply, "BDAT"))
+        error = SMTPResponseError.from_reply(refusal.reply, "BDAT")
+        try:
+            await _drain(driver)  # RFC 3030 §4.2: read every reply
+        except SMTPError as exc:  # the server refused, then dropped the connection
+            error.__context__ = exc
+            raise error from None
+        await _refuse(driver, txn, error)
     final = txn.final_reply
     assert final is not None
     return final

@@ -288,7 +288,7 @@ class Session(trio.abc.AsyncResource):
             raise trio.BusyResourceError("another task is sending on this session")
         if tracker is None:
             tracker = OutcomeTracker()
-        opened = tracker._transaction
+        opened = tracker.transaction
         driver = self._driver
         core = self._core
         self._busy = True
@@ -324,9 +324,9 @@ class Session(trio.abc.AsyncResource):
                         raise  # someone else's cancellation
                     raise driver.timeout_error() from None
         except BaseException as exc:
-            txn = tracker._transaction if tracker._transaction is not opened else None
+            txn = tracker.transaction if tracker.transaction is not opened else None
             if isinstance(exc, SMTPError):
-                settle_error(exc, txn)
+                settle_error(exc, txn, tracker)
             self._failed += 1
             if txn is not None:
                 self._last = txn
@@ -337,7 +337,7 @@ class Session(trio.abc.AsyncResource):
         finally:
             self._busy = False
             self._answered()
-        txn = tracker._transaction
+        txn = tracker.transaction
         self._last = txn
         self._last_raised = False
         if result is None:
@@ -361,9 +361,10 @@ class Session(trio.abc.AsyncResource):
             else:
                 self._failed += 1
 
-    async def _settle(self) -> None:
+    async def _settle(self, tracker: OutcomeTracker | None = None) -> None:
         """Write a pending message's end of data, if still queued, and read its
-        reply (the pending transaction records it, or tells why not)."""
+        reply (the pending transaction records it, or tells why not; *tracker*
+        follows it)."""
         pending = self._pending
         if pending is None:
             return
@@ -371,7 +372,7 @@ class Session(trio.abc.AsyncResource):
             with self._driver.timed():
                 await self._driver.event()
         except SMTPError as exc:
-            settle_error(exc, pending)
+            settle_error(exc, pending, tracker)
             raise
         finally:
             self._answered()

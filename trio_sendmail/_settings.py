@@ -91,7 +91,7 @@ class Timeouts:
 
 
 class Buffers:
-    """Reusable I/O buffers, the counterpart of the seed's pre-allocated
+    """Reusable I/O buffers, the counterpart of ``sendmail-lwt``'s pre-allocated
     encoder and decoder.
 
     A :class:`Buffers` can be handed to many sessions in turn; a session holds

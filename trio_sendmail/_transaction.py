@@ -146,12 +146,17 @@ class Transaction:
         return Outcome.UNKNOWN if outcome is Outcome.ACCEPTED else outcome
 
 
-def settle_error(error: SMTPError, transaction: Transaction | None) -> SMTPError:
-    """Give *error* the outcome of *transaction* (``None``: nothing was sent).
+def settle_error(
+    error: SMTPError, transaction: Transaction | None, tracker: OutcomeTracker | None = None
+) -> SMTPError:
+    """Give *error* the outcome of *transaction* (``None``: nothing was sent),
+    and tell *tracker* that its send raised it, so that both say the same.
 
     The one place where an error learns what became of its message.
     """
     error.outcome = Outcome.NOT_SENT if transaction is None else transaction.failure_outcome
+    if tracker is not None and tracker._transaction is transaction:
+        tracker._raised = True
     return error
 
 
@@ -175,10 +180,13 @@ class OutcomeTracker:
     of the message was written), the first attempt was :attr:`Outcome.NOT_SENT`.
     """
 
-    __slots__ = ("_transaction", "attempts")
+    __slots__ = ("_raised", "_transaction", "attempts")
 
     def __init__(self) -> None:
         self._transaction: Transaction | None = None
+        # The send raised an SMTPError: a 2xx to the end of data that came
+        # with a protocol error is no proof (the error's outcome is UNKNOWN).
+        self._raised = False
         #: Transactions begun for this message (1 unless a pool sent it again).
         self.attempts = 0
 
@@ -187,13 +195,21 @@ class OutcomeTracker:
 
     def _follow(self, transaction: Transaction) -> None:
         self._transaction = transaction
+        self._raised = False
         self.attempts += 1
+
+    @property
+    def transaction(self) -> Transaction | None:
+        """The record of the latest attempt's transaction, once it began."""
+        return self._transaction
 
     @property
     def outcome(self) -> Outcome:
         """:attr:`Outcome.NOT_SENT` until a transaction began, then its outcome."""
         transaction = self._transaction
-        return Outcome.NOT_SENT if transaction is None else transaction.outcome
+        if transaction is None:
+            return Outcome.NOT_SENT
+        return transaction.failure_outcome if self._raised else transaction.outcome
 
     @property
     def final_reply(self) -> Reply | None:
@@ -205,7 +221,7 @@ class OutcomeTracker:
     def result(self) -> SendResult | None:
         """The result when the message was accepted, else ``None``."""
         transaction = self._transaction
-        if transaction is None or transaction.outcome is not Outcome.ACCEPTED:
+        if transaction is None or self.outcome is not Outcome.ACCEPTED:
             return None
         assert transaction.final_reply is not None
         return SendResult(

@@ -13,6 +13,10 @@ and before the server's reply to it comes back.
 
 An optional :class:`SmtpTap` follows the dialogue to name the phase each cut
 landed in (for reports only; it never changes what is forwarded).
+
+An optional ``reply_delay`` holds each read from the server that long before
+forwarding it (the reads stay in order), so that a client waits longer for
+every reply, e.g. to the end of its data (by default nothing is held).
 """
 
 from __future__ import annotations
@@ -234,13 +238,17 @@ class _Link:
     async def pump(self, direction: Direction) -> None:
         if direction is Direction.CLIENT_TO_SERVER:
             source, sink = self._client, self._server
+            delay = 0.0
         else:
             source, sink = self._server, self._client
+            delay = self._proxy.reply_delay
         record = self._record
         limit = record.plan.offset if record.plan.direction is direction else None
         try:
             while True:
                 data = await source.receive_some(READ_SIZE)
+                if delay > 0:
+                    await trio.sleep(delay)
                 if not data:  # an orderly close: pass it on, keep the other direction
                     await sink.send_eof()
                     return
@@ -289,10 +297,15 @@ class RstProxy:
         seed: int,
         policy: CutPolicy,
         tap_smtp: bool = True,
+        reply_delay: float = 0.0,
     ) -> None:
+        if not reply_delay >= 0:
+            raise ValueError("reply_delay must be >= 0")
         self.target = target
         self.policy = policy
         self.tap_smtp = tap_smtp
+        #: Seconds each read from the server is held before it is forwarded.
+        self.reply_delay = reply_delay
         self.rng = random.Random(seed)
         self.port = 0
         self.cuts = 0
@@ -353,15 +366,21 @@ async def open_rst_proxy(
     seed: int,
     policy: CutPolicy | None = None,
     tap_smtp: bool = True,
+    reply_delay: float = 0.0,
 ) -> AsyncIterator[RstProxy]:
     """Run a :class:`RstProxy` to *target_host*:*target_port* for the block.
 
     It listens on ``127.0.0.1`` (``proxy.port``). Leaving the block stops it:
     its listener and every connection still open are closed, and none of its
-    tasks outlives the block.
+    tasks outlives the block. *reply_delay*: seconds each read from the server
+    is held before it is forwarded (0: none).
     """
     proxy = RstProxy(
-        (target_host, target_port), seed=seed, policy=policy or CutPolicy(), tap_smtp=tap_smtp
+        (target_host, target_port),
+        seed=seed,
+        policy=policy or CutPolicy(),
+        tap_smtp=tap_smtp,
+        reply_delay=reply_delay,
     )
     [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
     assert isinstance(listener, trio.SocketListener)

@@ -17,6 +17,15 @@ pipelined. The proxy's seed is fixed (``TRIO_SENDMAIL_CHAOS_SEED`` overrides
 it), but where the cuts land also depends on timing, so runs differ.
 Counts and every violation are printed (``-s``) and written as JSON under the
 test's tmp folder.
+
+A second test cancels ``send_bulk`` from outside (``trio.move_on_after``) at
+random moments, 8 times per variant, each run with fresh Message-IDs over a
+fresh pool: alternately straight to Postfix, and through the proxy, which then
+holds each of Postfix's replies a few ms (and cuts a few connections). With 8
+connections, most messages in flight wait for the answer to their end of data
+when the cancel lands. Messages not yet taken from the input get no result;
+every message taken gets one, under the same rules (a regression test: a
+cancelled run reported ``NOT_SENT`` for messages Postfix had stored).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import re
 import string
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +114,13 @@ def make_body(rng: random.Random) -> bytes:
     return ("\r\n".join(lines) + "\r\n").encode()
 
 
-def make_messages(env: PostfixEnv, rcpt: str, tag: str, seed: int) -> list[ts.BulkMessage]:
+def generate_messages(
+    env: PostfixEnv, rcpt: str, tag: str, seed: int, count: int
+) -> Iterator[ts.BulkMessage]:
+    """*count* messages, each made when it is asked for."""
     rng = random.Random(seed)
     run = uuid.uuid4().hex[:10]  # unique across runs, even with the same seed
-    messages = []
-    for index in range(MESSAGES):
+    for index in range(count):
         message_id = f"<chaos-{tag}-{run}-{index:04d}@trio-sendmail.{env.domain}>"
         mail = make_message(
             sender=env.user,
@@ -117,8 +129,11 @@ def make_messages(env: PostfixEnv, rcpt: str, tag: str, seed: int) -> list[ts.Bu
             subject=f"chaos {tag} {index}",
             body=make_body(rng),
         )
-        messages.append(ts.BulkMessage(env.user, [rcpt], mail, key=message_id))
-    return messages
+        yield ts.BulkMessage(env.user, [rcpt], mail, key=message_id)
+
+
+def make_messages(env: PostfixEnv, rcpt: str, tag: str, seed: int) -> list[ts.BulkMessage]:
+    return list(generate_messages(env, rcpt, tag, seed, MESSAGES))
 
 
 # ---------------------------------------------------------------- maildir --
@@ -311,13 +326,44 @@ class Violation:
         )
 
 
+Problem = tuple[str, str, ts.BulkResult | None]
+
+
+def describe_violations(
+    env: PostfixEnv, log_offset: int, index: MaildirIndex, problems: list[Problem]
+) -> list[Violation]:
+    """The problems with what the Maildir and smtpd's log say of each; wrong
+    outcomes first, then messages without a result (a run that ended early)."""
+    queue_ids = {
+        index.queue_ids[path] for message_id, _, _ in problems for path in index.copies(message_id)
+    }
+    endings = smtpd_endings(env, log_offset, queue_ids)
+    violations = []
+    for message_id, problem, result in sorted(problems, key=lambda problem: problem[2] is None):
+        paths = index.copies(message_id)
+        ids = tuple(index.queue_ids[p] for p in paths)
+        violations.append(
+            Violation(
+                message_id=message_id,
+                problem=problem,
+                status=result.status.name if result else "-",
+                attempts=result.attempts if result else 0,
+                error=describe_outcome(result) if result else "-",
+                delivered=len(paths),
+                queue_ids=ids,
+                smtpd=tuple(endings[q] for q in ids if q in endings),
+            )
+        )
+    return violations
+
+
 def reconcile(
-    messages: list[ts.BulkMessage], run: Run, index: MaildirIndex
-) -> tuple[list[tuple[str, str, ts.BulkResult | None]], collections.Counter[str]]:
+    messages: list[ts.BulkMessage], results: list[ts.BulkResult], index: MaildirIndex
+) -> tuple[list[Problem], collections.Counter[str]]:
     """(message ID, problem, result) for each violation, and UNKNOWN delivered/not."""
-    problems: list[tuple[str, str, ts.BulkResult | None]] = []
+    problems: list[Problem] = []
     by_id: dict[str, list[ts.BulkResult]] = collections.defaultdict(list)
-    for result in run.results:
+    for result in results:
         by_id[str(result.message.key)].append(result)
     unknown: collections.Counter[str] = collections.Counter()
     ours = set()
@@ -368,31 +414,10 @@ async def test_exact_outcomes_under_connection_resets(
     waited, quiet = await wait_for_quiet(postfix, index, rcpt, accepted_ids)
     total = time.perf_counter() - started
 
-    problems, unknown = reconcile(messages, run, index)
+    problems, unknown = reconcile(messages, run.results, index)
     statuses = collections.Counter(r.status.name for r in run.results)
     attempts = collections.Counter(r.attempts for r in run.results)
-    queue_ids = {
-        index.queue_ids[path] for message_id, _, _ in problems for path in index.copies(message_id)
-    }
-    endings = smtpd_endings(postfix, log_offset, queue_ids)
-    violations = []
-    # Wrong outcomes first, then messages without a result (a run that ended early).
-    problems.sort(key=lambda problem: problem[2] is None)
-    for message_id, problem, result in problems:
-        paths = index.copies(message_id)
-        ids = tuple(index.queue_ids[p] for p in paths)
-        violations.append(
-            Violation(
-                message_id=message_id,
-                problem=problem,
-                status=result.status.name if result else "-",
-                attempts=result.attempts if result else 0,
-                error=describe_outcome(result) if result else "-",
-                delivered=len(paths),
-                queue_ids=ids,
-                smtpd=tuple(endings[q] for q in ids if q in endings),
-            )
-        )
+    violations = describe_violations(postfix, log_offset, index, problems)
 
     report: dict[str, Any] = {
         "variant": "CHUNKING (BDAT)" if chunking else "DATA",
@@ -449,3 +474,226 @@ async def test_exact_outcomes_under_connection_resets(
     assert quiet, f"Postfix still delivering after {DELIVERY_TIMEOUT} s (Maildir {index.new})"
     assert len(run.results) == MESSAGES
     assert proxy.cuts >= MIN_CUTS, f"only {proxy.cuts} cuts injected: the proxy did not work"
+
+
+# ---------------------------------------------------------- cancellation --
+
+#: Cancelled runs per variant, alternately straight to Postfix's plain port and
+#: through the proxy (which holds every reply and cuts some connections).
+CANCEL_RUNS = 8
+#: Each run is cancelled from outside after a delay drawn uniformly from this
+#: range (seconds): a few hundred messages are taken from the input by then.
+CANCEL_DELAY = (0.2, 2.0)
+#: Each run's input (made as it is read): more than any run gets to, so that the
+#: cancel lands mid-run even on a fast machine.
+CANCEL_INPUT = 5000
+#: Through the proxy, every read from Postfix is held this long: the answer to
+#: an end of data is then awaited longer, where a cancel is likely to land.
+REPLY_DELAY = 0.004
+#: Through the proxy, a few cuts too (most connections live through their run).
+CANCEL_POLICY = CutPolicy(survive=0.7, client_share=0.6, client_span=16 * 1024, server_span=1024)
+ROUTES = ("direct", "proxy")
+
+
+@attrs.define
+class CancelledRun:
+    number: int
+    route: str
+    delay: float
+    #: The messages send_bulk took from its input.
+    taken: list[ts.BulkMessage] = attrs.field(factory=list)
+    results: list[ts.BulkResult] = attrs.field(factory=list)
+    cancelled: bool = False
+    error: BaseException | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        statuses = collections.Counter(r.status.name for r in self.results)
+        return {
+            "run": self.number,
+            "route": self.route,
+            "delay": round(self.delay, 3),
+            "cancelled": self.cancelled,
+            "taken": len(self.taken),
+            "counts": {s.name: statuses.get(s.name, 0) for s in ts.BulkStatus},
+            "interrupted": sum(1 for r in self.results if is_cancelled(r.error)),
+            "seconds": round(self.seconds, 2),
+            "error": None if self.error is None else describe_error(self.error),
+        }
+
+
+def is_cancelled(error: BaseException | None) -> bool:
+    """Whether *error* is (or comes from) a trio.Cancelled."""
+    for _ in range(4):
+        if error is None:
+            return False
+        if isinstance(error, trio.Cancelled):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+async def send_cancelled(
+    port: int, messages: Iterator[ts.BulkMessage], chunking: bool, run: CancelledRun
+) -> None:
+    """send_bulk over a fresh pool of CONNECTIONS to *port*, cancelled from
+    outside after ``run.delay`` seconds (unless it finished before)."""
+
+    def source() -> Iterator[ts.BulkMessage]:
+        for message in messages:
+            run.taken.append(message)
+            yield message
+
+    limits = ts.PoolLimits(max_connections=CONNECTIONS, connect_retries=50, regrow_after=0.5)
+    start = time.perf_counter()
+    async with ts.open_pool(
+        "127.0.0.1",
+        port=port,
+        tls=ts.TLSMode.INSECURE_PLAINTEXT,
+        domain=CLIENT_NAME,
+        timeouts=TIMEOUTS,
+        pipelining=True,
+        chunking=chunking,
+        limits=limits,
+    ) as pool:
+        with trio.move_on_after(run.delay) as scope:
+            try:
+                await ts.send_bulk(
+                    source(),
+                    pool=pool,
+                    max_retries=MAX_RETRIES,
+                    retry_backoff=RETRY_BACKOFF,
+                    on_result=run.results.append,
+                )
+            except Exception as exc:  # reported with the reconciliation
+                run.error = exc
+        run.cancelled = scope.cancelled_caught
+    run.seconds = time.perf_counter() - start
+
+
+@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
+async def test_exact_outcomes_when_cancelled(
+    postfix: PostfixEnv, tmp_path: Path, chunking: bool
+) -> None:
+    """send_bulk cancelled from outside at random moments, many messages waiting
+    for the answer to their end of data: every message taken from the input gets
+    one result, under the rules above (a cancel never makes a stored message
+    NOT_SENT). Messages not taken yet get none, and are never sent."""
+    tag = "bdat" if chunking else "data"
+    seed = SEED + (10 if chunking else 11)
+    rng = random.Random(seed)
+    local = unique(f"cancel-{tag}")
+    rcpt = postfix.address(local)
+    log_offset = postfix.log_file.stat().st_size if postfix.log_file.exists() else 0
+    index = MaildirIndex(postfix, local)
+
+    started = time.perf_counter()
+    runs: list[CancelledRun] = []
+    async with open_rst_proxy(
+        postfix.host,
+        postfix.plain_port,
+        seed=seed,
+        policy=CANCEL_POLICY,
+        reply_delay=REPLY_DELAY,
+    ) as proxy:
+        for number in range(CANCEL_RUNS):
+            route = ROUTES[number % len(ROUTES)]
+            run = CancelledRun(number, route, rng.uniform(*CANCEL_DELAY))
+            runs.append(run)
+            messages = generate_messages(
+                postfix, rcpt, f"{tag}{number}", rng.randrange(2**32), CANCEL_INPUT
+            )
+            port = postfix.plain_port if route == "direct" else proxy.port
+            await send_cancelled(port, messages, chunking, run)
+    sending = time.perf_counter() - started
+    taken = [message for run in runs for message in run.taken]
+    results = [result for run in runs for result in run.results]
+    accepted_ids = {str(r.message.key) for r in results if r.status is ACCEPTED}
+    waited, quiet = await wait_for_quiet(postfix, index, rcpt, accepted_ids)
+    total = time.perf_counter() - started
+
+    # Only the messages taken: any other one in the Maildir is a violation too.
+    problems, _ = reconcile(taken, results, index)
+    violations = describe_violations(postfix, log_offset, index, problems)
+
+    def stored(results: list[ts.BulkResult], status: ts.BulkStatus) -> int:
+        return sum(1 for r in results if r.status is status and index.copies(str(r.message.key)))
+
+    by_route: dict[str, dict[str, int]] = {}
+    for route in ROUTES:
+        ran = [run for run in runs if run.route == route]
+        got = [result for run in ran for result in run.results]
+        statuses = collections.Counter(r.status.name for r in got)
+        by_route[route] = {
+            "runs": len(ran),
+            "cancels": sum(run.cancelled for run in ran),
+            "taken": sum(len(run.taken) for run in ran),
+            **{s.name: statuses.get(s.name, 0) for s in ts.BulkStatus},
+            "interrupted": sum(1 for r in got if is_cancelled(r.error)),
+            "unknown_stored": stored(got, UNKNOWN),
+            "not_sent_stored": stored(got, ts.BulkStatus.NOT_SENT),
+        }
+    cancels = sum(run.cancelled for run in runs)
+    errors = [f"run {run.number}: {describe_error(run.error)}" for run in runs if run.error]
+
+    report: dict[str, Any] = {
+        "variant": "CHUNKING (BDAT)" if chunking else "DATA",
+        "library": str(Path(ts.__file__).parent),
+        "seed": seed,
+        "runs": CANCEL_RUNS,
+        "connections": CONNECTIONS,
+        "cancel_delay": list(CANCEL_DELAY),
+        "reply_delay": REPLY_DELAY,
+        "cancels": cancels,
+        "by_route": by_route,
+        "per_run": [run.summary() for run in runs],
+        "proxy": proxy.summary(),
+        "stored_files": sum(len(p) for p in index.by_id.values()),
+        "send_seconds": round(sending, 2),
+        "delivery_wait_seconds": round(waited, 2),
+        "delivery_quiet": quiet,
+        "runtime_seconds": round(total, 2),
+        "violations": [attrs.asdict(v) for v in violations],
+        "maildir": str(index.new),
+    }
+    report_path = tmp_path / f"cancel-{tag}.json"
+    report_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+
+    def counts(route: str) -> str:
+        c = by_route[route]
+        return (
+            f"{route}: {c['cancels']}/{c['runs']} runs cancelled, {c['taken']} messages taken: "
+            + " / ".join(f"{s.name} {c[s.name]}" for s in ts.BulkStatus)
+            + f" ({c['interrupted']} interrupted); UNKNOWN stored {c['unknown_stored']}"
+            + f", NOT_SENT stored {c['not_sent_stored']}"
+        )
+
+    summary = (
+        f"cancel {report['variant']} ({CONNECTIONS} connections, seed {seed}, library "
+        f"{report['library']}): "
+        + "; ".join(counts(route) for route in ROUTES)
+        + f"; proxy: {proxy.cuts} cuts {dict(proxy.phases)}; sending {sending:.1f} s, "
+        f"delivery wait {waited:.1f} s, total {total:.1f} s; {len(violations)} violation(s); "
+        f"report {report_path}"
+    )
+    print("\n" + summary)
+
+    if violations:
+        kinds = collections.Counter(v.problem for v in violations)
+        lines = [
+            summary,
+            f"{len(violations)} message(s) with a wrong outcome: {dict(kinds)}",
+            "delivery " + ("quiet" if quiet else f"NOT quiet after {DELIVERY_TIMEOUT} s"),
+        ]
+        lines += [v.line() for v in violations[:MAX_LISTED]]
+        if len(violations) > MAX_LISTED:
+            lines.append(f"... and {len(violations) - MAX_LISTED} more (see the report)")
+        pytest.fail("\n  ".join(lines), pytrace=False)
+    assert not errors, errors
+    used, unused = ("BDAT", "DATA") if chunking else ("DATA", "BDAT")
+    assert proxy.verbs[used] > 0 and proxy.verbs[unused] == 0, dict(proxy.verbs)
+    assert quiet, f"Postfix still delivering after {DELIVERY_TIMEOUT} s (Maildir {index.new})"
+    # Every run was cancelled mid-run, messages on the wire (else nothing was tested).
+    assert cancels == CANCEL_RUNS, f"only {cancels} of {CANCEL_RUNS} runs were cancelled"
+    for route in ROUTES:
+        assert by_route[route]["interrupted"] > 0, f"no message was interrupted ({route})"
