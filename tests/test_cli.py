@@ -28,10 +28,10 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import trio_sendmail._cli as cli_module
+import trio_sendmail._cli._send as cli_module
 from trio_sendmail.__main__ import main
-from trio_sendmail._cli_bulk import bulk_exit_status
-from trio_sendmail._cli_message import parse_message, strip_headers
+from trio_sendmail._cli._bulk import bulk_exit_status
+from trio_sendmail._cli._message import parse_message, strip_headers
 from trio_sendmail.testing import (
     DEFAULT_EXTENSIONS,
     FakeSMTPServer,

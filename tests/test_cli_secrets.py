@@ -25,7 +25,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-import trio_sendmail._cli as cli_module
+import trio_sendmail._cli._send as cli_module
 from trio_sendmail.__main__ import main
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1384,7 +1384,7 @@ async def test_server_bugs_are_not_swallowed(monkeypatch: pytest.MonkeyPatch) ->
     async def broken_noop(self: object, arg: str) -> bool:
         raise ZeroDivisionError
 
-    monkeypatch.setattr("trio_sendmail.testing._Session.cmd_noop", broken_noop)
+    monkeypatch.setattr("trio_sendmail.testing._dialogue.Dialogue.cmd_noop", broken_noop)
     with pytest.RaisesGroup(ZeroDivisionError):
         async with connected(server) as client:
             await client.send(b"NOOP\r\n")

@@ -32,8 +32,8 @@ from trio_sendmail import (
     sendmail,
     sendmail_with_starttls,
 )
+from trio_sendmail._credentials import _fetch_token
 from trio_sendmail._inputs import ehlo_ascii, envelope, mail_body
-from trio_sendmail._sasl import _fetch_token
 from trio_sendmail.testing import TestCertificates
 
 SendFunction = Callable[..., Awaitable[Any]]

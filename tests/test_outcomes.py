@@ -330,3 +330,30 @@ async def test_a_greeting_that_is_not_220_is_a_protocol_error() -> None:
         with pytest.raises(ts.SMTPProtocolError, match="not 220"):
             async with ts.open_session(LOCAL, port=port, tls=PLAIN, domain="client.example"):
                 pass  # pragma: no cover - the session must not open
+
+
+async def test_a_cancel_during_a_retry_back_off_reports_every_waiting_message() -> None:
+    # A 421 answers a pipelined end of data: that message and the one sent with it
+    # both wait for a retry. A cancel during the first back-off must report both
+    # (before the fix, the second one was never reported).
+    async def script(server: RawServer) -> None:
+        await server.greet_and_ehlo(PIPE_DATA.ehlo())
+        await envelope(server, PIPE_DATA)
+        await server.expect(b"DATA", b"354 go\r\n")
+        await server.data()  # message 0, then message 1's envelope in the same write
+        await server.expect(b"MAIL", b"")
+        await server.expect(b"RCPT", b"")
+        await server.expect(b"DATA", b"421 4.3.2 closing for maintenance\r\n")
+
+    results: list[ts.BulkResult] = []
+    messages = [ts.BulkMessage(SENDER, RECIPIENTS, MESSAGE, key=key) for key in (0, 1)]
+    async with (
+        tcp_script(script) as port,
+        ts.open_pool(LOCAL, port=port, tls=PLAIN, domain="client.example") as pool,
+    ):
+        with trio.move_on_after(1):
+            await ts.send_bulk(
+                messages, pool=pool, concurrency=1, retry_backoff=1000, on_result=results.append
+            )
+    statuses = {result.message.key: result.status for result in results}
+    assert statuses == {0: ts.BulkStatus.FAILED, 1: ts.BulkStatus.NOT_SENT}

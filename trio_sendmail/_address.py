@@ -1,4 +1,4 @@
-"""Mailboxes, paths and domains as SMTP puts them on the wire.
+"""Mailboxes and paths as SMTP puts them on the wire (domains are in ``_domain.py``).
 
 Theory of operation
 -------------------
@@ -7,11 +7,8 @@ Everything here is validated once, when a value is built, so that the command en
 write ``MAIL FROM:<…>`` / ``RCPT TO:<…>`` / ``EHLO …`` without looking again.  Every value
 keeps its *wire form*: ``str(value)`` is exactly the text that goes into the command.
 
-* Domains (RFC 5321 §4.1.2 ``Domain``, §4.1.3 address literals): a dot-separated list of
-  ``Let-dig [Ldh-str]`` labels, or a bracketed literal: ``[192.0.2.1]``,
-  ``[IPv6:2001:db8::1]`` or the general ``[tag:content]`` form.  A bare IP address given by
-  the caller becomes the matching literal.  RFC 6531 (SMTPUTF8) also allows U-labels, i.e.
-  labels with non-ASCII characters; such a domain sets ``needs_smtputf8``.
+* Domains (RFC 5321 §4.1.2 ``Domain``, §4.1.3 address literals), including their size limits,
+  are in ``_domain.py``; a mailbox's domain is a :class:`~trio_sendmail._domain.Domain`.
 * Local parts (RFC 5321 §4.1.2): a ``Dot-string`` of ``atext`` atoms or a ``Quoted-string``
   of ``qtextSMTP`` and ``quoted-pairSMTP``.  The quotes and backslashes are *kept*: the local
   part is stored as it appears on the wire.  RFC 6531 adds non-ASCII characters to ``atext``
@@ -19,9 +16,8 @@ keeps its *wire form*: ``str(value)`` is exactly the text that goes into the com
 * Paths (RFC 5321 §4.1.2 ``Path``, §4.1.1.2, §4.1.1.3): ``<mailbox>``; the reverse path may be
   the null path ``<>``, the forward path may be the bare ``<Postmaster>``.  A source route
   (``<@a,@b:user@c>``) is parsed and dropped, as RFC 5321 §4.1.1.3 and Appendix C ask.
-* Size limits (RFC 5321 §4.5.3.1): local part 64 octets, domain 255 octets, each label 63
-  octets (RFC 1035 §2.3.4), path 256 octets including the angle brackets.  Octets are counted
-  in UTF-8.
+* Size limits (RFC 5321 §4.5.3.1): local part 64 octets, path 256 octets including the angle
+  brackets.  Octets are counted in UTF-8.
 * Injection: CR, LF, NUL and every other control character (and, outside ASCII, every
   Unicode control, format, surrogate, private-use, unassigned or separator character) is
   refused up front, whatever the context, so nothing built here can smuggle a second command.
@@ -32,19 +28,35 @@ Python type raises :class:`TypeError`.
 
 from __future__ import annotations
 
-import enum
 import functools
 import ipaddress
 import re
-import unicodedata
+from collections.abc import Callable
 from email.headerregistry import Address
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import attrs
 
+from ._domain import (
+    _NON_ASCII,
+    MAX_DOMAIN_OCTETS,
+    MAX_LABEL_OCTETS,
+    Domain,
+    DomainKind,
+    _check_chars,
+    _check_type,
+    _fail,
+    _octets,
+    _show,
+    domain,
+)
 from ._errors import SMTPAddressError
 
 __all__ = [
+    "MAX_DOMAIN_OCTETS",
+    "MAX_LABEL_OCTETS",
+    "MAX_LOCAL_PART_OCTETS",
+    "MAX_PATH_OCTETS",
     "Domain",
     "DomainKind",
     "ForwardPath",
@@ -57,18 +69,9 @@ __all__ = [
 
 #: RFC 5321 §4.5.3.1.1: maximum length of a local part, in octets.
 MAX_LOCAL_PART_OCTETS = 64
-#: RFC 5321 §4.5.3.1.2: maximum length of a domain, in octets.
-MAX_DOMAIN_OCTETS = 255
-#: RFC 1035 §2.3.4 (via RFC 5321 §4.5.3.1.2): maximum length of one label, in octets.
-MAX_LABEL_OCTETS = 63
 #: RFC 5321 §4.5.3.1.3: maximum length of a path, angle brackets included, in octets.
 MAX_PATH_OCTETS = 256
 
-_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-# Non-ASCII characters are screened by _check_chars() before any pattern runs, so the
-# patterns may admit the whole non-ASCII range (RFC 6531 UTF8-non-ascii).
-_NON_ASCII = "\x80-\U0010ffff"
 _ATEXT = rf"A-Za-z0-9!#$%&'*+\-/=?^_`{{|}}~{_NON_ASCII}"
 _DOT_STRING = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*")
 _ATEXT_CHAR = re.compile(rf"[{_ATEXT}]")
@@ -76,268 +79,7 @@ _ATEXT_CHAR = re.compile(rf"[{_ATEXT}]")
 _QUOTED_STRING = re.compile(rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e{_NON_ASCII}]|\\[\x20-\x7e])*"')
 # Where a quoted string ends, leniently (the strict check comes afterwards).
 _QUOTED_PREFIX = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_LABEL = re.compile(
-    rf"[A-Za-z0-9{_NON_ASCII}](?:[A-Za-z0-9\-{_NON_ASCII}]*[A-Za-z0-9{_NON_ASCII}])?"
-)
-_LABEL_CHAR = re.compile(rf"[A-Za-z0-9\-{_NON_ASCII}]")
-_IPV4 = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})")
-_IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]+")
-# RFC 5321 §4.1.3: Standardized-tag = Ldh-str ; dcontent = %d33-90 / %d94-126
-_LDH_STR = re.compile(r"[A-Za-z0-9\-]*[A-Za-z0-9]")
-_DCONTENT = re.compile(r"[\x21-\x5a\x5e-\x7e]+")
-_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UNTIL_ROUTE_SEPARATOR = re.compile(r"[^,:]*")
-
-
-class DomainKind(enum.Enum):
-    """What a :class:`Domain` holds (RFC 5321 §4.1.2, §4.1.3)."""
-
-    #: A domain name, such as ``example.com`` or ``bücher.example``.
-    NAME = "name"
-    #: An IPv4 address literal, such as ``[192.0.2.1]``.
-    IPV4 = "ipv4"
-    #: An IPv6 address literal, such as ``[IPv6:2001:db8::1]``.
-    IPV6 = "ipv6"
-    #: A general address literal ``[tag:content]`` with a tag other than ``IPv6``.
-    GENERAL = "general"
-
-
-def _show(text: str) -> str:
-    """The repr of *text* for an error message, shortened if it is long."""
-    if len(text) > 80:
-        return repr(text[:77]) + "…"
-    return repr(text)
-
-
-def _fail(message: str) -> NoReturn:
-    raise SMTPAddressError(message)
-
-
-def _octets(text: str) -> int:
-    return len(text.encode("utf-8"))
-
-
-def _check_chars(text: str, what: str) -> None:
-    """Refuse control characters and non-ASCII characters that have no place in an address."""
-    match = _ASCII_CONTROL.search(text)
-    if match is not None:
-        _fail(f"{what} {_show(text)} contains the control character {match.group()!r}")
-    if text.isascii():
-        return
-    for char in text:
-        if char >= "\x80":
-            category = unicodedata.category(char)
-            if category[0] in "CZ":
-                _fail(
-                    f"{what} {_show(text)} contains the character U+{ord(char):04X} "
-                    f"(Unicode category {category}), which is not allowed in an address"
-                )
-
-
-def _check_type(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a str, not {type(value).__name__}: {value!r}")
-    return value
-
-
-# --------------------------------------------------------------------------------------------
-# Domains
-
-
-def _parse_ipv4(text: str, match: re.Match[str]) -> ipaddress.IPv4Address:
-    octets = [int(group) for group in match.groups()]
-    if any(octet > 255 for octet in octets):
-        _fail(f"IPv4 address {_show(text)} has a component greater than 255")
-    return ipaddress.IPv4Address(bytes(octets))
-
-
-def _parse_ipv6(text: str) -> ipaddress.IPv6Address:
-    if _IPV6_CHARS.fullmatch(text) is None:
-        _fail(f"{_show(text)} is not a valid IPv6 address")
-    try:
-        return ipaddress.IPv6Address(text)
-    except ValueError as exc:
-        raise SMTPAddressError(f"{_show(text)} is not a valid IPv6 address: {exc}") from exc
-
-
-def _literal(ip: _IPAddress) -> str:
-    if isinstance(ip, ipaddress.IPv4Address):
-        return f"[{ip}]"
-    return f"[IPv6:{ip.compressed}]"
-
-
-def _check_domain_name(text: str) -> None:
-    for label in text.split("."):
-        if not label:
-            if text.startswith("."):
-                _fail(f"domain {_show(text)} starts with a dot")
-            if text.endswith("."):
-                _fail(f"domain {_show(text)} ends with a dot (write it without the final dot)")
-            _fail(f"domain {_show(text)} has two consecutive dots")
-        if _octets(label) > MAX_LABEL_OCTETS:
-            _fail(
-                f"label {_show(label)} of domain {_show(text)} is longer than "
-                f"{MAX_LABEL_OCTETS} octets"
-            )
-        if _LABEL.fullmatch(label) is None:
-            bad = next((c for c in label if _LABEL_CHAR.fullmatch(c) is None), None)
-            if bad is not None:
-                _fail(f"domain {_show(text)} contains the invalid character {bad!r}")
-            _fail(
-                f"label {_show(label)} of domain {_show(text)} must start and end with a "
-                "letter or digit"
-            )
-
-
-def _analyse_domain(text: str) -> tuple[str, DomainKind, _IPAddress | None]:
-    """Validate *text*; return its wire form, its kind and its IP address if any."""
-    if not text:
-        _fail("empty domain")
-    _check_chars(text, "domain")
-    ip: _IPAddress
-    if text.startswith("["):
-        if not text.endswith("]") or len(text) < 2:
-            _fail(f"address literal {_show(text)} does not end with ']'")
-        inner = text[1:-1]
-        if (match := _IPV4.fullmatch(inner)) is not None:
-            ip = _parse_ipv4(inner, match)
-            return _literal(ip), DomainKind.IPV4, ip
-        tag, colon, content = inner.partition(":")
-        if not colon:
-            _fail(
-                f"address literal {_show(text)} is neither an IPv4 address nor of the form "
-                "[tag:content]"
-            )
-        if tag.lower() == "ipv6":
-            ip = _parse_ipv6(content)
-            return _literal(ip), DomainKind.IPV6, ip
-        if _LDH_STR.fullmatch(tag) is None:
-            _fail(f"address literal {_show(text)} has an invalid tag {_show(tag)}")
-        if _DCONTENT.fullmatch(content) is None:
-            _fail(f"address literal {_show(text)} has invalid content {_show(content)}")
-        kind = DomainKind.GENERAL
-    elif ":" in text:
-        ip = _parse_ipv6(text)
-        return _literal(ip), DomainKind.IPV6, ip
-    elif (match := _IPV4.fullmatch(text)) is not None:
-        ip = _parse_ipv4(text, match)
-        return _literal(ip), DomainKind.IPV4, ip
-    else:
-        _check_domain_name(text)
-        kind = DomainKind.NAME
-    if _octets(text) > MAX_DOMAIN_OCTETS:
-        _fail(f"domain {_show(text)} is longer than {MAX_DOMAIN_OCTETS} octets")
-    return text, kind, None
-
-
-@attrs.frozen
-class Domain:
-    """A domain as SMTP writes it: an EHLO name or the part of a mailbox after ``@``.
-
-    It is a domain name (``example.com``; non-ASCII U-labels are allowed, RFC 6531), or an
-    address literal (RFC 5321 §4.1.3): ``[192.0.2.1]``, ``[IPv6:2001:db8::1]`` or the general
-    ``[tag:content]``.  ``Domain(text)`` is the same as :meth:`Domain.parse`.
-
-    Domain names keep the text the caller gave, case included; IP literals are put in
-    canonical form (``[IPv6:2001:DB8:0::1]`` becomes ``[IPv6:2001:db8::1]``).  Two domains
-    are equal when their wire forms are equal: the comparison is *case-sensitive*, so
-    ``Example.COM`` and ``example.com`` differ, although DNS treats them alike.
-
-    Attributes:
-        text: the wire form, as returned by ``str()``.
-        kind: which of the forms above this is.
-        ip: the address of an IPv4 or IPv6 literal, ``None`` for the other kinds.
-        needs_smtputf8: whether the domain contains non-ASCII characters, so that it can
-            only be sent to a server that offers SMTPUTF8 (RFC 6531).
-
-    Raises:
-        SMTPAddressError: *text* is not a valid domain or literal, or it is too long.
-        TypeError: *text* is not a str.
-    """
-
-    text: str
-    kind: DomainKind = attrs.field(init=False, eq=False, repr=False)
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = attrs.field(
-        init=False, eq=False, repr=False
-    )
-    needs_smtputf8: bool = attrs.field(init=False, eq=False, repr=False)
-
-    def __attrs_post_init__(self) -> None:
-        wire, kind, ip = _analyse_domain(_check_type(self.text, "domain"))
-        object.__setattr__(self, "text", wire)
-        object.__setattr__(self, "kind", kind)
-        object.__setattr__(self, "ip", ip)
-        object.__setattr__(self, "needs_smtputf8", not wire.isascii())
-
-    @classmethod
-    def parse(cls, text: str) -> Domain:
-        """Parse a domain name, an address literal, or a bare IP address.
-
-        Args:
-            text: ``"example.com"``, ``"[192.0.2.1]"``, ``"[IPv6:::1]"``, ``"[tag:content]"``,
-                or a bare address such as ``"127.0.0.1"`` or ``"::1"``, which becomes the
-                matching literal.  A trailing dot is refused.
-
-        Returns:
-            The validated domain.
-
-        Raises:
-            SMTPAddressError: *text* is malformed or longer than 255 octets, a label is
-                longer than 63 octets, or it contains a control character.
-            TypeError: *text* is not a str.
-        """
-        return cls(text)
-
-    @classmethod
-    def from_ip(cls, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Domain:
-        """Build the address literal of an IP address.
-
-        Args:
-            addr: the address; an IPv6 address must not carry a scope id.
-
-        Returns:
-            ``[192.0.2.1]`` or ``[IPv6:2001:db8::1]``.
-
-        Raises:
-            SMTPAddressError: *addr* has a scope id (``fe80::1%eth0``), which SMTP cannot carry.
-            TypeError: *addr* is not an IP address object.
-        """
-        if not isinstance(addr, ipaddress.IPv4Address | ipaddress.IPv6Address):
-            raise TypeError(
-                f"expected an IPv4Address or IPv6Address, not {type(addr).__name__}: {addr!r}"
-            )
-        if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
-            _fail(f"IPv6 address {str(addr)!r} has a scope id, which SMTP cannot carry")
-        return cls(_literal(addr))
-
-    def __str__(self) -> str:
-        return self.text
-
-
-def domain(value: Domain | str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> Domain:
-    """Coerce *value* to a :class:`Domain`.
-
-    Args:
-        value: a :class:`Domain` (returned as is), a str (see :meth:`Domain.parse`) or an IP
-            address object (see :meth:`Domain.from_ip`).
-
-    Returns:
-        The domain.
-
-    Raises:
-        SMTPAddressError: *value* is not a valid domain.
-        TypeError: *value* has another type (``bytes``, ``None``, …).
-    """
-    if isinstance(value, Domain):
-        return value
-    if isinstance(value, str):
-        return Domain.parse(value)
-    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
-        return Domain.from_ip(value)
-    raise TypeError(
-        "expected a Domain, a str or an IPv4Address/IPv6Address, "
-        f"not {type(value).__name__}: {value!r}"
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,9 +119,10 @@ def _explain_quoted_string(text: str) -> NoReturn:
             index += 2
             continue
         if char == '"':
-            if index != len(text) - 1:
-                _fail(f"local part {_show(text)} has text after its closing quote")
-            _fail(f"invalid quoted local part {_show(text)}")  # pragma: no cover
+            # A quote that closed the text would have matched _QUOTED_STRING: _check_chars()
+            # let through no character that a Quoted-string cannot hold.
+            assert index != len(text) - 1
+            _fail(f"local part {_show(text)} has text after its closing quote")
         index += 1
     _fail(f"local part {_show(text)} has no closing quote")
 
@@ -756,6 +499,26 @@ def _parse_forward_path(text: str) -> ForwardPath:
     return ForwardPath.parse(text)
 
 
+_Path = TypeVar("_Path", ReversePath, ForwardPath)
+
+
+def _coerce_path(value: object, cls: type[_Path], parse: Callable[[str], _Path]) -> _Path:
+    """The coercion of :func:`reverse_path` and :func:`forward_path` (*parse* is the cached
+    parser of *cls*)."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        return parse(value)
+    if isinstance(value, Mailbox):
+        return cls(value)
+    if isinstance(value, Address):
+        return cls.from_address(value)
+    raise TypeError(
+        f"expected a {cls.__name__}, a Mailbox, a str or an email.headerregistry.Address, "
+        f"not {type(value).__name__}: {value!r}"
+    )
+
+
 def reverse_path(value: ReversePath | Mailbox | str | Address) -> ReversePath:
     """Coerce *value* to a :class:`ReversePath`.
 
@@ -771,18 +534,7 @@ def reverse_path(value: ReversePath | Mailbox | str | Address) -> ReversePath:
         SMTPAddressError: *value* is not a valid reverse path.
         TypeError: *value* has another type (``bytes``, ``None``, …).
     """
-    if isinstance(value, ReversePath):
-        return value
-    if isinstance(value, str):
-        return _parse_reverse_path(value)
-    if isinstance(value, Mailbox):
-        return ReversePath(value)
-    if isinstance(value, Address):
-        return ReversePath.from_address(value)
-    raise TypeError(
-        "expected a ReversePath, a Mailbox, a str or an email.headerregistry.Address, "
-        f"not {type(value).__name__}: {value!r}"
-    )
+    return _coerce_path(value, ReversePath, _parse_reverse_path)
 
 
 def forward_path(value: ForwardPath | Mailbox | str | Address) -> ForwardPath:
@@ -800,15 +552,4 @@ def forward_path(value: ForwardPath | Mailbox | str | Address) -> ForwardPath:
         SMTPAddressError: *value* is not a valid forward path.
         TypeError: *value* has another type (``bytes``, ``None``, …).
     """
-    if isinstance(value, ForwardPath):
-        return value
-    if isinstance(value, str):
-        return _parse_forward_path(value)
-    if isinstance(value, Mailbox):
-        return ForwardPath(value)
-    if isinstance(value, Address):
-        return ForwardPath.from_address(value)
-    raise TypeError(
-        "expected a ForwardPath, a Mailbox, a str or an email.headerregistry.Address, "
-        f"not {type(value).__name__}: {value!r}"
-    )
+    return _coerce_path(value, ForwardPath, _parse_forward_path)

@@ -3,10 +3,9 @@
 Theory of operation
 -------------------
 :func:`send_bulk` runs ``concurrency`` worker tasks in a nursery of its own.
-Workers read a sync iterable themselves; an async one (e.g. a
-:class:`trio.MemoryReceiveChannel`) is pulled by a feeder task into an
-unbuffered channel. Either way the input is read only as fast as messages go
-out, so memory stays bounded however long it is.
+They take messages from the caller's input as they need them, through a
+:class:`~trio_sendmail._bulk_types.Source` (``_bulk_types.py``), so the input
+is read only as fast as messages go out.
 
 **Pipelining across messages.** A worker takes a :class:`~trio_sendmail.Lease`
 on a connection (:meth:`Pool.lease`, the pool's only way in) and keeps it
@@ -53,18 +52,23 @@ its message is ``NOT_SENT``.
 
 from __future__ import annotations
 
-import email.message
-import enum
 import random
-from collections.abc import AsyncIterable, Callable, Iterable, Iterator
-from email.headerregistry import Address
+from collections.abc import AsyncIterable, Callable, Iterable
 from typing import Any
 
-import attrs
 import trio
 
-from ._address import ForwardPath, Mailbox, ReversePath
-from ._dsn import DSN
+from ._bulk_types import (
+    END,
+    BulkMessage,
+    BulkProgress,
+    BulkResult,
+    BulkStatus,
+    BulkSummary,
+    Job,
+    Marker,
+    Source,
+)
 from ._errors import (
     Outcome,
     SMTPAuthenticationError,
@@ -77,105 +81,11 @@ from ._errors import (
     SMTPTimeoutError,
     SMTPTransientError,
 )
-from ._message import Mail, OneShotStream, close_early, prepare_mail
-from ._pool import Lease, Pool, RateLimiter, open_pool
+from ._pool import Lease, Pool, open_pool
+from ._pool_limits import RateLimiter
 from ._transaction import OutcomeTracker, SendResult, settle_error
 
 __all__ = ["BulkMessage", "BulkProgress", "BulkResult", "BulkStatus", "BulkSummary", "send_bulk"]
-
-
-_Recipient = ForwardPath | Mailbox | str | Address
-
-
-def _recipients(value: Iterable[_Recipient]) -> tuple[_Recipient, ...]:
-    if isinstance(value, str | bytes | Address | ForwardPath | Mailbox):
-        raise TypeError("recipients must be an iterable of addresses, not a single address")
-    return tuple(value)
-
-
-@attrs.frozen
-class BulkMessage:
-    """One message of a bulk run: its envelope, its content, and your key.
-
-    Args:
-        sender: the reverse-path.
-        recipients: the forward-paths.
-        mail: the message (bytes or an :class:`email.message.EmailMessage` can be
-            retried; a stream only until its first chunk was read).
-        key: anything that identifies the message for you (returned in its result).
-        dsn: DSN options for this message.
-    """
-
-    sender: ReversePath | Mailbox | str | Address
-    recipients: tuple[_Recipient, ...] = attrs.field(converter=_recipients)
-    mail: Mail = attrs.field(repr=False)
-    key: object = None
-    dsn: DSN | None = None
-
-
-class BulkStatus(enum.Enum):
-    """What became of one message."""
-
-    ACCEPTED = "accepted"
-    FAILED = "failed"
-    UNKNOWN = "unknown"
-    NOT_SENT = "not sent"
-
-
-@attrs.frozen
-class BulkResult:
-    """The outcome of one message.
-
-    Attributes:
-        message: the message.
-        status: :class:`BulkStatus`.
-        result: the server's final reply and refused recipients, when accepted.
-        error: the last error, when not accepted.
-        attempts: how many times it was tried.
-    """
-
-    message: BulkMessage
-    status: BulkStatus
-    result: SendResult | None = None
-    error: BaseException | None = None
-    attempts: int = 0
-
-
-@attrs.frozen
-class BulkProgress:
-    """A snapshot of a bulk run, given to the ``progress`` callback."""
-
-    accepted: int
-    failed: int
-    unknown: int
-    not_sent: int
-    retried: int
-    in_flight: int
-    elapsed: float
-
-    @property
-    def done(self) -> int:
-        """Messages with a final result."""
-        return self.accepted + self.failed + self.unknown + self.not_sent
-
-    @property
-    def rate(self) -> float:
-        """Accepted messages per second so far."""
-        return self.accepted / self.elapsed if self.elapsed > 0 else 0.0
-
-
-@attrs.define
-class BulkSummary:
-    """What :func:`send_bulk` returns."""
-
-    accepted: int = 0
-    failed: int = 0
-    unknown: int = 0
-    not_sent: int = 0
-    retried: int = 0
-    #: Every result, in completion order, when no ``on_result`` was given.
-    results: list[BulkResult] = attrs.field(factory=list)
-
 
 # Failures to open a connection that make every other send pointless.
 _FATAL = (SMTPAuthenticationError, SMTPNotSupportedError, SMTPConnectionError)
@@ -279,112 +189,6 @@ async def send_bulk(
     return run.summary
 
 
-class _Marker(enum.Enum):
-    END = "the input is exhausted"
-    LATER = "nothing can be taken without waiting"
-
-
-_END = _Marker.END
-_LATER = _Marker.LATER
-
-
-class _Source:
-    """The caller's messages, taken by the workers as they need them.
-
-    A sync iterable is read by the workers themselves (``next`` never waits);
-    an async one by a feeder task through an unbuffered channel, so that at
-    most one message per worker is held.
-    """
-
-    def __init__(self, run: _Run, messages: Iterable[BulkMessage] | AsyncIterable[BulkMessage]):
-        self._run = run
-        self._messages = messages
-        self._iterator: Iterator[BulkMessage] | None = None
-        self._channel: trio.MemoryReceiveChannel[BulkMessage] | None = None
-        if not isinstance(messages, AsyncIterable):
-            self._iterator = iter(messages)
-
-    def start(self, nursery: trio.Nursery) -> None:
-        if self._iterator is None:
-            send, self._channel = trio.open_memory_channel[BulkMessage](0)
-            nursery.start_soon(self._feed, send)
-
-    async def _feed(self, send_channel: trio.MemorySendChannel[BulkMessage]) -> None:
-        async with send_channel:
-            assert isinstance(self._messages, AsyncIterable)
-            iterator = aiter(self._messages)
-            try:
-                async for message in iterator:
-                    try:
-                        await send_channel.send(message)
-                    except BaseException as exc:  # taken from the input: it must be reported
-                        self._run.report(BulkResult(message, BulkStatus.NOT_SENT, error=exc))
-                        raise
-            except BaseException:
-                await close_early(iterator)
-                raise
-
-    def take_nowait(self) -> BulkMessage | _Marker:
-        """The next message, :data:`_LATER` or :data:`_END`."""
-        if self._iterator is not None:
-            return next(self._iterator, _END)
-        assert self._channel is not None
-        try:
-            return self._channel.receive_nowait()
-        except trio.WouldBlock:
-            return _LATER
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            return _END
-
-    async def take(self) -> BulkMessage | _Marker:
-        """The next message, or :data:`_END`."""
-        if self._iterator is not None:
-            await trio.lowlevel.checkpoint()
-            return next(self._iterator, _END)
-        assert self._channel is not None
-        try:
-            return await self._channel.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            return _END
-
-    def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-
-
-@attrs.define(eq=False)
-class _Job:
-    """A message taken from the input, until its result is reported."""
-
-    message: BulkMessage
-    attempts: int = 0
-    #: Follows the current attempt (a new one for each attempt).
-    tracker: OutcomeTracker = attrs.field(factory=OutcomeTracker)
-    #: The message's stream, when it is one: it can be read only once.
-    stream: OneShotStream | None = None
-    reported: bool = False
-    #: An earlier attempt ended with an unknown outcome (``retry_unknown``).
-    was_unknown: bool = False
-
-    def body(self) -> Mail:
-        """What to send: the message, or its stream (noting when it is read)."""
-        mail = self.message.mail
-        if self.stream is None and not isinstance(mail, bytes | email.message.Message):
-            body = prepare_mail(mail)
-            if body.chunks is None:
-                assert body.data is not None
-                return body.data
-            self.stream = OneShotStream(body.chunks)
-        if self.stream is not None:
-            return self.stream
-        return mail
-
-    def attempt(self) -> OutcomeTracker:
-        self.attempts += 1
-        self.tracker = OutcomeTracker()
-        return self.tracker
-
-
 class _Run:
     """The state of one :func:`send_bulk` call."""
 
@@ -413,7 +217,7 @@ class _Run:
 
     # ---------------------------------------------------------- reporting
 
-    def report(self, result: BulkResult, job: _Job | None = None) -> None:
+    def report(self, result: BulkResult, job: Job | None = None) -> None:
         summary = self.summary
         status = result.status
         if status is BulkStatus.ACCEPTED:
@@ -450,14 +254,14 @@ class _Run:
             )
         )
 
-    def taken(self, message: BulkMessage) -> _Job:
+    def taken(self, message: BulkMessage) -> Job:
         self.in_flight += 1
         if self.progress is not None:
             self.notify()
-        return _Job(message)
+        return Job(message)
 
     def classify(
-        self, job: _Job, exc: BaseException, *, connecting: bool = False
+        self, job: Job, exc: BaseException, *, connecting: bool = False
     ) -> BulkResult | None:
         """The final result of a failed attempt, or None to retry it."""
         message, attempts = job.message, job.attempts
@@ -479,7 +283,7 @@ class _Run:
         assert isinstance(exc, TypeError | ValueError)  # a malformed message
         return BulkResult(message, BulkStatus.FAILED, error=exc, attempts=attempts)
 
-    def _retryable(self, job: _Job, error: SMTPError, unknown: bool) -> bool:
+    def _retryable(self, job: Job, error: SMTPError, unknown: bool) -> bool:
         if job.stream is not None and job.stream.started:
             return False  # the chunks already read are gone
         if unknown:
@@ -488,7 +292,7 @@ class _Run:
             return True
         return isinstance(error, SMTPConnectionError | SMTPTimeoutError)
 
-    def interrupted(self, job: _Job, exc: BaseException) -> None:
+    def interrupted(self, job: Job, exc: BaseException) -> None:
         """Report a job cut short by cancellation or another task's failure,
         with what the wire says of its latest attempt."""
         if job.reported:
@@ -509,19 +313,19 @@ class _Run:
         self.report(BulkResult(job.message, status, result=result, error=error,
                                attempts=job.attempts), job)  # fmt: skip
 
-    def finish(self, job: _Job, result: BulkResult) -> None:
+    def finish(self, job: Job, result: BulkResult) -> None:
         """Report *job*'s final result; raise if it ended the run."""
         self.report(result, job)
         if any(result.error is error for error in self.fatal):
             raise self.fatal[0]
 
     @staticmethod
-    def accepted(job: _Job, result: SendResult) -> BulkResult:
+    def accepted(job: Job, result: SendResult) -> BulkResult:
         return BulkResult(job.message, BulkStatus.ACCEPTED, result=result, attempts=job.attempts)
 
     # ---------------------------------------------------------- one at a time
 
-    async def deliver(self, job: _Job, *, backoff: bool) -> None:
+    async def deliver(self, job: Job, *, backoff: bool) -> None:
         """Retry *job* alone until it has a final result (after back-off if *backoff*)."""
         message = job.message
         try:
@@ -558,16 +362,16 @@ class _Run:
 
     # ---------------------------------------------------------- pipelined
 
-    async def lease(self, job: _Job, source: _Source) -> list[tuple[_Job, bool]]:
+    async def lease(self, job: Job, source: Source) -> list[tuple[Job, bool]]:
         """Send *job*, then every message the input has ready, over one
         connection, pipelining each message's end of data with the next
         message's envelope (RFC 2920 §3.1).
 
         Returns the jobs to retry alone, each with whether to back off first.
         """
-        retry: list[tuple[_Job, bool]] = []
-        pending: _Job | None = None  # its end of data has no reply yet
-        current: _Job | None = job
+        retry: list[tuple[Job, bool]] = []
+        pending: Job | None = None  # its end of data has no reply yet
+        current: Job | None = job
         connected = False
         try:
             job.attempt()  # opening the connection is part of this attempt
@@ -609,7 +413,7 @@ class _Run:
                             # another task waiting for a connection gets this one.
                             break
                         following = source.take_nowait()
-                        if isinstance(following, _Marker):
+                        if isinstance(following, Marker):
                             break
                         current = self.taken(following)
                 if pending is not None:
@@ -634,9 +438,9 @@ class _Run:
     def _interrupted_all(
         self,
         exc: BaseException,
-        pending: _Job | None,
-        current: _Job | None,
-        retry: list[tuple[_Job, bool]],
+        pending: Job | None,
+        current: Job | None,
+        retry: list[tuple[Job, bool]],
     ) -> BaseException:
         """Report every job of a lease cut short; returns *exc* to raise."""
         for job in (pending, current, *(waiting for waiting, _ in retry)):
@@ -646,13 +450,13 @@ class _Run:
 
     def _pending_done(
         self,
-        job: _Job,
+        job: Job,
         lease: Lease,
         error: BaseException | None,
-        retry: list[tuple[_Job, bool]],
+        retry: list[tuple[Job, bool]],
         *,
         own: bool = False,
-    ) -> _Job | None:
+    ) -> Job | None:
         """Report a pipelined message once its end of data was answered, or its
         connection failed before the answer (*error*: the next message's
         error, or its own if *own*); returns it while it still waits."""
@@ -680,23 +484,31 @@ class _Run:
 
     # ---------------------------------------------------------- the run
 
-    async def work(self, source: _Source) -> None:
+    async def work(self, source: Source) -> None:
         while True:
             message = await source.take()
-            if message is _END:
+            if message is END:
                 return
-            assert not isinstance(message, _Marker)
+            assert not isinstance(message, Marker)
             job = self.taken(message)
             if self.rate is not None:
                 await self.deliver(job, backoff=False)
                 continue
-            for retry, backoff in await self.lease(job, source):
-                await self.deliver(retry, backoff=backoff)
+            retries = await self.lease(job, source)
+            for i, (retry, backoff) in enumerate(retries):
+                try:
+                    await self.deliver(retry, backoff=backoff)
+                except BaseException as exc:
+                    # Every job taken is reported, also those still waiting
+                    # for their turn to be retried.
+                    for waiting, _ in retries[i + 1 :]:
+                        self.interrupted(waiting, exc)
+                    raise
 
     async def run(
         self, messages: Iterable[BulkMessage] | AsyncIterable[BulkMessage], concurrency: int
     ) -> None:
-        source = _Source(self, messages)
+        source = Source(self.report, messages)
         try:
             async with trio.open_nursery() as nursery:
                 source.start(nursery)

@@ -7,16 +7,18 @@ send, and bytes received into :class:`Event`\\ s (a reply paired with the
 command it answers). It does no I/O and does not import trio: the session
 driver moves the bytes.
 
-* **One state table.** :data:`TABLE` states, for every command, the states in
-  which it may be issued, and the state each reply class (2xx … 5xx) leads to
-  (RFC 5321 §4.1.4 sequencing, §4.2 reply classes, §4.3.2 replies per command;
-  RFC 3207 for STARTTLS, RFC 4954 for AUTH). A reply class the table does not
-  list for that command breaks the protocol. A ``421`` answer to any command
-  closes the session (RFC 5321 §3.8).
-* **A FIFO of commands in flight.** Replies come back in the order the commands
-  went out, also when several are sent in one write (PIPELINING, RFC 2920 §3.1).
-  A command is checked against the state the session will be in once every
-  earlier command in flight succeeds; the confirmed state follows the replies.
+* **One state table.** :data:`~trio_sendmail._table.TABLE` (``_table.py``)
+  states, for every command, the states in which it may be issued, and the
+  state each reply class (2xx … 5xx) leads to (RFC 5321 §4.1.4, §4.2, §4.3.2;
+  RFC 3207; RFC 4954). A reply class the table does not list for that command
+  breaks the protocol. A ``421`` answer to any command closes the session
+  (RFC 5321 §3.8).
+* **A FIFO of commands in flight** (:class:`~trio_sendmail._pipeline.CommandPipeline`,
+  ``_pipeline.py``, the lower half of the core). Replies come back in the order
+  the commands went out, also when several are sent in one write (PIPELINING,
+  RFC 2920 §3.1). A command is checked against the state the session will be
+  in once every earlier command in flight succeeds; the confirmed state follows
+  the replies.
 * **A failure is sticky.** A protocol violation sets :attr:`State.BROKEN` and
   every later call raises; the driver also breaks the core when I/O fails or is
   cancelled mid-command. A broken session is never reused.
@@ -44,12 +46,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import enum
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import NamedTuple, cast
-
-import attrs
 
 from ._address import Domain, ForwardPath, ReversePath
 from ._capabilities import Capabilities
@@ -60,115 +58,13 @@ from ._errors import (
     SMTPProtocolError,
 )
 from ._inputs import check_argument, ehlo_ascii
+from ._pipeline import MARK_DATA, MARK_END, MARK_ENVELOPE, Command, CommandPipeline
 from ._reply import Reply, ReplyParser
 from ._sasl import Mechanism
+from ._table import ILLEGAL, SAME, TABLE, Rule, State, Verb
 from ._transaction import Transaction
 
 __all__ = ["TABLE", "ClientCore", "Event", "Rule", "State", "Verb"]
-
-
-class State(enum.Enum):
-    """Where a session stands in the dialogue."""
-
-    CONNECTED = "connected"  #: waiting for the greeting
-    GREETED = "greeted"  #: greeted; EHLO (or HELO) comes next
-    READY = "ready"  #: EHLO accepted, no mail transaction open
-    AUTH = "auth"  #: a SASL exchange is in progress (334 received)
-    TLS = "tls"  #: 220 to STARTTLS received: the transport must handshake now
-    MAIL = "mail"  #: MAIL accepted, no recipient accepted yet
-    RCPT = "rcpt"  #: at least one recipient accepted
-    DATA = "data"  #: 354 received: message data flows until the final dot
-    BDAT = "bdat"  #: BDAT chunks flow (RFC 3030) until BDAT … LAST
-    CLOSED = "closed"  #: QUIT answered, or the server said 421
-    BROKEN = "broken"  #: a protocol error or an interrupted command: never reuse
-
-
-class Verb(enum.Enum):
-    """The commands the core can issue (plus the greeting and the end of data)."""
-
-    CONNECT = "CONNECT"  #: pseudo-command: the greeting answers the connection
-    EHLO = "EHLO"
-    HELO = "HELO"
-    STARTTLS = "STARTTLS"
-    AUTH = "AUTH"
-    AUTH_RESPONSE = "AUTH-RESPONSE"  #: a response line to a 334 challenge
-    MAIL = "MAIL"
-    RCPT = "RCPT"
-    DATA = "DATA"
-    END_DATA = "."  #: pseudo-command: the final dot answers the whole message
-    BDAT = "BDAT"  #: one chunk of the message (RFC 3030)
-    BDAT_LAST = "BDAT-LAST"  #: the last chunk: its reply answers the whole message
-    RSET = "RSET"
-    NOOP = "NOOP"
-    QUIT = "QUIT"
-
-
-#: In a rule's reply map, "stay in the state you are in".
-SAME = None
-
-S = State
-
-
-@attrs.frozen
-class Rule:
-    """What the table says about one command."""
-
-    #: States in which the command may be issued.
-    legal: frozenset[State]
-    #: The state the session will be in if the command succeeds (for pipelining).
-    success: State | None
-    #: Reply class (2 … 5) → next state (``SAME`` keeps the current one).
-    replies: Mapping[int, State | None]
-    #: Nothing may be sent after this command until its reply is in (RFC 2920
-    #: §3.1 for EHLO, DATA, NOOP and QUIT; RFC 3207 STARTTLS; RFC 4954 AUTH).
-    last_in_group: bool = False
-    #: Its reply changes more than the state (greeting, EHLO, STARTTLS, AUTH).
-    special: bool = False
-
-
-_FAIL_SAME = {4: SAME, 5: SAME}
-_FAIL_GREETED = {4: S.GREETED, 5: S.GREETED}
-_FAIL_READY = {4: S.READY, 5: S.READY}
-_CLOSE = {4: S.CLOSED, 5: S.CLOSED}
-_IDLE = frozenset({S.GREETED, S.READY, S.MAIL, S.RCPT})
-
-
-def _rule(
-    legal: set[State],
-    success: State | None,
-    replies: Mapping[int, State | None],
-    last: bool = False,
-) -> Rule:
-    return Rule(frozenset(legal), success, replies, last)
-
-
-#: In a rule's reply map: this reply class breaks the protocol.
-_ILLEGAL = State.BROKEN
-
-
-#: The state table (RFC 5321 §4.1.4 and §4.3.2, RFC 3207, RFC 4954).
-#: command: (legal in, state after success, reply class → next state)
-TABLE: Mapping[Verb, Rule] = {
-    Verb.CONNECT:       _rule({S.CONNECTED}, S.GREETED, {2: S.GREETED, **_CLOSE}, True),
-    Verb.EHLO:          _rule({S.GREETED, S.READY}, S.READY, {2: S.READY, **_FAIL_GREETED}, True),
-    Verb.HELO:          _rule({S.GREETED, S.READY}, S.READY, {2: S.READY, **_FAIL_GREETED}, True),
-    Verb.STARTTLS:      _rule({S.READY}, S.TLS, {2: S.TLS, **_FAIL_SAME}, True),
-    Verb.AUTH:          _rule({S.READY}, S.READY, {2: S.READY, 3: S.AUTH, **_FAIL_READY}, True),
-    Verb.AUTH_RESPONSE: _rule({S.AUTH}, S.READY, {2: S.READY, 3: S.AUTH, **_FAIL_READY}, True),
-    Verb.MAIL:          _rule({S.READY}, S.MAIL, {2: S.MAIL, **_FAIL_SAME}),
-    Verb.RCPT:          _rule({S.MAIL, S.RCPT}, S.RCPT, {2: S.RCPT, **_FAIL_SAME}),
-    Verb.DATA:          _rule({S.RCPT}, S.DATA, {3: S.DATA, **_FAIL_SAME}, True),
-    Verb.END_DATA:      _rule({S.DATA}, S.READY, {2: S.READY, **_FAIL_READY}),
-    Verb.BDAT:          _rule({S.RCPT, S.BDAT}, S.BDAT, {2: S.BDAT, **_FAIL_SAME}),
-    Verb.BDAT_LAST:     _rule({S.RCPT, S.BDAT}, S.READY, {2: S.READY, **_FAIL_SAME}),
-    Verb.RSET:          _rule({S.READY, S.MAIL, S.RCPT, S.BDAT}, S.READY, {2: S.READY}),
-    Verb.NOOP:          _rule(set(_IDLE), SAME, {2: SAME, **_FAIL_SAME}, True),
-    Verb.QUIT:          _rule(set(_IDLE), S.CLOSED, {2: S.CLOSED, **_CLOSE}, True),
-}  # fmt: skip
-# Replies that change more than the state are handled apart (a flag on the
-# rule keeps that test off the path of MAIL, RCPT, DATA and the end of data).
-_SPECIAL = (Verb.CONNECT, Verb.EHLO, Verb.HELO, Verb.STARTTLS, Verb.AUTH, Verb.AUTH_RESPONSE)
-TABLE = {verb: attrs.evolve(rule, special=verb in _SPECIAL) for verb, rule in TABLE.items()}
 
 
 class Event(NamedTuple):
@@ -182,30 +78,7 @@ class Event(NamedTuple):
     txn: Transaction | None = None
 
 
-class _Command:
-    """A command in flight, with its rule (looked up once, when issued) and the
-    transaction it belongs to (``None`` outside a mail transaction)."""
-
-    __slots__ = ("rule", "subject", "txn", "verb")
-
-    def __init__(
-        self,
-        verb: Verb,
-        subject: object = None,
-        rule: Rule | None = None,
-        txn: Transaction | None = None,
-    ) -> None:
-        self.verb = verb
-        self.rule = TABLE[verb] if rule is None else rule
-        self.subject = subject
-        self.txn = txn
-
-
-# What a mark in the output buffer notes when its byte is handed out.
-_ENVELOPE, _DATA, _END = 0, 1, 2
-
-
-class ClientCore:
+class ClientCore(CommandPipeline):
     """The SMTP client state machine (sans-io).
 
     Args:
@@ -223,13 +96,8 @@ class ClientCore:
         parser: ReplyParser | None = None,
         out_buffer: bytearray | None = None,
     ) -> None:
-        self.state = State.CONNECTED
-        self._tail = State.CONNECTED
-        self._inflight: deque[_Command] = deque([_Command(Verb.CONNECT)])
-        self._out = out_buffer if out_buffer is not None else bytearray()
-        del self._out[:]
+        super().__init__(transcript=transcript, out_buffer=out_buffer)
         self._parser = parser if parser is not None else ReplyParser()
-        self.transcript = transcript
         self._encoder = DataEncoder()
         self._mechanism: Mechanism | None = None
         self._auth_steps = 0
@@ -244,11 +112,6 @@ class ClientCore:
         self.greeting: Reply | None = None
         #: The current (latest) mail transaction.
         self._txn: Transaction | None = None
-        # Offsets in the output buffer whose bytes, once handed out, mean that
-        # a transaction's envelope, data or end of data went out.
-        self._marks: list[tuple[int, Transaction, int]] = []
-        # Commands queued since the output was last taken.
-        self._unsent = 0
         # Body framing: BDAT (with its chunk size and encoder) or DATA.
         self._bdat = False
         self._chunk_size = 0
@@ -256,51 +119,7 @@ class ClientCore:
         self._stage = bytearray()
         self._data_marked = False
 
-    # ---------------------------------------------------------------- output
-
-    def take_output(self, limit: int | None = None) -> bytes:
-        """Take up to *limit* of the bytes queued for sending (all by default).
-
-        Call it right before writing what it returns: the transactions whose
-        envelope, data or end of data lie in these bytes are marked as
-        written, so that an interrupted write counts as one that went out.
-        """
-        out = self._out
-        if not out:
-            return b""
-        if limit is None or len(out) <= limit:
-            data = bytes(out)
-            del out[:]
-        else:
-            data = bytes(out[:limit])
-            del out[:limit]
-        self._unsent = 0
-        if self._marks:
-            self._marks_taken(len(data))
-        return data
-
-    def data_to_send(self) -> bytes:
-        """Take all the bytes queued for sending (see :meth:`take_output`)."""
-        return self.take_output()
-
-    def _marks_taken(self, count: int) -> None:
-        keep = []
-        for offset, txn, kind in self._marks:
-            if offset >= count:
-                keep.append((offset - count, txn, kind))
-            elif kind == _END:
-                txn.end_written = txn.data_written = txn.envelope_written = True
-            elif kind == _DATA:
-                txn.data_written = txn.envelope_written = True
-            else:
-                txn.envelope_written = True
-        self._marks = keep
-
-    @property
-    def wire_idle(self) -> bool:
-        """True when no command already written waits for a reply: any byte
-        from the server now would be one nobody asked for."""
-        return self._unsent == len(self._inflight)
+    # ------------------------------------------------------------ inspection
 
     @property
     def body_open(self) -> bool:
@@ -312,65 +131,6 @@ class ClientCore:
     def transaction(self) -> Transaction | None:
         """The latest mail transaction (opened by :meth:`mail`)."""
         return self._txn
-
-    @property
-    def has_output(self) -> bool:
-        """True when bytes are queued for sending."""
-        return bool(self._out)
-
-    @property
-    def output_size(self) -> int:
-        """How many bytes are queued for sending."""
-        return len(self._out)
-
-    @property
-    def awaiting_reply(self) -> bool:
-        """True while a command sent is still waiting for its reply."""
-        return bool(self._inflight)
-
-    @property
-    def inflight(self) -> tuple[Verb, ...]:
-        """The verbs of the commands waiting for a reply, oldest first."""
-        return tuple(c.verb for c in self._inflight)
-
-    @property
-    def oldest(self) -> Verb:
-        """The verb of the oldest command waiting for a reply."""
-        return self._inflight[0].verb
-
-    @property
-    def inflight_count(self) -> int:
-        """How many commands wait for a reply."""
-        return len(self._inflight)
-
-    def _log(self, line: str) -> None:
-        if self.transcript is not None:
-            self.transcript(line)
-
-    def _issue(self, verb: Verb, line: str, *, subject: object = None, log: str | None = None,
-               utf8: bool = False, txn: Transaction | None = None) -> None:  # fmt: skip
-        if self.state is State.BROKEN:
-            raise SMTPProtocolError("the session is broken by an earlier error")
-        rule = TABLE[verb]
-        inflight = self._inflight
-        if inflight and inflight[-1].rule.last_in_group:
-            raise SMTPProtocolError(
-                f"{verb.value} cannot follow {inflight[-1].verb.value} "
-                "before its reply (RFC 2920 §3.1)"
-            )
-        if self._tail not in rule.legal:
-            raise SMTPProtocolError(
-                f"{verb.value} is not allowed now (session state: {self._tail.value})"
-            )
-        out = self._out
-        out += line.encode("utf-8" if utf8 else "ascii")
-        out += b"\r\n"
-        inflight.append(_Command(verb, subject, rule, txn))
-        self._unsent += 1
-        if rule.success is not SAME:
-            self._tail = rule.success
-        if self.transcript is not None:
-            self.transcript("C: " + (log if log is not None else line))
 
     # --------------------------------------------------------------- commands
 
@@ -425,7 +185,7 @@ class ClientCore:
         txn = Transaction()
         offset = len(self._out)
         self._issue(Verb.MAIL, line, subject=path, utf8=utf8, txn=txn)
-        self._marks.append((offset, txn, _ENVELOPE))
+        self._marks.append((offset, txn, MARK_ENVELOPE))
         self._utf8 = utf8
         self._txn = txn
         self._bdat = False
@@ -481,7 +241,7 @@ class ClientCore:
             raise SMTPProtocolError(f"message data outside DATA (state: {self.state.value})")
         encoded = self._encoder.encode(chunk, clean=clean)
         if encoded and txn is not None and not self._data_marked:
-            self._marks.append((len(self._out), txn, _DATA))
+            self._marks.append((len(self._out), txn, MARK_DATA))
             self._data_marked = True
         self._out += encoded
 
@@ -519,17 +279,17 @@ class ClientCore:
             if self.transcript is not None:
                 self._log(f"C: <{self._encoder.bytes_out} bytes of message data>")
             self._encoder.reset()
-            self._inflight.append(_Command(Verb.END_DATA, txn=txn))
+            self._inflight.append(Command(Verb.END_DATA, txn=txn))
             self._unsent += 1
             self._tail = State.READY
         if txn is not None:
-            self._marks.append((len(self._out) - 1, txn, _END))
+            self._marks.append((len(self._out) - 1, txn, MARK_END))
 
     def _chunk(self, verb: Verb, line: str, data: bytes | bytearray | memoryview) -> None:
         txn = self._txn
         self._issue(verb, line, txn=txn)
         if txn is not None and data and not self._data_marked:
-            self._marks.append((len(self._out), txn, _DATA))
+            self._marks.append((len(self._out), txn, MARK_DATA))
             self._data_marked = True
         self._out += data
         if self.transcript is not None and data:
@@ -571,15 +331,6 @@ class ClientCore:
             if command.txn is not None:
                 command.txn.closed_early = True
         self._inflight.clear()
-        del self._out[:]
-        self._marks.clear()
-
-    def broken(self) -> None:
-        """Mark the session unusable (I/O failed or a command was interrupted).
-
-        Whatever is still queued is dropped: it must never go out.
-        """
-        self.state = self._tail = State.BROKEN
         del self._out[:]
         self._marks.clear()
 
@@ -680,8 +431,8 @@ class ClientCore:
             self._marks.clear()
             return Event(verb, reply, command.subject, command.txn)
         klass = reply.code // 100
-        nxt = command.rule.replies.get(klass, _ILLEGAL)
-        if nxt is _ILLEGAL or (
+        nxt = command.rule.replies.get(klass, ILLEGAL)
+        if nxt is ILLEGAL or (
             klass == 3
             and (
                 (verb is Verb.DATA and reply.code != 354)
@@ -709,7 +460,7 @@ class ClientCore:
         return Event(verb, reply, command.subject, command.txn)
 
     @staticmethod
-    def _record(command: _Command, reply: Reply) -> None:
+    def _record(command: Command, reply: Reply) -> None:
         """Write a reply to a transaction's command into its record."""
         txn = command.txn
         assert txn is not None

@@ -27,7 +27,7 @@ The work per chunk is a handful of ``bytes`` methods over the whole chunk
 
 from __future__ import annotations
 
-__all__ = ["DataEncoder", "measure", "normalized_size"]
+__all__ = ["DataEncoder", "measure"]
 
 _CR = 0x0D
 _LF = 0x0A
@@ -117,19 +117,15 @@ class DataEncoder:
         return tail
 
 
-def normalized_size(body: bytes) -> int:
-    """The size of *body* once its line endings are CRLF and it ends with one.
-
-    This is the figure RFC 1870 §4 asks for in ``SIZE=``: the message with CRLF
-    line endings, without dot-stuffing and without the final ``.CRLF``. It is
-    computed by counting, without building the normalised copy.
-    """
-    return measure(body)[0]
-
-
 def measure(body: bytes) -> tuple[int, bool]:
-    """:func:`normalized_size`, and whether *body* already has only CRLF line
-    endings (then :meth:`DataEncoder.encode` may skip normalising it)."""
+    """The size of *body* once its line endings are CRLF and it ends with one,
+    and whether *body* already has only CRLF line endings (then
+    :meth:`DataEncoder.encode` may skip normalising it).
+
+    The size is the figure RFC 1870 §4 asks for in ``SIZE=``: the message with
+    CRLF line endings, without dot-stuffing and without the final ``.CRLF``. It
+    is computed by counting, without building the normalised copy.
+    """
     if not body:
         return 0, True
     # Each bare CR or LF grows by one octet: CR + LF count, minus the pairs.

@@ -15,13 +15,20 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from email.headerregistry import Address
-from typing import Final
+from typing import Final, TypeVar
 
 from ._address import Domain, ForwardPath, Mailbox, ReversePath, domain, forward_path, reverse_path
 from ._errors import SMTPInputError
 from ._message import Mail, MailBody, prepare_mail
 
-__all__ = ["check_argument", "ehlo_ascii", "envelope", "mail_body"]
+__all__ = [
+    "check_argument",
+    "check_recipients",
+    "ehlo_ascii",
+    "envelope",
+    "is_single_address",
+    "mail_body",
+]
 
 #: What no command argument may hold (the same set as ``_core.check_argument``):
 #: C0 and C1 controls, DEL, the Unicode line and paragraph separators, and BOM.
@@ -40,6 +47,24 @@ def check_argument(text: str, what: str, *, utf8: bool = False) -> None:
 
 #: Values that are one address, not an iterable of them.
 _SINGLE_ADDRESS: Final = (str, bytes, bytearray, memoryview, Address, ForwardPath, Mailbox)
+
+_R = TypeVar("_R")
+
+
+def is_single_address(value: object) -> bool:
+    """True when *value* is one address (or text, or bytes), not an iterable of them."""
+    return isinstance(value, _SINGLE_ADDRESS)
+
+
+def check_recipients(recipients: Iterable[_R]) -> Iterable[_R]:
+    """Return *recipients* as they are, unless it is a single address.
+
+    Raises:
+        TypeError: *recipients* is a single address rather than an iterable of them.
+    """
+    if is_single_address(recipients):
+        raise TypeError("recipients must be an iterable of addresses, not a single address")
+    return recipients
 
 
 def envelope(
@@ -62,9 +87,7 @@ def envelope(
             them, or an address has a wrong type.
     """
     rpath = reverse_path(sender)
-    if isinstance(recipients, _SINGLE_ADDRESS):
-        raise TypeError("recipients must be an iterable of addresses, not a single address")
-    fpaths = [forward_path(r) for r in recipients]
+    fpaths = [forward_path(r) for r in check_recipients(recipients)]
     if len(fpaths) > 1:
         fpaths = list(dict.fromkeys(fpaths))  # duplicates are sent once
     elif not fpaths:

@@ -23,7 +23,7 @@ Implemented here:
   never crosses the wire and the server proves that it knows the password too.
 * ``XOAUTH2`` (Google's and Microsoft's form) and ``OAUTHBEARER`` (RFC 7628): an
   OAuth 2.0 bearer token from the caller's async *token provider*, cached and
-  refreshed before it expires (see :class:`Authentication`).
+  refreshed before it expires (see :class:`~trio_sendmail._credentials.Authentication`).
 
 Errors: a server message that the client cannot or will not answer (malformed,
 a SCRAM nonce that is not an extension of ours, a SCRAM iteration count below
@@ -45,18 +45,23 @@ from __future__ import annotations
 
 import abc
 import base64
-import binascii
 import hashlib
 import hmac
 import json
 import re
 import secrets
-import time
-from collections.abc import Awaitable, Callable
-from typing import Any, ClassVar, Final, TypeAlias
+from typing import Any, ClassVar, Final
 
-import attrs
-
+from ._credentials import (
+    MECHANISM_NAMES,
+    OAUTH_MECHANISMS,
+    PASSWORD_MECHANISMS,
+    TOKEN_REFRESH_MARGIN,
+    Authentication,
+    OAuth2Token,
+    TokenProvider,
+    _fetch_token,
+)
 from ._errors import SMTPInputError, SMTPProtocolError
 
 __all__ = [
@@ -82,9 +87,6 @@ __all__ = [
     "usable_mechanisms",
 ]
 
-TOKEN_REFRESH_MARGIN: Final = 60.0
-"""Seconds: a cached OAuth token that expires sooner than this is fetched again."""
-
 SCRAM_MIN_ITERATIONS: Final = 4096
 """The lowest SCRAM iteration count accepted (RFC 7677 §4, RFC 5802 §5.1): a lower
 one would make the client's proof cheap to attack offline."""
@@ -94,184 +96,10 @@ SCRAM_MAX_ITERATIONS: Final = 1_000_000
 caller's thread (about a third of a second at this count); a server must not be
 able to stall the client for longer."""
 
-#: RFC 6750 §2.1 ``b64token``: the characters a bearer token may have.
-_B64TOKEN_RE: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 #: RFC 5802 §7 ``printable`` except ``,``: a SCRAM nonce.
 _NONCE_RE: Final = re.compile(r"[\x21-\x2b\x2d-\x7e]+")
 _B64_RE: Final = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _ATTRIBUTE_RE: Final = re.compile(r"([A-Za-z])=(.*)", re.DOTALL)
-#: The code points a str can hold but UTF-8 cannot encode (lone surrogates).
-_SURROGATE_RE: Final = re.compile(r"[\ud800-\udfff]")
-
-
-# --------------------------------------------------------------------------------------------
-# Credentials
-
-
-@attrs.frozen
-class OAuth2Token:
-    """An OAuth 2.0 access token, as a token provider returns it.
-
-    Args:
-        access_token: the bearer token (RFC 6750 §2.1 ``b64token`` characters only);
-            never shown in reprs.
-        expires_at: when it expires, in :func:`time.time` seconds, or ``None`` if
-            unknown: such a token is reused until a server refuses it.
-
-    Raises:
-        SMTPInputError: *access_token* is empty or has characters a bearer token
-            cannot have (the message does not show it).
-    """
-
-    access_token: str = attrs.field(repr=False)
-    expires_at: float | None = None
-
-    def __attrs_post_init__(self) -> None:
-        if not isinstance(self.access_token, str):
-            raise TypeError("OAuth2Token.access_token must be a str")
-        if not _B64TOKEN_RE.fullmatch(self.access_token):
-            raise SMTPInputError(
-                "OAuth2Token.access_token is not a bearer token (RFC 6750 §2.1 b64token)"
-            )
-        if self.expires_at is not None and (
-            isinstance(self.expires_at, bool) or not isinstance(self.expires_at, int | float)
-        ):
-            raise TypeError("OAuth2Token.expires_at must be a number or None")
-
-    def expires_within(self, seconds: float, *, now: float | None = None) -> bool:
-        """True if the token expires less than *seconds* after *now* (default: the time)."""
-        if self.expires_at is None:
-            return False
-        return self.expires_at - (time.time() if now is None else now) < seconds
-
-
-def _utf8_encodable(text: str) -> bool:
-    """True when *text* has a UTF-8 form (a str fails only on lone surrogates,
-    e.g. ``"\\udce9"`` from an undecodable byte read with ``surrogateescape``)."""
-    return _SURROGATE_RE.search(text) is None
-
-
-TokenProvider: TypeAlias = Callable[[], Awaitable[str | OAuth2Token]]
-"""An async callable that returns an OAuth 2.0 access token."""
-
-
-class _TokenCache:
-    """The last token of an :class:`Authentication`'s provider (mutable, shared by all
-    sessions that use the same credentials)."""
-
-    __slots__ = ("token",)
-
-    def __init__(self) -> None:
-        self.token: OAuth2Token | None = None
-
-    def __repr__(self) -> str:
-        return "<_TokenCache>"
-
-    def discard(self, token: OAuth2Token | None) -> None:
-        """Forget *token*, unless another session has already replaced it."""
-        if token is not None and self.token is token:
-            self.token = None
-
-
-@attrs.frozen
-class Authentication:
-    """Credentials for SMTP AUTH.
-
-    Args:
-        username: the authentication identity.
-        password: the secret; never shown in reprs, logs or errors. Leave it empty
-            for OAuth (with *token_provider*).
-        mechanism: a SASL mechanism name (``"PLAIN"``, ``"LOGIN"``, ``"CRAM-MD5"``,
-            ``"SCRAM-SHA-256"``, ``"XOAUTH2"``, ``"OAUTHBEARER"``), or ``None`` to
-            pick the strongest one the server offers among those the credentials
-            allow (see :data:`MECHANISM_PREFERENCE`).
-        authzid: an optional authorization identity (PLAIN, SCRAM-SHA-256 and
-            OAUTHBEARER send it; LOGIN, CRAM-MD5 and XOAUTH2 cannot).
-        token_provider: an async callable returning an OAuth 2.0 access token
-            (a ``str``, or an :class:`OAuth2Token` with its expiry). It is called
-            before AUTH when no token is cached or the cached one expires within
-            :data:`TOKEN_REFRESH_MARGIN` seconds, and again after a server refused
-            the cached token. It is awaited as a plain coroutine, so it may use any
-            async library the caller runs. Never shown in reprs.
-
-    The token cache is shared by every session that uses this object (and not by
-    copies made with :func:`attrs.evolve`). Two sessions that start at the same
-    moment with an expired token may both call the provider.
-
-    Raises:
-        SMTPInputError: a NUL in a field; a field that cannot be encoded as UTF-8
-            (a lone surrogate such as ``"\\udce9"``; the message never shows the
-            value); an unknown mechanism; an OAuth mechanism without
-            *token_provider*; a password mechanism without *password*; no
-            credentials at all; U+0001 in *username* or *authzid* with a
-            *token_provider* (it separates the OAuth fields).
-        TypeError: a field of the wrong type.
-    """
-
-    username: str
-    password: str = attrs.field(default="", repr=False)
-    mechanism: str | None = attrs.field(default=None, kw_only=True)
-    authzid: str = attrs.field(default="", kw_only=True)
-    token_provider: TokenProvider | None = attrs.field(default=None, kw_only=True, repr=False)
-    _token_cache: _TokenCache = attrs.field(init=False, factory=_TokenCache, eq=False, repr=False)
-
-    def __attrs_post_init__(self) -> None:
-        for name, value in (
-            ("username", self.username),
-            ("password", self.password),
-            ("authzid", self.authzid),
-        ):
-            if not isinstance(value, str):
-                raise TypeError(f"Authentication.{name} must be a str")
-            if "\x00" in value:
-                raise SMTPInputError(f"Authentication.{name} must not contain NUL")
-            if not _utf8_encodable(value):
-                # Checked here, not by encoding: a codec's error quotes the value
-                # (its repr holds the whole string). The message names the field only.
-                raise SMTPInputError(
-                    f"Authentication.{name} cannot be encoded as UTF-8: it holds a lone "
-                    "surrogate (often a byte that was not valid text where it was read, "
-                    "such as a Latin-1 byte in an environment variable)"
-                )
-        provider = self.token_provider
-        if provider is not None:
-            if not callable(provider):
-                raise TypeError("Authentication.token_provider must be an async callable")
-            for name, value in (("username", self.username), ("authzid", self.authzid)):
-                if "\x01" in value:
-                    raise SMTPInputError(f"Authentication.{name} must not contain U+0001")
-        if self.mechanism is not None:
-            if not isinstance(self.mechanism, str):
-                raise TypeError("Authentication.mechanism must be a str or None")
-            object.__setattr__(self, "mechanism", self.mechanism.upper())
-            if self.mechanism not in MECHANISMS:
-                raise SMTPInputError(
-                    f"unsupported SASL mechanism {self.mechanism!r}; "
-                    f"choose one of {', '.join(MECHANISMS)}"
-                )
-            if self.mechanism in OAUTH_MECHANISMS and provider is None:
-                raise SMTPInputError(f"SASL {self.mechanism} needs a token_provider")
-            if self.mechanism in PASSWORD_MECHANISMS and not self.password:
-                raise SMTPInputError(f"SASL {self.mechanism} needs a password")
-        elif not self.password and provider is None:
-            raise SMTPInputError("Authentication needs a password or a token_provider")
-
-
-async def _fetch_token(auth: Authentication) -> OAuth2Token:
-    """The cached token of *auth*, or a fresh one from its provider."""
-    cache = auth._token_cache
-    token = cache.token
-    if token is not None and not token.expires_within(TOKEN_REFRESH_MARGIN):
-        return token
-    if auth.token_provider is None:
-        raise SMTPInputError("OAuth authentication needs a token_provider")
-    result = await auth.token_provider()
-    if isinstance(result, str):
-        result = OAuth2Token(result)
-    elif not isinstance(result, OAuth2Token):
-        raise TypeError("the token provider must return a str or an OAuth2Token")
-    cache.token = result
-    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,10 +336,8 @@ def _b64(data: bytes) -> str:
 def _scram_b64decode(value: str, what: str) -> bytes:
     if not value or not _B64_RE.fullmatch(value):
         raise SMTPProtocolError(f"SCRAM {what} is not valid base64")
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as exc:  # pragma: no cover - the regex is stricter
-        raise SMTPProtocolError(f"SCRAM {what} is not valid base64") from exc
+    # The pattern admits only padded base64 of whole quanta, which b64decode() always takes.
+    return base64.b64decode(value, validate=True)
 
 
 def _scram_attributes(challenge: bytes, what: str) -> list[tuple[str, str]]:
@@ -666,12 +492,8 @@ MECHANISMS: dict[str, type[Mechanism]] = {
     "XOAUTH2": XOAuth2Mechanism,
     "OAUTHBEARER": OAuthBearerMechanism,
 }
-
-OAUTH_MECHANISMS: Final = frozenset({"OAUTHBEARER", "XOAUTH2"})
-"""The mechanisms that need :attr:`Authentication.token_provider`."""
-
-PASSWORD_MECHANISMS: Final = frozenset({"SCRAM-SHA-256", "PLAIN", "LOGIN", "CRAM-MD5"})
-"""The mechanisms that need :attr:`Authentication.password`."""
+# Authentication (``_credentials.py``) checks a mechanism name against MECHANISM_NAMES.
+assert tuple(MECHANISMS) == MECHANISM_NAMES
 
 MECHANISM_PREFERENCE: tuple[str, ...] = (
     "OAUTHBEARER",

@@ -1,14 +1,12 @@
-"""The ``trio-sendmail`` command (also ``python -m trio_sendmail``).
+"""What every command of the command line shares.
 
-Commands:
+The ``sysexits.h`` codes, the error every command reports in one line
+(:class:`CLIError`), the argument parser whose usage errors exit with 64, the
+connection options of ``send`` and ``bulk`` (:func:`add_connection_options`),
+the mapping of an exception to an exit status and a message
+(:func:`exit_status`), and the ``--transcript`` switch.
 
-* ``trio-sendmail [send] [options] [RECIPIENT ...]``: submit one RFC 5322
-  message read from stdin (or ``--message FILE``), like ``sendmail(8)``;
-* ``trio-sendmail bulk [options] SOURCE``: send a folder of ``.eml`` files or an
-  mbox concurrently, with a progress display and a report;
-* ``trio-sendmail demo``: the README's demo over an embedded loopback server.
-
-Exit statuses follow ``sysexits.h`` (see :func:`exit_status`).
+It imports nothing else of the command line: the other modules import it.
 """
 
 from __future__ import annotations
@@ -17,25 +15,12 @@ import argparse
 import contextlib
 import logging
 import sys
-import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import NoReturn
 
-import trio
-
-from ._address import ForwardPath
-from ._cli_config import (
-    EX_CONFIG,
-    EX_NOINPUT,
-    EX_NOPERM,
-    EX_USAGE,
-    TLS_CHOICES,
-    CLIError,
-    Settings,
-    resolve_settings,
-)
-from ._cli_message import parse_message
-from ._errors import (
+from .. import (
+    ForwardPath,
+    Reply,
     SMTPAuthenticationError,
     SMTPConnectionError,
     SMTPError,
@@ -48,28 +33,14 @@ from ._errors import (
     SMTPTimeoutError,
     SMTPTLSError,
     SMTPTransientError,
+    TLSMode,
 )
-from ._reply import Reply
-from ._session import SendResult, open_session
 
-__all__ = ["main"]
-
-PROG = "trio-sendmail"
-
-# sysexits.h
-EX_OK = 0
-EX_DATAERR = 65
-EX_NOUSER = 67
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
-EX_TEMPFAIL = 75
-EX_PROTOCOL = 76
-#: Not in sysexits.h: the shell's convention for SIGINT.
-EX_INTERRUPTED = 130
-
-__all__ += [
+__all__ = [
+    "EX_CANTCREAT",
     "EX_CONFIG",
     "EX_DATAERR",
+    "EX_INTERRUPTED",
     "EX_NOINPUT",
     "EX_NOPERM",
     "EX_NOUSER",
@@ -79,11 +50,59 @@ __all__ += [
     "EX_TEMPFAIL",
     "EX_UNAVAILABLE",
     "EX_USAGE",
+    "PROG",
+    "TLS_CHOICES",
+    "CLIError",
+    "UsageParser",
+    "add_connection_options",
     "exit_status",
+    "refusals",
+    "transcript_to",
 ]
 
-COMMANDS = ("send", "bulk", "demo")
+PROG = "trio-sendmail"
+
+# sysexits.h
+EX_OK = 0
+EX_USAGE = 64
+EX_DATAERR = 65
+EX_NOINPUT = 66
+EX_NOUSER = 67
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_CANTCREAT = 73
+EX_TEMPFAIL = 75
+EX_PROTOCOL = 76
+EX_NOPERM = 77
+EX_CONFIG = 78
+#: Not in sysexits.h: the shell's convention for SIGINT.
+EX_INTERRUPTED = 130
+
 TRANSCRIPT_LOGGER = "trio_sendmail.transcript"
+
+#: The values of ``--tls`` (and of a profile's ``tls``).
+TLS_CHOICES: Mapping[str, TLSMode] = {
+    "implicit": TLSMode.IMPLICIT,
+    "starttls": TLSMode.STARTTLS,
+    "none": TLSMode.INSECURE_PLAINTEXT,
+}
+
+
+class CLIError(Exception):
+    """A failure to report in one line, with its exit status."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class UsageParser(argparse.ArgumentParser):
+    """An argument parser whose errors exit with EX_USAGE (64), not 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
 # ------------------------------------------------------------------ errors
@@ -121,7 +140,7 @@ def exit_status(exc: BaseException) -> tuple[int, str]:
         return EX_NOPERM, f"authentication failed: {_detail(exc)}"
     if isinstance(exc, SMTPRecipientsRefused):
         status = EX_TEMPFAIL if exc.is_transient else EX_NOUSER
-        return status, f"recipients refused: {'; '.join(_refusals(exc.refused))}"
+        return status, f"recipients refused: {'; '.join(refusals(exc.refused))}"
     if isinstance(exc, SMTPSenderRefused) and not exc.is_transient:
         enhanced = exc.reply.enhanced_status
         if exc.code == 530 or (enhanced is not None and enhanced.subject == 7):
@@ -184,20 +203,12 @@ def _response_text(exc: SMTPResponseError) -> str:
     return f"{label} refused: {_detail(exc)}"
 
 
-def _refusals(refused: Mapping[ForwardPath, Reply]) -> list[str]:
+def refusals(refused: Mapping[ForwardPath, Reply]) -> list[str]:
     """``bob@example.com: 550 5.1.1 No such user`` for each refused recipient."""
     return [
         _one_line(f"{path.mailbox if path.mailbox is not None else path}: {reply}")
         for path, reply in refused.items()
     ]
-
-
-class _UsageParser(argparse.ArgumentParser):
-    """An argument parser whose errors exit with EX_USAGE (64), not 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
 
 
 # ------------------------------------------------------------------ transcript
@@ -308,184 +319,3 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         help="print the SMTP dialogue to stderr (credentials redacted)",
     )
     output.add_argument("--debug", action="store_true", help="print the traceback of an error")
-
-
-def _send_parser() -> argparse.ArgumentParser:
-    parser = _UsageParser(
-        prog=PROG,
-        usage=f"{PROG} [send] [options] [RECIPIENT ...]\n"
-        f"       {PROG} bulk [options] SOURCE [RECIPIENT ...]\n"
-        f"       {PROG} demo",
-        description="Submit one RFC 5322 message, read from stdin or --message, to an SMTP "
-        "server (like sendmail(8)). Other commands: 'bulk' sends a folder of .eml files "
-        "or an mbox (see 'bulk --help'); 'demo' runs the embedded loopback demo.",
-        epilog="Exit statuses follow sysexits.h: 0 sent, 64 usage, 66 unreadable input, "
-        "67 recipient refused, 69 unavailable, 70 internal error, 75 temporary failure, "
-        "76 protocol error, 77 permission/authentication, 78 configuration.",
-        allow_abbrev=False,
-    )
-    parser.add_argument("recipients", nargs="*", metavar="RECIPIENT", help="envelope recipients")
-    message = parser.add_argument_group("message")
-    message.add_argument(
-        "-f", "-r", "--from", dest="sender", metavar="ADDRESS",
-        help="envelope sender (default: the account's 'from', else the From header)",
-    )  # fmt: skip
-    message.add_argument(
-        "-t",
-        "--read-recipients",
-        action="store_true",
-        help="also send to the To/Cc/Bcc addresses of the message (Bcc is always removed)",
-    )
-    message.add_argument(
-        "--message", metavar="FILE", help="read the message from FILE instead of stdin"
-    )
-    message.add_argument(
-        "-i", dest="ignore_dots", action="store_true",
-        help="accepted for sendmail compatibility (-oi too): input always ends at EOF",
-    )  # fmt: skip
-    message.add_argument(
-        "-v", "--verbose", action="store_true", help="print the server's final reply"
-    )
-    add_connection_options(parser)
-    return parser
-
-
-_PASSWORD_FLAGS = ("--password", "--passwd", "--pass", "-p")
-
-
-def _refuse_password_flags(argv: Sequence[str]) -> None:
-    """Refuse a password flag without echoing its value (argparse would print it)."""
-    for arg in argv:
-        if arg == "--":
-            return
-        name = arg.split("=", 1)[0]
-        if name in _PASSWORD_FLAGS or (arg.startswith("-p") and not arg.startswith("--")):
-            raise CLIError(
-                EX_USAGE,
-                "passwords are not accepted on the command line (they would show in ps and "
-                "shell history): use --password-command, --password-env, ~/.netrc or the "
-                "config file",
-            )
-
-
-# ------------------------------------------------------------------ send
-
-
-def _read_input(path: str | None) -> bytes:
-    if path is None or path == "-":
-        return sys.stdin.buffer.read()
-    try:
-        with open(path, "rb") as file:
-            return file.read()
-    except OSError as exc:
-        raise CLIError(EX_NOINPUT, f"cannot read {path}: {exc.strerror or exc}") from exc
-
-
-async def _submit(
-    settings: Settings, sender: str, recipients: list[str], data: bytes
-) -> SendResult:
-    async with open_session(
-        settings.host,
-        port=settings.port,
-        tls=settings.tls,
-        ssl_context=settings.ssl_context,
-        domain=settings.helo,
-        authentication=settings.authentication,
-        insecure_auth_over_plaintext=settings.insecure_plaintext_auth,
-        timeouts=settings.timeouts,
-    ) as session:
-        return await session.send(sender, recipients, data, dsn=settings.dsn)
-
-
-def _run_send(args: argparse.Namespace) -> int:
-    settings = resolve_settings(args)
-    raw = _read_input(args.message)
-    message = parse_message(raw)
-    recipients = list(args.recipients)
-    if args.read_recipients:
-        recipients.extend(message.recipients)
-    recipients = list(dict.fromkeys(recipients))
-    if not recipients:
-        hint = "" if args.read_recipients else " (or use -t to read them from the headers)"
-        raise CLIError(EX_USAGE, f"no recipients given{hint}")
-    sender = settings.sender if settings.sender is not None else message.sender
-    if sender is None:
-        raise CLIError(EX_USAGE, "no sender: give -f ADDRESS, or a From header with one address")
-    with transcript_to(args.transcript):
-        result = trio.run(_submit, settings, sender, recipients, message.data)
-    if args.verbose:
-        print(f"{PROG}: accepted: {result.reply}")
-    if result.refused:
-        for line in _refusals(result.refused):
-            print(f"{PROG}: recipient refused: {line}", file=sys.stderr)
-        # Sent to the others: a retry (75) would deliver it twice.
-        return EX_NOUSER
-    return EX_OK
-
-
-# ------------------------------------------------------------------ main
-
-
-def _report(exc: BaseException, debug: bool) -> int:
-    status, message = exit_status(exc)
-    if debug and not isinstance(exc, CLIError):
-        traceback.print_exception(exc, file=sys.stderr)
-    elif debug and exc.__cause__ is not None:
-        traceback.print_exception(exc.__cause__, file=sys.stderr)
-    print(f"{PROG}: {message}", file=sys.stderr)
-    return status
-
-
-def _guarded(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EX_INTERRUPTED
-    except Exception as exc:  # one line per error; --debug for the rest
-        return _report(exc, getattr(args, "debug", False))
-
-
-def _demo(argv: list[str]) -> int:
-    parser = _UsageParser(
-        prog=f"{PROG} demo",
-        description="Send two mails through an embedded loopback server (implicit TLS and "
-        "STARTTLS) and show the redacted transcript.",
-    )
-    parser.parse_args(argv)
-    from ._demo import run_demo
-
-    delivered = trio.run(run_demo)
-    return EX_OK if delivered == 2 else EX_SOFTWARE
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with *argv* (default ``sys.argv[1:]``); return the exit status.
-
-    Usage errors found by argparse raise :class:`SystemExit` with status 64
-    (``--help`` with 0), as argparse does.
-    """
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    try:
-        _refuse_password_flags(arguments)
-    except CLIError as exc:
-        print(f"{PROG}: {exc.message}", file=sys.stderr)
-        return exc.code
-    command = arguments[0] if arguments else None
-    if command == "demo":
-        return _demo(arguments[1:])
-    if command == "bulk":
-        from ._cli_bulk import bulk_parser, run_bulk
-
-        args = bulk_parser().parse_args(arguments[1:])
-        return _guarded(run_bulk, args)
-    if command == "send":
-        arguments = arguments[1:]
-    elif command is not None and not command.startswith("-") and "@" not in command:
-        _send_parser().error(
-            f"unknown command {command!r}: use send, bulk or demo (a recipient needs a domain)"
-        )
-    # sendmail's -oi (same as -i) is not an argparse-style option.
-    arguments = ["-i" if arg == "-oi" else arg for arg in arguments]
-    args = _send_parser().parse_args(arguments)
-    return _guarded(_run_send, args)

@@ -21,32 +21,22 @@ import subprocess
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import attrs
 
-from ._dsn import DSN
-from ._errors import SMTPInputError
-from ._sasl import OAUTH_MECHANISMS, Authentication, OAuth2Token
-from ._session import Timeouts, TLSMode
+from .. import DSN, Authentication, OAuth2Token, SMTPInputError, Timeouts, TLSMode
+from .._sasl import OAUTH_MECHANISMS
+from ._common import EX_CONFIG, EX_NOINPUT, EX_NOPERM, EX_USAGE, TLS_CHOICES, CLIError
 
 __all__ = [
-    "EX_CONFIG",
-    "EX_NOINPUT",
-    "EX_NOPERM",
-    "EX_USAGE",
-    "CLIError",
+    "ConnectionOptions",
     "Settings",
     "default_config_path",
     "load_account",
     "resolve_settings",
+    "run_password_command",
 ]
-
-#: sysexits.h codes used while reading settings.
-EX_USAGE = 64
-EX_NOINPUT = 66
-EX_NOPERM = 77
-EX_CONFIG = 78
 
 DEFAULT_PASSWORD_ENV = "TRIO_SENDMAIL_PASSWORD"  # noqa: S105 (a variable name)
 #: The wait for the reply to the final dot is never shortened below RFC 5321's
@@ -54,22 +44,6 @@ DEFAULT_PASSWORD_ENV = "TRIO_SENDMAIL_PASSWORD"  # noqa: S105 (a variable name)
 DATA_END_TIMEOUT = 600.0
 #: How long a password command may take.
 PASSWORD_COMMAND_TIMEOUT = 120.0
-
-TLS_CHOICES: Mapping[str, TLSMode] = {
-    "implicit": TLSMode.IMPLICIT,
-    "starttls": TLSMode.STARTTLS,
-    "none": TLSMode.INSECURE_PLAINTEXT,
-}
-
-
-class CLIError(Exception):
-    """A failure to report in one line, with its exit status."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
 
 # ---------------------------------------------------------------- the profile file
 
@@ -206,6 +180,19 @@ def load_account(path: Path | None, account: str | None) -> dict[str, Any]:
 # ---------------------------------------------------------------- resolved settings
 
 
+class ConnectionOptions(TypedDict):
+    """The keyword arguments of :func:`~trio_sendmail.open_session` and
+    :func:`~trio_sendmail.open_pool` that the settings decide."""
+
+    port: int | None
+    tls: TLSMode
+    ssl_context: ssl.SSLContext | None
+    domain: str | None
+    authentication: Authentication | None
+    insecure_auth_over_plaintext: bool
+    timeouts: Timeouts
+
+
 @attrs.frozen
 class Settings:
     """Everything needed to open a connection, from flags and the profile."""
@@ -220,6 +207,18 @@ class Settings:
     insecure_plaintext_auth: bool
     timeouts: Timeouts
     dsn: DSN | None
+
+    def connection_options(self) -> ConnectionOptions:
+        """How to connect to :attr:`host`: ``open_session(host, **options)``."""
+        return ConnectionOptions(
+            port=self.port,
+            tls=self.tls,
+            ssl_context=self.ssl_context,
+            domain=self.helo,
+            authentication=self.authentication,
+            insecure_auth_over_plaintext=self.insecure_plaintext_auth,
+            timeouts=self.timeouts,
+        )
 
 
 def _pick(args: Any, account: Mapping[str, Any], flag: str, key: str | None = None) -> Any:
@@ -387,6 +386,14 @@ def _netrc_password(host: str, user: str, netrc_file: str | None) -> str | None:
     return _checked(password, f"netrc file {path}") if password else None
 
 
+def _environment_password(name: str) -> str:
+    """The password in the environment variable *name*, which must be set."""
+    value = os.environ.get(name)
+    if not value:
+        raise CLIError(EX_NOPERM, f"environment variable {name} is not set")
+    return _checked(value, f"environment variable {name}")
+
+
 def _password(args: Any, account: Mapping[str, Any], host: str, user: str) -> str:
     """Find the password of *user*; the first source that is configured wins."""
     if args.password_command is not None and args.password_env is not None:
@@ -394,20 +401,14 @@ def _password(args: Any, account: Mapping[str, Any], host: str, user: str) -> st
     if args.password_command is not None:
         return run_password_command(args.password_command)
     if args.password_env is not None:
-        value = os.environ.get(args.password_env)
-        if not value:
-            raise CLIError(EX_NOPERM, f"environment variable {args.password_env} is not set")
-        return _checked(value, f"environment variable {args.password_env}")
+        return _environment_password(args.password_env)
     if "password_command" in account:
         return run_password_command(account["password_command"])
     if "password" in account:
         password: str = account["password"]
         return password
     if "password_env" in account:
-        value = os.environ.get(account["password_env"])
-        if not value:
-            raise CLIError(EX_NOPERM, f"environment variable {account['password_env']} is not set")
-        return _checked(value, f"environment variable {account['password_env']}")
+        return _environment_password(account["password_env"])
     value = os.environ.get(DEFAULT_PASSWORD_ENV)
     if value:
         return _checked(value, f"environment variable {DEFAULT_PASSWORD_ENV}")

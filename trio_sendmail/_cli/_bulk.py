@@ -22,30 +22,41 @@ from typing import Any, TextIO
 import attrs
 import trio
 
-from ._address import ForwardPath
-from ._bulk import BulkMessage, BulkProgress, BulkResult, BulkStatus, send_bulk
-from ._cli import (
+from .. import (
+    BulkMessage,
+    BulkProgress,
+    BulkResult,
+    BulkStatus,
+    ForwardPath,
+    PoolLimits,
+    Reply,
+    SMTPRecipientsRefused,
+    SMTPResponseError,
+    open_pool,
+    send_bulk,
+)
+from ._common import (
+    EX_CANTCREAT,
     EX_INTERRUPTED,
+    EX_NOINPUT,
     EX_NOUSER,
     EX_OK,
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
+    EX_USAGE,
     PROG,
-    _refusals,
-    _UsageParser,
+    CLIError,
+    UsageParser,
     add_connection_options,
     exit_status,
+    refusals,
     transcript_to,
 )
-from ._cli_config import EX_NOINPUT, EX_USAGE, CLIError, Settings, resolve_settings
-from ._cli_message import parse_message
-from ._errors import SMTPRecipientsRefused, SMTPResponseError
-from ._pool import PoolLimits, open_pool
-from ._reply import Reply
+from ._config import Settings, resolve_settings
+from ._message import parse_message
 
 __all__ = ["ProgressView", "bulk_exit_status", "bulk_parser", "run_bulk"]
 
-EX_CANTCREAT = 73
 #: Seconds between two redraws of the progress bar.
 BAR_INTERVAL = 0.1
 #: Seconds between two progress lines when stdout is not a terminal.
@@ -66,7 +77,7 @@ REPORT_FIELDS = (
 
 
 def bulk_parser() -> argparse.ArgumentParser:
-    parser = _UsageParser(
+    parser = UsageParser(
         prog=f"{PROG} bulk",
         description="Send every message of SOURCE (a folder of .eml files, an mbox file, or "
         "one .eml file) concurrently. Recipients come from each message's To/Cc/Bcc (Bcc is "
@@ -207,7 +218,7 @@ def _fill_row(row: _Row, result: BulkResult) -> None:
             row.exit = status
         else:  # unknown, or not sent: neither accepted nor refused
             row.exit = EX_TEMPFAIL
-    row.refused = "; ".join(_refusals(refused))
+    row.refused = "; ".join(refusals(refused))
 
 
 def bulk_exit_status(codes: set[int]) -> int:
@@ -408,13 +419,7 @@ async def _run(
 ) -> None:
     async with open_pool(
         settings.host,
-        port=settings.port,
-        tls=settings.tls,
-        ssl_context=settings.ssl_context,
-        domain=settings.helo,
-        authentication=settings.authentication,
-        insecure_auth_over_plaintext=settings.insecure_plaintext_auth,
-        timeouts=settings.timeouts,
+        **settings.connection_options(),
         limits=PoolLimits(max_connections=args.concurrency),
     ) as pool:
         await send_bulk(
