@@ -9,10 +9,10 @@ from sphinx.application import Sphinx
 
 
 class StateTable(Directive):
-    """``.. state-table::`` renders trio_sendmail._core.TABLE as a list-table."""
+    """``.. state-table::`` renders trio_sendmail._table.TABLE as a list-table."""
 
     def run(self) -> list[nodes.Node]:
-        from trio_sendmail._core import TABLE
+        from trio_sendmail._table import TABLE
 
         lines = [
             ".. list-table::",
@@ -48,7 +48,7 @@ def _diagram_svg() -> str:
     import html
     import math
 
-    from trio_sendmail._core import TABLE, State
+    from trio_sendmail._table import TABLE, State
 
     states = list(State)
     edges: dict[tuple[State, State], list[str]] = {}
@@ -99,7 +99,7 @@ def _diagram_svg() -> str:
 
 
 class StateDiagram(Directive):
-    """``.. state-diagram::`` draws trio_sendmail._core.TABLE as an SVG."""
+    """``.. state-diagram::`` draws trio_sendmail._table.TABLE as an SVG."""
 
     def run(self) -> list[nodes.Node]:
         return [nodes.raw("", _diagram_svg(), format="html")]

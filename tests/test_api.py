@@ -7,16 +7,18 @@ import inspect
 import trio_sendmail as ts
 
 PUBLIC = {
-    "BulkMessage", "BulkProgress", "BulkResult", "BulkStatus", "BulkSummary", "Lease", "Pool",
+    "BulkMessage", "BulkProgress", "BulkResult", "BulkSummary", "Lease", "Pool",
     "OutcomeTracker",
     "PoolLimits", "PoolStatistics", "open_pool", "send_bulk",
     "Authentication", "Buffers", "Capabilities", "DSN", "DSNNotify", "DSNReturn",
+    "ConnectionOptions", "ConnectionSettings",
     "Domain", "DomainKind", "EnhancedStatus",
     "ForwardPath", "Mailbox", "OAuth2Token", "Outcome", "Reply", "ReversePath", "SMTPAddressError",
     "SMTPAuthenticationError", "SMTPConnectionError", "SMTPError", "SMTPInputError",
     "SMTPMessageTooLarge", "SMTPNotSupportedError", "SMTPPermanentError", "SMTPProtocolError",
     "SMTPRecipientsRefused", "SMTPResponseError", "SMTPSenderRefused", "SMTPServiceClosing",
-    "SMTPTLSError", "SMTPTimeoutError", "SMTPTransientError", "SendResult", "Session",
+    "SMTPTLSError", "SMTPTimeoutError", "SMTPTransientError", "SMTPUsageError", "SendResult",
+    "Session",
     "SessionStatistics", "TLSMode", "Timeouts", "open_session", "sendmail",
     "sendmail_with_starttls",
 }  # fmt: skip
@@ -41,10 +43,12 @@ def test_sendmail_signatures_are_keyword_only() -> None:
         assert params["port"].default == port
         for name in ("domain", "ssl_context", "authentication", "buffers", "timeouts"):
             assert name in params
-    params = inspect.signature(ts.open_session).parameters
-    kinds = [p.kind for p in params.values()]
-    assert kinds[0] is inspect.Parameter.POSITIONAL_OR_KEYWORD
-    assert all(k is inspect.Parameter.KEYWORD_ONLY for k in kinds[1:])
+    for opener in (ts.open_session, ts.open_pool):
+        params = inspect.signature(opener).parameters
+        kinds = [p.kind for p in params.values()]
+        assert kinds[0] is inspect.Parameter.POSITIONAL_ONLY  # the server
+        assert all(k is inspect.Parameter.KEYWORD_ONLY for k in kinds[1:-1])
+        assert kinds[-1] is inspect.Parameter.VAR_KEYWORD  # **options
 
 
 def test_error_hierarchy() -> None:
@@ -56,11 +60,20 @@ def test_error_hierarchy() -> None:
     assert issubclass(ts.SMTPAddressError, ValueError)
     assert issubclass(ts.SMTPTimeoutError, TimeoutError)
     assert issubclass(ts.SMTPMessageTooLarge, ts.SMTPNotSupportedError)
-    for cls in (ts.SMTPSenderRefused, ts.SMTPAuthenticationError, ts.SMTPServiceClosing):
-        assert issubclass(cls, ts.SMTPResponseError)
+    # The caller's mistakes are not the server's (h11's Local/RemoteProtocolError).
+    assert issubclass(ts.SMTPUsageError, RuntimeError)
+    assert not issubclass(ts.SMTPUsageError, ts.SMTPProtocolError | ts.SMTPInputError)
+    for cls in (ts.SMTPSenderRefused, ts.SMTPAuthenticationError, ts.SMTPServiceClosing,
+                ts.SMTPResponseError, ts.SMTPRecipientsRefused):  # fmt: skip
+        assert issubclass(cls.Transient, cls) and issubclass(cls.Permanent, cls)
         assert issubclass(cls.Transient, ts.SMTPTransientError)
         assert issubclass(cls.Permanent, ts.SMTPPermanentError)
-        assert cls.Transient.__name__ == cls.__name__
+        assert cls.Transient.__name__ == cls.__name__ + "Transient"
+        assert cls.Permanent.__name__ == cls.__name__ + "Permanent"
+    for cls in (ts.SMTPSenderRefused, ts.SMTPAuthenticationError, ts.SMTPServiceClosing):
+        assert issubclass(cls, ts.SMTPResponseError)
+        # Each class has flavours of its own: not the ones of its base.
+        assert cls.Transient is not ts.SMTPResponseError.Transient
 
 
 def test_response_error_flavour_follows_the_code() -> None:

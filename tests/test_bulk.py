@@ -38,7 +38,7 @@ from .test_pool import (
     until,
 )
 
-Status = ts.BulkStatus
+Status = ts.Outcome
 RCPT_RE: Final = re.compile(r"RCPT TO:<([^>]*)>")
 
 
@@ -123,7 +123,7 @@ async def test_one_result_per_message(kind: str, server_variant: ServerVariant) 
             nursery.start_soon(produce)
             summary = await ts.send_bulk(receive, pool=pool, concurrency=3)
     assert source.pulled == 25
-    assert (summary.accepted, summary.failed, summary.unknown, summary.not_sent) == (25, 0, 0, 0)
+    assert (summary.accepted, summary.refused, summary.unknown, summary.not_sent) == (25, 0, 0, 0)
     assert summary.retried == 0
     assert keys(summary.results) == list(range(25))
     table = by_key(summary.results)
@@ -191,11 +191,11 @@ async def test_permanent_and_transient_refusals(
         times = rcpt_times(stub, address)
         assert len(times) == result.attempts == tries[address]
         if kind == "perm":
-            assert (result.status, result.attempts) == (Status.FAILED, 1)
+            assert (result.status, result.attempts) == (Status.REFUSED, 1)
             assert isinstance(result.error, ts.SMTPRecipientsRefused)
             assert isinstance(result.error, ts.SMTPPermanentError)
         elif kind == "temp":
-            assert (result.status, result.attempts) == (Status.FAILED, 4)  # max_retries + 1
+            assert (result.status, result.attempts) == (Status.REFUSED, 4)  # max_retries + 1
             assert isinstance(result.error, ts.SMTPRecipientsRefused)
             assert isinstance(result.error, ts.SMTPTransientError)
         elif kind == "flaky":
@@ -209,7 +209,7 @@ async def test_permanent_and_transient_refusals(
             assert 0 <= gap <= 1.0 * 2 ** (k - 1) + 1e-6, (address, gaps)
         first_gaps += gaps[:1]
     assert len(set(first_gaps)) > 1  # jittered, not in lockstep
-    assert (summary.accepted, summary.failed, summary.unknown, summary.not_sent) == (6, 6, 0, 0)
+    assert (summary.accepted, summary.refused, summary.unknown, summary.not_sent) == (6, 6, 0, 0)
     assert summary.retried == 3 * 3 + 3 * 2
     accepted = sorted(key_of(data) for _, data in stub.accepted)
     assert accepted == [k for k in range(12) if kinds[k % 4] in ("flaky", "good")]
@@ -219,7 +219,7 @@ async def test_permanent_and_transient_refusals(
     ("reply", "attempts"),
     [((451, "4.3.0 queue full, try later"), 3), ((554, "5.7.1 rejected as spam"), 1)],
 )
-async def test_refusal_of_the_message_data_is_failed_not_unknown(
+async def test_refusal_of_the_message_data_is_refused_not_unknown(
     autojump_clock: trio.testing.MockClock,
     reply: tuple[int, str],
     attempts: int,
@@ -233,7 +233,7 @@ async def test_refusal_of_the_message_data_is_failed_not_unknown(
     (result,) = summary.results
     assert isinstance(result.error, ts.SMTPResponseError)
     assert result.error.outcome is ts.Outcome.REFUSED
-    assert (result.status, result.attempts) == (Status.FAILED, attempts)
+    assert (result.status, result.attempts) == (Status.REFUSED, attempts)
     assert server.messages == []
 
 
@@ -519,7 +519,8 @@ async def test_a_message_the_server_cannot_take_fails_alone(
     async with serve_fake_smtp(server) as port, pool_at(port, max_connections=1) as pool:
         summary = await ts.send_bulk(batch, pool=pool, concurrency=1)
     table = by_key(summary.results)
-    assert (table[1].status, table[1].attempts) == (Status.FAILED, 1)
+    # Raised before the message went out: nothing to refuse, nothing to duplicate.
+    assert (table[1].status, table[1].attempts) == (Status.NOT_SENT, 1)
     assert isinstance(table[1].error, ts.SMTPNotSupportedError)
     assert all(table[k].status is Status.ACCEPTED for k in (0, 2, 3))
     assert sorted(key_of(m.data) for m in server.messages) == [0, 2, 3]
@@ -536,12 +537,12 @@ async def test_malformed_messages_fail_alone(server_variant: ServerVariant) -> N
     async with serve_fake_smtp(server) as port, pool_at(port) as pool:
         summary = await ts.send_bulk(batch, pool=pool, concurrency=2)
     table = by_key(summary.results)
-    assert (table[1].status, table[1].attempts) == (Status.FAILED, 1)
+    assert (table[1].status, table[1].attempts) == (Status.NOT_SENT, 1)
     assert isinstance(table[1].error, TypeError)
-    assert (table[2].status, table[2].attempts) == (Status.FAILED, 1)
+    assert (table[2].status, table[2].attempts) == (Status.NOT_SENT, 1)
     assert isinstance(table[2].error, ts.SMTPInputError)
     assert table[0].status is table[3].status is Status.ACCEPTED
-    assert summary.failed == 2 and summary.retried == 0
+    assert (summary.not_sent, summary.refused, summary.retried) == (2, 0, 0)
 
 
 async def test_streamed_message_is_not_retried_once_read(
@@ -590,7 +591,7 @@ async def test_streamed_message_is_not_retried_once_read(
         summary = await ts.send_bulk([message(0), streamed], pool=pool, concurrency=1)
     table = by_key(summary.results)
     assert (table[0].status, table[0].attempts) == (Status.ACCEPTED, 2)
-    assert (table[1].status, table[1].attempts) == (Status.FAILED, 1)
+    assert (table[1].status, table[1].attempts) == (Status.NOT_SENT, 1)
     assert isinstance(table[1].error, ts.SMTPConnectionError)
     assert table[1].error.outcome is ts.Outcome.NOT_SENT
     assert read  # its chunks were read
@@ -607,7 +608,7 @@ async def test_send_bulk_can_open_a_pool_of_its_own(server_variant: ServerVarian
     async with serve_tcp(counting.handle) as port:
         summary = await ts.send_bulk(
             [message(k) for k in range(6)],
-            hostname=LOCAL,
+            server=LOCAL,
             port=port,
             tls=PLAIN,
             domain=CLIENT_NAME,
@@ -620,15 +621,17 @@ async def test_send_bulk_can_open_a_pool_of_its_own(server_variant: ServerVarian
     assert [line for who, line in server.transcript if who == "C"].count(b"QUIT") == 2
 
 
-async def test_send_bulk_needs_a_pool_or_a_hostname_not_both() -> None:
+async def test_send_bulk_needs_a_pool_or_a_server_not_both() -> None:
     stub = StubServer()
     async with serve_tcp(stub.handle) as port, pool_at(port) as pool:
-        with pytest.raises(TypeError, match="pool or a hostname"):
+        with pytest.raises(TypeError, match="pool or a server"):
             await ts.send_bulk([message(0)])
         with pytest.raises(TypeError, match="not both"):
-            await ts.send_bulk([message(0)], pool=pool, hostname=LOCAL)
+            await ts.send_bulk([message(0)], pool=pool, server=LOCAL)
         with pytest.raises(TypeError, match="not both"):
             await ts.send_bulk([message(0)], pool=pool, port=port)
+        with pytest.raises(TypeError, match="not both"):
+            await ts.send_bulk([message(0)], pool=pool, limits=ts.PoolLimits())
     assert stub.conns == []
 
 
@@ -664,5 +667,5 @@ async def test_unreachable_server_ends_the_run(autojump_clock: trio.testing.Mock
     ) as pool:  # fmt: skip
         with pytest.raises(ts.SMTPConnectionError):
             await ts.send_bulk(messages, pool=pool, on_result=results.append)
-    assert results and all(r.status is ts.BulkStatus.NOT_SENT for r in results)
+    assert results and all(r.status is ts.Outcome.NOT_SENT for r in results)
     assert len({r.message.key for r in results}) == len(results)

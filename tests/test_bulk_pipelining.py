@@ -41,7 +41,7 @@ from .helpers import PIPE_DATA, VARIANTS, ServerVariant
 from .test_bulk import Source, by_key, key_of, message
 from .test_pool import DROP, HANG, SENDER, Action, Conn, StubServer, body, pool_at, serve_tcp
 
-Status = ts.BulkStatus
+Status = ts.Outcome
 #: How long a probe waits for the next command (virtual seconds under autojump_clock).
 PROBE: Final = 1.0
 
@@ -166,7 +166,7 @@ async def test_messages_are_pipelined_across_one_connection(
     async with serve_tcp(counting.handle) as port, pool_at(port, max_connections=1) as pool:
         summary = await ts.send_bulk(batch, pool=pool, concurrency=1, rate=rate)
         stats = pool.statistics()
-    assert (summary.accepted, summary.failed, summary.unknown, summary.not_sent) == (n, 0, 0, 0)
+    assert (summary.accepted, summary.refused, summary.unknown, summary.not_sent) == (n, 0, 0, 0)
     assert summary.retried == 0
     table = by_key(summary.results)
     for key, result in table.items():
@@ -257,7 +257,7 @@ async def test_pending_dot_refused_permanently_fails_alone(
         summary = await ts.send_bulk([message(k) for k in range(n)], pool=pool, max_retries=3)
     table = by_key(summary.results)
     result = table[refused]
-    assert (result.status, result.attempts) == (Status.FAILED, 1)
+    assert (result.status, result.attempts) == (Status.REFUSED, 1)
     assert isinstance(result.error, ts.SMTPResponseError)
     assert isinstance(result.error, ts.SMTPPermanentError)
     assert result.error.outcome is ts.Outcome.REFUSED
@@ -265,7 +265,7 @@ async def test_pending_dot_refused_permanently_fails_alone(
     assert (result.error.code, result.error.command) == (554, end)
     for key in set(range(n)) - {refused}:
         assert (table[key].status, table[key].attempts) == (Status.ACCEPTED, 1)
-    assert (summary.accepted, summary.failed, summary.retried) == (n - 1, 1, 0)
+    assert (summary.accepted, summary.refused, summary.retried) == (n - 1, 1, 0)
     # The refusal was the answer to a pending end of data (the next envelope
     # had gone out with it), and the rest went on over the same connection.
     if server_variant.defers:
@@ -301,7 +301,7 @@ async def test_pending_dot_refused_transiently_is_retried(
         assert stored(stub) == list(range(n))
         assert summary.retried == 1
     else:
-        assert (table[1].status, table[1].attempts) == (Status.FAILED, 3)  # max_retries + 1
+        assert (table[1].status, table[1].attempts) == (Status.REFUSED, 3)  # max_retries + 1
         assert isinstance(table[1].error, ts.SMTPResponseError)
         assert isinstance(table[1].error, ts.SMTPTransientError)
         assert table[1].error.outcome is ts.Outcome.REFUSED
@@ -417,7 +417,7 @@ async def test_refusal_after_an_unknown_attempt_stays_unknown(
 ) -> None:
     # retry_unknown: the first attempt's dot got no answer (the server may have
     # queued it), the retry is refused with 554. No refusal proves the message
-    # was not delivered: UNKNOWN, not FAILED.
+    # was not delivered: UNKNOWN, not REFUSED.
     script = DotScript({(1, 1): DROP, (1, 2): b"554 5.7.1 no\r\n"}, probe=frozenset())
     stub = StubServer(variant=server_variant, end_of_data=script)
     async with serve_tcp(stub.handle) as port, pool_at(port, max_connections=1) as pool:
@@ -428,7 +428,7 @@ async def test_refusal_after_an_unknown_attempt_stays_unknown(
     assert (table[1].status, table[1].attempts) == (Status.UNKNOWN, 2)
     assert isinstance(table[1].error, ts.SMTPPermanentError)
     assert received(stub, 1) == 2
-    assert (summary.accepted, summary.unknown, summary.failed) == (2, 1, 0)
+    assert (summary.accepted, summary.unknown, summary.refused) == (2, 1, 0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -468,7 +468,8 @@ async def test_message_that_cannot_be_sent_fails_alone_and_the_pending_one_stays
         summary = await ts.send_bulk(batch, pool=pool, concurrency=1)
     table = by_key(summary.results)
     result = table[bad_key]
-    assert (result.status, result.attempts) == (Status.FAILED, 1)
+    # Refused by the client before any of it went out: not sent, and the server said nothing.
+    assert (result.status, result.attempts) == (Status.NOT_SENT, 1)
     expected: type[BaseException] = {
         "bad address": ts.SMTPInputError,
         "8-bit without 8BITMIME": ts.SMTPNotSupportedError,
@@ -638,7 +639,7 @@ async def test_stale_reused_connection_resends_its_first_message_without_an_atte
     # (With PIPELINING and CHUNKING, message 1's BDAT LAST goes out with its MAIL: the
     # dead connection must be noticed before that write, or answered by a 421 to MAIL.)
     assert all((r.status, r.attempts) == (Status.ACCEPTED, 1) for r in table.values())
-    assert (summary.retried, summary.failed) == (0, 0)
+    assert (summary.retried, summary.refused, summary.not_sent) == (0, 0, 0)
     assert stats.retries == 1
     assert len(stub.conns) == 2
     assert stored(stub) == [0, 1, 2, 3]
@@ -801,8 +802,8 @@ def test_each_message_once_and_accepted_iff_stored(
     summary, stub = run_random_server(n, concurrency, script)
     table = by_key(summary.results)  # none reported twice...
     assert sorted(cast(int, k) for k in table) == list(range(n))  # ...none lost
-    counts = (summary.accepted, summary.failed, summary.unknown, summary.not_sent)
-    assert sum(counts) == n and summary.not_sent == 0
+    counts = (summary.accepted, summary.refused, summary.unknown, summary.not_sent)
+    assert sum(counts) == n
     copies = collections.Counter(key_of(data) for _, data in stub.accepted)
     copies.update(script.stored_then_dropped)
     assert set(copies) <= set(range(n))
@@ -814,9 +815,15 @@ def test_each_message_once_and_accepted_iff_stored(
             assert copies[key] == 1, (result, replies)
             assert replies.count("250") == 1 and replies[-1] == "250"
             assert result.result is not None and result.result.reply.code == 250
-        elif result.status is Status.FAILED:
+        elif result.status is Status.REFUSED:  # the server said no, still after the retries
             assert copies[key] == 0, (result, replies)
             assert "250" not in replies
+            assert isinstance(result.error, ts.SMTPResponseError), result
+        elif result.status is Status.NOT_SENT:  # the run is never cut short: failed, unrefused
+            assert copies[key] == 0, (result, replies)
+            assert "250" not in replies
+            assert isinstance(result.error, ts.SMTPError), result
+            assert not isinstance(result.error, ts.SMTPResponseError), result
         else:
             assert result.status is Status.UNKNOWN
             assert copies[key] <= 1, (result, replies)
@@ -896,7 +903,7 @@ async def test_garbage_answering_a_pending_dot(
     assert isinstance(table[0].error, ts.SMTPProtocolError)
     assert table[0].error.outcome is ts.Outcome.UNKNOWN
     if server_variant.defers:
-        assert table[1].status is Status.FAILED
+        assert table[1].status is Status.NOT_SENT
         assert isinstance(table[1].error, ts.SMTPProtocolError)
         assert table[1].error.outcome is ts.Outcome.NOT_SENT
         assert received(stub, 1) == 0
@@ -915,7 +922,7 @@ async def test_a_refused_connection_is_retried_then_reported(
 ) -> None:
     # Every greeting is 421: opening a connection fails (a transient error,
     # not one that ends the run); the message is retried after back-off, then
-    # reported FAILED.
+    # reported NOT_SENT: the server refused the connection, never the message.
     async def busy(stub: StubServer, conn: Conn) -> Action:
         return b"421 4.3.2 too busy\r\n"
 
@@ -926,7 +933,7 @@ async def test_a_refused_connection_is_retried_then_reported(
     ):
         summary = await ts.send_bulk([message(0)], pool=pool, max_retries=1, retry_backoff=0.5)
     (result,) = summary.results
-    assert (result.status, result.attempts) == (Status.FAILED, 2)
+    assert (result.status, result.attempts) == (Status.NOT_SENT, 2)
     assert isinstance(result.error, ts.SMTPServiceClosing)
     assert summary.retried == 1
     assert stub.received == []

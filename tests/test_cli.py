@@ -700,7 +700,7 @@ def test_bulk_folder_with_csv_report(cli: CLI, tmp_path: Path) -> None:
     rows = list(csv.DictReader(io.StringIO(report.read_text())))
     assert [Path(row["source"]).name for row in rows] == [f"{n:03}.eml" for n in range(1, 7)]
     statuses = [row["status"] for row in rows]
-    assert statuses == ["accepted", "failed", "accepted", "failed", "accepted", "accepted"]
+    assert statuses == ["accepted", "refused", "accepted", "not sent", "accepted", "accepted"]
     assert rows[1]["code"] == "550" and rows[1]["enhanced_status"] == "5.1.1"
     assert rows[1]["refused"] == "user2@example.test: 550 5.1.1 Unknown"
     assert "no recipients" in rows[3]["detail"]
@@ -710,8 +710,9 @@ def test_bulk_folder_with_csv_report(cli: CLI, tmp_path: Path) -> None:
     assert "\r" not in result.out and "\x1b" not in result.out
     lines = result.out.splitlines()
     assert sum(line.startswith("sent     ") for line in lines) == 4
-    assert any(line.startswith("failed   ") and "004.eml" in line for line in lines)
-    assert lines[-1].startswith("6/6  sent 4  failed 2  retried 0")
+    assert any(line.startswith("refused  ") and "002.eml" in line for line in lines)
+    assert any(line.startswith("not sent ") and "004.eml" in line for line in lines)
+    assert lines[-1].startswith("6/6  sent 4  refused 1  not sent 1  retried 0")
     assert "msg/s" in lines[-1]
 
 
@@ -763,7 +764,7 @@ def test_bulk_temporary_failures(cli: CLI, tmp_path: Path) -> None:
     assert result.status == 75
     rows = list(csv.DictReader(io.StringIO(report.read_text())))
     assert [row["attempts"] for row in rows] == ["2", "2", "2"]
-    assert {row["status"] for row in rows} == {"failed"}
+    assert {row["status"] for row in rows} == {"refused"}
     assert "retried 3" in result.out.splitlines()[-1]
 
 

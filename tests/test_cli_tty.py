@@ -186,7 +186,8 @@ def test_progress_bar_in_a_terminal(tmp_path: Path) -> None:
     assert len(lines) == 1, lines
     [bar] = lines
     assert bar.startswith("[" + "#" * 20 + "] 20/20")
-    assert "sent 20" in bar and "failed 0" in bar and "retried 0" in bar
+    assert "sent 20" in bar and "refused 0" in bar and "retried 0" in bar
+    assert "not sent" not in bar and "unknown" not in bar  # shown only when there are some
     assert re.search(r"\b\d+\.\d msg/s\b", bar), bar
     assert re.search(r"in \d+\.\d s$", bar), bar
     # It was drawn several times over the 0.5 s run, each time over the last one.
@@ -206,9 +207,9 @@ def test_progress_bar_shows_failures_above_it(tmp_path: Path) -> None:
     screen.feed(output)
     *above, bar = screen.text()
     message = "".join(above)  # one long line, wrapped by the terminal
-    assert message.startswith("failed") and "003.eml" in message
+    assert message.startswith("refused") and "003.eml" in message
     assert "user3@example.test: 550 5.1.1 Unknown" in message
-    assert "sent 4" in bar and "failed 1" in bar
+    assert "sent 4" in bar and "refused 1" in bar
     assert len(bar) <= 59  # cut to the terminal's width: a wrapped bar cannot be redrawn
 
 
@@ -230,4 +231,4 @@ def test_plain_lines_when_not_a_terminal(tmp_path: Path) -> None:
     lines = text.splitlines()
     assert len(lines) == 6
     assert all(line.startswith("sent     ") and "queued as" in line for line in lines[:5])
-    assert lines[-1].startswith("5/5  sent 5  failed 0  retried 0")
+    assert lines[-1].startswith("5/5  sent 5  refused 0  retried 0")

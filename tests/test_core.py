@@ -14,7 +14,7 @@ import pytest
 from trio_sendmail._address import Domain, ForwardPath, ReversePath
 from trio_sendmail._capabilities import Capabilities
 from trio_sendmail._core import TABLE, ClientCore, Event, State, Verb
-from trio_sendmail._errors import Outcome, SMTPInputError, SMTPProtocolError
+from trio_sendmail._errors import Outcome, SMTPInputError, SMTPProtocolError, SMTPUsageError
 from trio_sendmail._reply import Reply
 from trio_sendmail._sasl import Authentication, LoginMechanism, Mechanism, PlainMechanism
 
@@ -201,7 +201,7 @@ def every_verb_raises(core: ClientCore) -> None:
         core.tls_established,
     ]
     for call in calls:
-        with pytest.raises(SMTPProtocolError):
+        with pytest.raises(SMTPUsageError):
             call()
     assert core.data_to_send() == b""
 
@@ -300,7 +300,7 @@ def test_greeting_4xx_other_than_421_closes(feed: Feed) -> None:
 
 def test_ehlo_before_the_greeting_is_illegal() -> None:
     core = ClientCore()
-    with pytest.raises(SMTPProtocolError):
+    with pytest.raises(SMTPUsageError):
         core.ehlo(DOMAIN)
     assert core.data_to_send() == b""
     assert core.inflight == (Verb.CONNECT,)
@@ -354,7 +354,7 @@ def test_starttls_then_ehlo_again(feed: Feed) -> None:
     assert state_of(core) is State.TLS
     assert tls_of(core) is False
     # nothing may be sent before the handshake
-    with pytest.raises(SMTPProtocolError):
+    with pytest.raises(SMTPUsageError):
         core.ehlo(DOMAIN)
     assert core.data_to_send() == b""
 
@@ -362,7 +362,7 @@ def test_starttls_then_ehlo_again(feed: Feed) -> None:
     assert tls_of(core) is True
     assert capabilities_of(core) is None  # everything learned in plaintext is forgotten
     assert state_of(core) is State.GREETED
-    with pytest.raises(SMTPProtocolError):
+    with pytest.raises(SMTPUsageError):
         core.mail(SENDER)  # EHLO is required again
     core.ehlo(DOMAIN)
     assert core.data_to_send() == b"EHLO client.example\r\n"
@@ -371,7 +371,7 @@ def test_starttls_then_ehlo_again(feed: Feed) -> None:
     assert core.capabilities is not None
     assert not core.capabilities.starttls
     assert core.capabilities.auth_mechanisms == frozenset({"PLAIN"})
-    with pytest.raises(SMTPProtocolError):
+    with pytest.raises(SMTPUsageError):
         core.starttls()  # already TLS
     assert core.data_to_send() == b""
 
@@ -389,7 +389,7 @@ def test_starttls_refused_keeps_the_plaintext_session(feed: Feed) -> None:
 
 def test_tls_established_without_starttls_is_an_error() -> None:
     core = ready()
-    with pytest.raises(SMTPProtocolError):
+    with pytest.raises(SMTPUsageError):
         core.tls_established()
     assert not core.tls
 
@@ -397,13 +397,13 @@ def test_tls_established_without_starttls_is_an_error() -> None:
 def test_tls_established_before_the_220_is_an_error() -> None:
     core = ready()
     core.starttls()
-    with pytest.raises(SMTPProtocolError):
+    with pytest.raises(SMTPUsageError):
         core.tls_established()
 
 
 def test_starttls_is_illegal_before_ehlo() -> None:
     core = greeted()
-    with pytest.raises(SMTPProtocolError):
+    with pytest.raises(SMTPUsageError):
         core.starttls()
     assert core.data_to_send() == b""
 
@@ -601,10 +601,10 @@ def test_plain_allows_one_challenge_only() -> None:
 
 
 def test_auth_is_illegal_before_ehlo_and_in_a_transaction() -> None:
-    with pytest.raises(SMTPProtocolError):
+    with pytest.raises(SMTPUsageError):
         greeted().auth(login())
     core = in_mail()
-    with pytest.raises(SMTPProtocolError):
+    with pytest.raises(SMTPUsageError):
         core.auth(login())
     assert core.data_to_send() == b""
 
@@ -614,7 +614,7 @@ def test_nothing_can_be_queued_behind_an_auth_awaiting_challenges() -> None:
     # behind AUTH LOGIN, the server's (correct) 334 can no longer be answered in order.
     core = ready()
     core.auth(login())
-    with pytest.raises(SMTPProtocolError):
+    with pytest.raises(SMTPUsageError):
         core.mail(SENDER)
     assert core.data_to_send() == b"AUTH LOGIN\r\n"
 
@@ -626,7 +626,7 @@ def test_nothing_can_be_queued_behind_an_auth_response_in_flight() -> None:
     feed_whole(core, b"334 VXNlcm5hbWU6\r\n")
     core.data_to_send()
     assert core.inflight == (Verb.AUTH_RESPONSE,)
-    with pytest.raises(SMTPProtocolError):
+    with pytest.raises(SMTPUsageError):
         core.mail(SENDER)
     assert core.data_to_send() == b""
 
@@ -654,7 +654,7 @@ def test_mail_rcpt_data_end_data(feed: Feed) -> None:
 
     core.data()
     assert core.data_to_send() == b"DATA\r\n"
-    with pytest.raises(SMTPProtocolError):
+    with pytest.raises(SMTPUsageError):
         core.encode_data(b"too early")  # before the 354
     events = feed(core, b"354 End data with <CR><LF>.<CR><LF>\r\n")
     assert events[0].verb is Verb.DATA
@@ -705,7 +705,7 @@ def test_message_refused_after_the_final_dot(feed: Feed) -> None:
 def test_end_data_while_waiting_for_354_is_illegal() -> None:
     core = in_rcpt()
     core.data()
-    with pytest.raises(SMTPProtocolError):
+    with pytest.raises(SMTPUsageError):
         core.end_data()
     assert core.data_to_send() == b"DATA\r\n"
 
@@ -784,7 +784,7 @@ def test_all_recipients_refused_makes_data_illegal(feed: Feed) -> None:
     feed(core, b"451 later\r\n")
     core.data_to_send()
     assert state_of(core) is State.MAIL
-    with pytest.raises(SMTPProtocolError):
+    with pytest.raises(SMTPUsageError):
         core.data()
     assert core.data_to_send() == b""
     core.rset()
@@ -806,7 +806,7 @@ def test_pipelined_with_every_recipient_refused(feed: Feed) -> None:
         (Verb.DATA, 554),
     ]
     assert state_of(core) is State.MAIL
-    with pytest.raises(SMTPProtocolError):
+    with pytest.raises(SMTPUsageError):
         core.data()
     core.rset()
     feed(core, b"250 ok\r\n")
@@ -995,7 +995,7 @@ def test_illegal_command_raises_and_queues_nothing(
 ) -> None:
     core = setup()
     state, inflight = core.state, core.inflight
-    with pytest.raises(SMTPProtocolError):
+    with pytest.raises(SMTPUsageError):
         command(core)
     assert core.data_to_send() == b""
     assert state_of(core) is state
@@ -1064,7 +1064,7 @@ def test_control_character_in_mail_param_is_refused(char: str) -> None:
         core.mail(SENDER, ["SIZE=100", f"BODY=8BITMIME{char}RCPT TO:<x@y.example>"])
     assert core.data_to_send() == b""
     assert core.inflight == ()
-    with pytest.raises(SMTPProtocolError):
+    with pytest.raises(SMTPUsageError):
         core.rcpt(BOB)  # no MAIL was queued
 
 
@@ -1146,7 +1146,7 @@ def test_smtputf8_does_not_carry_over_to_the_next_transaction(feed: Feed) -> Non
 def test_refused_mail_call_does_not_switch_the_open_transaction_to_smtputf8() -> None:
     core = ready()
     core.mail(SENDER)  # a transaction without SMTPUTF8
-    with pytest.raises(SMTPProtocolError):
+    with pytest.raises(SMTPUsageError):
         core.mail(SENDER, ["SMTPUTF8"])  # illegal: a transaction is already open
     core.data_to_send()
     with pytest.raises(SMTPInputError):

@@ -356,4 +356,4 @@ async def test_a_cancel_during_a_retry_back_off_reports_every_waiting_message() 
                 messages, pool=pool, concurrency=1, retry_backoff=1000, on_result=results.append
             )
     statuses = {result.message.key: result.status for result in results}
-    assert statuses == {0: ts.BulkStatus.FAILED, 1: ts.BulkStatus.NOT_SENT}
+    assert statuses == {0: ts.Outcome.REFUSED, 1: ts.Outcome.NOT_SENT}

@@ -16,7 +16,8 @@ import pytest
 
 from trio_sendmail._address import Domain
 from trio_sendmail._core import ClientCore, State
-from trio_sendmail._errors import SMTPAuthenticationError, SMTPInputError, SMTPProtocolError
+from trio_sendmail._errors import SMTPInputError, SMTPProtocolError
+from trio_sendmail._reply_errors import SMTPAuthenticationError
 from trio_sendmail._sasl import (
     MECHANISM_PREFERENCE,
     MECHANISMS,

@@ -2,7 +2,8 @@
 
 * :func:`sendmail`: implicit TLS (RFC 8314), port 465.
 * :func:`sendmail_with_starttls`: STARTTLS (RFC 3207), port 587.
-* :func:`open_session`: many messages over one connection.
+* :func:`open_session`: many messages over one connection, to a server given
+  by its host name and keyword arguments or by a :class:`ConnectionSettings`.
 * :func:`open_pool` and :func:`send_bulk`: concurrent sending over many connections.
 
 See :mod:`trio_sendmail.testing` for a fake server to use in tests.
@@ -12,13 +13,12 @@ from __future__ import annotations
 
 from ._address import Domain, DomainKind, ForwardPath, Mailbox, ReversePath
 from ._api import sendmail, sendmail_with_starttls
-from ._bulk import BulkMessage, BulkProgress, BulkResult, BulkStatus, BulkSummary, send_bulk
+from ._bulk import BulkMessage, BulkProgress, BulkResult, BulkSummary, send_bulk
 from ._capabilities import Capabilities
 from ._dsn import DSN, DSNNotify, DSNReturn
 from ._errors import (
     Outcome,
     SMTPAddressError,
-    SMTPAuthenticationError,
     SMTPConnectionError,
     SMTPError,
     SMTPInputError,
@@ -26,16 +26,20 @@ from ._errors import (
     SMTPNotSupportedError,
     SMTPPermanentError,
     SMTPProtocolError,
+    SMTPTimeoutError,
+    SMTPTLSError,
+    SMTPTransientError,
+    SMTPUsageError,
+)
+from ._pool import Lease, Pool, PoolLimits, PoolStatistics, open_pool
+from ._reply import EnhancedStatus, Reply
+from ._reply_errors import (
+    SMTPAuthenticationError,
     SMTPRecipientsRefused,
     SMTPResponseError,
     SMTPSenderRefused,
     SMTPServiceClosing,
-    SMTPTimeoutError,
-    SMTPTLSError,
-    SMTPTransientError,
 )
-from ._pool import Lease, Pool, PoolLimits, PoolStatistics, open_pool
-from ._reply import EnhancedStatus, Reply
 from ._sasl import Authentication, OAuth2Token
 from ._session import (
     Buffers,
@@ -46,6 +50,7 @@ from ._session import (
     TLSMode,
     open_session,
 )
+from ._settings import ConnectionOptions, ConnectionSettings
 from ._transaction import OutcomeTracker
 
 __version__ = "0.1.0"
@@ -57,9 +62,10 @@ __all__ = [
     "BulkMessage",
     "BulkProgress",
     "BulkResult",
-    "BulkStatus",
     "BulkSummary",
     "Capabilities",
+    "ConnectionOptions",
+    "ConnectionSettings",
     "DSNNotify",
     "DSNReturn",
     "Domain",
@@ -92,6 +98,7 @@ __all__ = [
     "SMTPTLSError",
     "SMTPTimeoutError",
     "SMTPTransientError",
+    "SMTPUsageError",
     "SendResult",
     "Session",
     "SessionStatistics",

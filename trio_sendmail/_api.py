@@ -22,12 +22,15 @@ from email.headerregistry import Address
 import trio
 
 from ._address import Domain, ForwardPath, Mailbox, ReversePath
+from ._dsn import DSN
 from ._errors import Outcome, SMTPError
 from ._inputs import envelope, mail_body
 from ._message import Mail
+from ._plan import Options, message_options
 from ._sasl import Authentication
-from ._session import Buffers, SendResult, Timeouts, TLSMode, _connect, _SessionConfig
-from ._transaction import OutcomeTracker, settle_error
+from ._session import _connect
+from ._settings import DEFAULT_TIMEOUTS, Buffers, ConnectionSettings, Timeouts, TLSMode
+from ._transaction import OutcomeTracker, SendResult, settle_error
 
 __all__ = ["sendmail", "sendmail_with_starttls"]
 
@@ -43,8 +46,11 @@ async def sendmail(
     ssl_context: ssl.SSLContext | None = None,
     authentication: Authentication | None = None,
     buffers: Buffers | None = None,
-    timeouts: Timeouts = Timeouts(),  # noqa: B008 (frozen)
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
     pipelining: bool = True,
+    dsn: DSN | None = None,
+    requiretls: bool = False,
+    binary: bool = False,
     tracker: OutcomeTracker | None = None,
 ) -> SendResult:
     """Submit one message over implicit TLS (RFC 8314), port 465 by default.
@@ -52,7 +58,9 @@ async def sendmail(
     Checks every argument, then opens a connection, performs the TLS handshake
     (certificate and host name verified, with SNI), sends EHLO, authenticates if
     *authentication* is given, sends the message, then QUIT, and closes the
-    connection.
+    connection. The connection arguments make a :class:`ConnectionSettings`;
+    the per-message ones (``dsn``, ``requiretls``, ``binary``) are those of
+    :meth:`Session.send`.
 
     Args:
         hostname: the server's domain name or IP address.
@@ -69,6 +77,12 @@ async def sendmail(
         buffers: reusable I/O buffers (:class:`Buffers`).
         timeouts: per-phase bounds (:class:`Timeouts`).
         pipelining: use PIPELINING when offered.
+        dsn: delivery status notification options (RFC 3461); the server
+            must offer DSN.
+        requiretls: ask for REQUIRETLS (RFC 8689): every hop must use TLS;
+            the server must offer it.
+        binary: send the message unaltered as ``BODY=BINARYMIME`` over BDAT
+            (RFC 3030); the server must offer CHUNKING and BINARYMIME.
         tracker: an :class:`OutcomeTracker` that tells the message's outcome
             however this call ends, cancellation included.
 
@@ -81,26 +95,27 @@ async def sendmail(
     Raises:
         SMTPInputError: a malformed hostname, port, sender, recipient or EHLO
             name (one with no ASCII form), or no recipient, raised before any I/O.
-        TypeError: *recipients* is a single address, or *mail* is a ``str`` or
-            not a message (raised before any I/O).
+        TypeError: *recipients* is a single address, *mail* is a ``str`` or
+            not a message, or an argument is of the wrong type (raised before
+            any I/O).
+        SMTPNotSupportedError: the server lacks an extension the message or
+            *dsn*, *requiretls* or *binary* needs (raised before the message
+            is sent).
         SMTPError: see :func:`open_session` and :meth:`Session.send`. The
             connection is always closed when this returns or raises.
     """
-    return await _send_one(
-        TLSMode.IMPLICIT,
-        hostname=hostname,
-        sender=sender,
-        recipients=recipients,
-        mail=mail,
+    settings = ConnectionSettings(
+        hostname,
         port=port,
-        domain=domain,
+        tls=TLSMode.IMPLICIT,
         ssl_context=ssl_context,
+        domain=domain,
         authentication=authentication,
-        buffers=buffers,
         timeouts=timeouts,
         pipelining=pipelining,
-        tracker=tracker,
     )
+    options = message_options(dsn, requiretls, binary)
+    return await _send_one(settings, sender, recipients, mail, options, buffers, tracker)
 
 
 async def sendmail_with_starttls(
@@ -114,8 +129,11 @@ async def sendmail_with_starttls(
     ssl_context: ssl.SSLContext | None = None,
     authentication: Authentication | None = None,
     buffers: Buffers | None = None,
-    timeouts: Timeouts = Timeouts(),  # noqa: B008 (frozen)
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
     pipelining: bool = True,
+    dsn: DSN | None = None,
+    requiretls: bool = False,
+    binary: bool = False,
     tracker: OutcomeTracker | None = None,
 ) -> SendResult:
     """Submit one message over plain TCP upgraded with STARTTLS, port 587 by default.
@@ -126,36 +144,28 @@ async def sendmail_with_starttls(
     :class:`trio.SSLStream` (certificate and host name verified), and EHLO is
     sent again over TLS.
     """
-    return await _send_one(
-        TLSMode.STARTTLS,
-        hostname=hostname,
-        sender=sender,
-        recipients=recipients,
-        mail=mail,
+    settings = ConnectionSettings(
+        hostname,
         port=port,
-        domain=domain,
+        tls=TLSMode.STARTTLS,
         ssl_context=ssl_context,
+        domain=domain,
         authentication=authentication,
-        buffers=buffers,
         timeouts=timeouts,
         pipelining=pipelining,
-        tracker=tracker,
     )
+    options = message_options(dsn, requiretls, binary)
+    return await _send_one(settings, sender, recipients, mail, options, buffers, tracker)
 
 
-def _check_types(
-    ssl_context: object, authentication: object, buffers: object, timeouts: object
-) -> None:
+def _check_types(buffers: object, options: Options) -> None:
     """Refuse an argument of the wrong type before connecting (it would fail
-    later, after the connection, the TLS handshake or even AUTH)."""
-    if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
-        raise TypeError("ssl_context must be an ssl.SSLContext or None")
-    if authentication is not None and not isinstance(authentication, Authentication):
-        raise TypeError("authentication must be an Authentication or None")
+    later, after the connection, the TLS handshake or even AUTH).
+    :class:`ConnectionSettings` checks the connection's arguments."""
     if buffers is not None and not isinstance(buffers, Buffers):
         raise TypeError("buffers must be a Buffers or None")
-    if not isinstance(timeouts, Timeouts):
-        raise TypeError("timeouts must be a Timeouts")
+    if options.dsn is not None and not isinstance(options.dsn, DSN):
+        raise TypeError("dsn must be a DSN or None")
 
 
 def _answered(exc: BaseException) -> bool:
@@ -164,35 +174,16 @@ def _answered(exc: BaseException) -> bool:
 
 
 async def _send_one(
-    tls: TLSMode,
-    *,
-    hostname: str,
+    config: ConnectionSettings,
     sender: ReversePath | Mailbox | str | Address,
     recipients: Iterable[ForwardPath | Mailbox | str | Address],
     mail: Mail,
-    port: int,
-    domain: Domain | str | None,
-    ssl_context: ssl.SSLContext | None,
-    authentication: Authentication | None,
+    options: Options,
     buffers: Buffers | None,
-    timeouts: Timeouts,
-    pipelining: bool,
     tracker: OutcomeTracker | None,
 ) -> SendResult:
-    # 1. Every input check, before any I/O.
-    config = _SessionConfig.make(
-        hostname,
-        port=port,
-        tls=tls,
-        ssl_context=ssl_context,
-        domain=domain,
-        authentication=authentication,
-        insecure_auth_over_plaintext=False,
-        timeouts=timeouts,
-        pipelining=pipelining,
-        chunking=True,
-    )
-    _check_types(ssl_context, authentication, buffers, timeouts)
+    # 1. Every input check, before any I/O (ConnectionSettings checked its own).
+    _check_types(buffers, options)
     try:
         rpath, fpaths = envelope(sender, recipients)
     except SMTPError as exc:  # a bad address: the message was not sent
@@ -203,7 +194,8 @@ async def _send_one(
     session = await _connect(config, buffers=buffers, stream=None)
     # 3. Send.
     try:
-        result = await session.send(rpath, fpaths, body, tracker=tracker)
+        result = await session._send_op(rpath, fpaths, body, options, tracker=tracker)
+        assert result is not None
     except BaseException as exc:
         if _answered(exc):
             # The message was refused after the end of the data: that refusal

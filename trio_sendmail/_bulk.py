@@ -23,12 +23,15 @@ Each message ends in exactly one :class:`BulkResult`, handed to ``on_result``
 (or gathered in the returned summary):
 
 * ``ACCEPTED``: a 2xx reply to the end of data (refused recipients are listed);
-* ``FAILED``: a permanent refusal (5xx), a bad message, or a transient failure
-  that was still failing after ``max_retries`` retries (``attempts`` says);
+* ``REFUSED``: the server refused the message (a 4xx or 5xx reply to ``MAIL``,
+  ``RCPT``, ``DATA``, ``BDAT`` or the end of data): permanently, or still after
+  ``max_retries`` retries (``attempts`` says);
 * ``UNKNOWN``: the end of the data went out but no reply came back. It is **not
   retried** by default: the server may have queued it, and a retry could
   deliver it twice (``retry_unknown=True`` changes that);
-* ``NOT_SENT``: the run was cancelled or ended by a fatal error, and the
+* ``NOT_SENT``: it failed for good without a refusal before its end of data
+  went out (a malformed message, or a connection lost or timed out still after
+  the retries), or the run was cancelled or ended by a fatal error and the
   wire shows that the server cannot have the message.
 
 Transient failures (4xx, a connection lost or timed out before the end of the
@@ -44,7 +47,7 @@ alone.
 its own, and every status is read from it. When the run is cancelled or ended
 by a fatal error, each message still in flight is reported with what its
 latest attempt's tracker shows: ``ACCEPTED`` if the 2xx reply had arrived,
-``FAILED`` if the message was refused, ``UNKNOWN`` if its end of data went out
+``REFUSED`` if the message was refused, ``UNKNOWN`` if its end of data went out
 without a reply (or an earlier attempt was unknown), else ``NOT_SENT``. A
 deferred end of data still in the buffer is dropped with the connection, so
 its message is ``NOT_SENT``.
@@ -54,7 +57,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterable, Callable, Iterable
-from typing import Any
+from typing import Unpack
 
 import trio
 
@@ -63,7 +66,6 @@ from ._bulk_types import (
     BulkMessage,
     BulkProgress,
     BulkResult,
-    BulkStatus,
     BulkSummary,
     Job,
     Marker,
@@ -71,24 +73,39 @@ from ._bulk_types import (
 )
 from ._errors import (
     Outcome,
-    SMTPAuthenticationError,
     SMTPConnectionError,
     SMTPError,
-    SMTPNotSupportedError,
     SMTPProtocolError,
-    SMTPResponseError,
-    SMTPServiceClosing,
     SMTPTimeoutError,
     SMTPTransientError,
 )
-from ._pool import Lease, Pool, open_pool
-from ._pool_limits import RateLimiter
+from ._pool import DEFAULT_LIMITS, FATAL_CONNECT_ERRORS, Lease, Pool, open_pool
+from ._pool_limits import PoolLimits, RateLimiter
+from ._reply_errors import (
+    SMTPRecipientsRefused,
+    SMTPResponseError,
+    SMTPServiceClosing,
+)
+from ._settings import ConnectionOptions, ConnectionSettings
 from ._transaction import OutcomeTracker, SendResult, settle_error
 
-__all__ = ["BulkMessage", "BulkProgress", "BulkResult", "BulkStatus", "BulkSummary", "send_bulk"]
+__all__ = ["BulkMessage", "BulkProgress", "BulkResult", "BulkSummary", "send_bulk"]
 
-# Failures to open a connection that make every other send pointless.
-_FATAL = (SMTPAuthenticationError, SMTPNotSupportedError, SMTPConnectionError)
+# Failures to open a connection that make every other send pointless: those the
+# pool never retries (bad credentials or TLS, a missing extension), and a
+# connection error, which the pool raises only after its connect_retries.
+_FATAL = (*FATAL_CONNECT_ERRORS, SMTPConnectionError)
+
+# The commands of a mail transaction: a refusal of one of them refuses the message.
+_TRANSACTION_COMMANDS = frozenset({"MAIL", "RCPT", "DATA", "BDAT", "BDAT-LAST", "."})
+
+
+def _refused(error: SMTPError) -> bool:
+    """True when *error* is the server's 4xx or 5xx reply to a command of the
+    message's transaction (not, say, to the greeting or to ``RSET``)."""
+    if isinstance(error, SMTPRecipientsRefused):
+        return True
+    return isinstance(error, SMTPResponseError) and error.command in _TRANSACTION_COMMANDS
 
 
 def _lost_error(error: BaseException, tracker: OutcomeTracker) -> SMTPError:
@@ -119,7 +136,8 @@ async def send_bulk(
     messages: Iterable[BulkMessage] | AsyncIterable[BulkMessage],
     *,
     pool: Pool | None = None,
-    hostname: str | None = None,
+    server: str | ConnectionSettings | None = None,
+    limits: PoolLimits | None = None,
     concurrency: int | None = None,
     max_retries: int = 3,
     retry_backoff: float = 1.0,
@@ -127,7 +145,7 @@ async def send_bulk(
     rate: float | None = None,
     on_result: Callable[[BulkResult], None] | None = None,
     progress: Callable[[BulkProgress], None] | None = None,
-    **connection: Any,
+    **options: Unpack[ConnectionOptions],
 ) -> BulkSummary:
     """Send many messages concurrently over *pool*, or over a pool of its own.
 
@@ -137,9 +155,10 @@ async def send_bulk(
             workers need them, so the input can be endless.
         pool: the :class:`Pool` to send through (see :func:`open_pool`; its
             ``max_connect_rate`` limits connections per second).
-        hostname: instead of *pool*, the server to open a pool to, for this run
-            only; the other keyword arguments of :func:`open_pool` (``port``,
-            ``tls``, ``authentication``, ``limits``, …) go in ``**connection``.
+        server: instead of *pool*, the server to open a pool to, for this run
+            only: a host name or a :class:`ConnectionSettings`, as for
+            :func:`open_pool`.
+        limits: with *server*, the :class:`PoolLimits` of that pool.
         concurrency: connections sending at once (default: the pool's
             ``max_connections``). Under PIPELINING each carries up to two
             messages: one waiting for the reply to its end of data while the
@@ -153,6 +172,8 @@ async def send_bulk(
         on_result: called with each :class:`BulkResult` as soon as it is final.
             Without it, results are gathered in the returned summary.
         progress: called with a :class:`BulkProgress` after every change.
+        options: with *server*, the connection options of :func:`open_pool`
+            (:class:`ConnectionOptions`: ``port``, ``tls``, ``authentication``, …).
 
     Returns:
         :class:`BulkSummary` with the counts (and the results, without ``on_result``).
@@ -164,9 +185,10 @@ async def send_bulk(
             the input so far has been reported.
     """
     if pool is None:
-        if hostname is None:
-            raise TypeError("send_bulk needs a pool or a hostname")
-        async with open_pool(hostname, **connection) as own_pool:
+        if server is None:
+            raise TypeError("send_bulk needs a pool or a server")
+        own_limits = DEFAULT_LIMITS if limits is None else limits
+        async with open_pool(server, limits=own_limits, **options) as own_pool:
             return await send_bulk(
                 messages,
                 pool=own_pool,
@@ -178,7 +200,7 @@ async def send_bulk(
                 on_result=on_result,
                 progress=progress,
             )
-    if hostname is not None or connection:
+    if server is not None or limits is not None or options:
         raise TypeError("give send_bulk either a pool or connection parameters, not both")
     if concurrency is None:
         concurrency = pool.limits.max_connections
@@ -220,11 +242,11 @@ class _Run:
     def report(self, result: BulkResult, job: Job | None = None) -> None:
         summary = self.summary
         status = result.status
-        if status is BulkStatus.ACCEPTED:
+        if status is Outcome.ACCEPTED:
             summary.accepted += 1
-        elif status is BulkStatus.FAILED:
-            summary.failed += 1
-        elif status is BulkStatus.UNKNOWN:
+        elif status is Outcome.REFUSED:
+            summary.refused += 1
+        elif status is Outcome.UNKNOWN:
             summary.unknown += 1
         else:
             summary.not_sent += 1
@@ -245,7 +267,7 @@ class _Run:
         self.progress(
             BulkProgress(
                 accepted=summary.accepted,
-                failed=summary.failed,
+                refused=summary.refused,
                 unknown=summary.unknown,
                 not_sent=summary.not_sent,
                 retried=summary.retried,
@@ -270,7 +292,7 @@ class _Run:
                 # Every send would fail the same way (bad credentials or TLS, or
                 # no connection after the pool's retries): the run ends.
                 self.fatal.append(exc)
-                return BulkResult(message, BulkStatus.NOT_SENT, error=exc, attempts=attempts)
+                return BulkResult(message, Outcome.NOT_SENT, error=exc, attempts=attempts)
             unknown = job.tracker.outcome is Outcome.UNKNOWN or exc.outcome is Outcome.UNKNOWN
             if attempts <= self.max_retries and self._retryable(job, exc, unknown):
                 job.was_unknown |= unknown
@@ -278,10 +300,15 @@ class _Run:
             # After an attempt that may have been accepted, no later refusal
             # proves the message was not delivered.
             unknown |= job.was_unknown
-            status = BulkStatus.UNKNOWN if unknown else BulkStatus.FAILED
+            if unknown:
+                status = Outcome.UNKNOWN
+            elif _refused(exc) or job.tracker.outcome is Outcome.REFUSED:
+                status = Outcome.REFUSED  # the server said no
+            else:  # no refusal, and the wire shows the server cannot have it
+                status = Outcome.NOT_SENT
             return BulkResult(message, status, error=exc, attempts=attempts)
-        assert isinstance(exc, TypeError | ValueError)  # a malformed message
-        return BulkResult(message, BulkStatus.FAILED, error=exc, attempts=attempts)
+        assert isinstance(exc, TypeError | ValueError)  # a malformed message, before any I/O
+        return BulkResult(message, Outcome.NOT_SENT, error=exc, attempts=attempts)
 
     def _retryable(self, job: Job, error: SMTPError, unknown: bool) -> bool:
         if job.stream is not None and job.stream.started:
@@ -301,16 +328,11 @@ class _Run:
         outcome = tracker.outcome
         result = None
         if outcome is Outcome.ACCEPTED:
-            status = BulkStatus.ACCEPTED
             result = tracker.result
-        elif outcome is Outcome.UNKNOWN or job.was_unknown:
-            status = BulkStatus.UNKNOWN
-        elif outcome is Outcome.REFUSED:
-            status = BulkStatus.FAILED
-        else:
-            status = BulkStatus.NOT_SENT
+        elif job.was_unknown:
+            outcome = Outcome.UNKNOWN
         error = None if result is not None else exc
-        self.report(BulkResult(job.message, status, result=result, error=error,
+        self.report(BulkResult(job.message, outcome, result=result, error=error,
                                attempts=job.attempts), job)  # fmt: skip
 
     def finish(self, job: Job, result: BulkResult) -> None:
@@ -321,7 +343,7 @@ class _Run:
 
     @staticmethod
     def accepted(job: Job, result: SendResult) -> BulkResult:
-        return BulkResult(job.message, BulkStatus.ACCEPTED, result=result, attempts=job.attempts)
+        return BulkResult(job.message, Outcome.ACCEPTED, result=result, attempts=job.attempts)
 
     # ---------------------------------------------------------- one at a time
 
@@ -344,7 +366,8 @@ class _Run:
                         connected = True
                         result = await lease.send(
                             message.sender, message.recipients, job.body(),
-                            dsn=message.dsn, tracker=tracker,
+                            dsn=message.dsn, requiretls=message.requiretls,
+                            binary=message.binary, tracker=tracker,
                         )  # fmt: skip
                 except (SMTPError, TypeError, ValueError) as exc:
                     final = self.classify(job, exc, connecting=not connected)
@@ -352,7 +375,7 @@ class _Run:
                         continue
                 else:
                     assert result is not None
-                    final = BulkResult(message, BulkStatus.ACCEPTED, result=result,
+                    final = BulkResult(message, Outcome.ACCEPTED, result=result,
                                        attempts=job.attempts)  # fmt: skip
                 self.finish(job, final)
                 return
@@ -387,7 +410,8 @@ class _Run:
                         try:
                             out = await lease.send(
                                 message.sender, message.recipients, current.body(),
-                                dsn=message.dsn, tracker=current.tracker, defer=True,
+                                dsn=message.dsn, requiretls=message.requiretls,
+                                binary=message.binary, tracker=current.tracker, defer=True,
                             )  # fmt: skip
                         except (SMTPError, TypeError, ValueError) as exc:
                             if pending is not None:
@@ -470,7 +494,7 @@ class _Run:
         elif tracker.final_reply.is_positive:
             result = tracker.result
             assert result is not None
-            self.finish(job, BulkResult(job.message, BulkStatus.ACCEPTED, result=result,
+            self.finish(job, BulkResult(job.message, Outcome.ACCEPTED, result=result,
                                         attempts=job.attempts))  # fmt: skip
             return None
         else:

@@ -29,6 +29,7 @@ import trio
 
 from ._address import ForwardPath, Mailbox, ReversePath
 from ._dsn import DSN
+from ._errors import Outcome
 from ._inputs import check_recipients
 from ._message import Mail, OneShotStream, close_early, prepare_mail
 from ._transaction import OutcomeTracker, SendResult
@@ -39,7 +40,6 @@ __all__ = [
     "BulkMessage",
     "BulkProgress",
     "BulkResult",
-    "BulkStatus",
     "BulkSummary",
     "Job",
     "Marker",
@@ -65,6 +65,10 @@ class BulkMessage:
             retried; a stream only until its first chunk was read).
         key: anything that identifies the message for you (returned in its result).
         dsn: DSN options for this message.
+        requiretls: ask for REQUIRETLS (RFC 8689) for this message.
+        binary: send this message unaltered as ``BODY=BINARYMIME`` (RFC 3030).
+
+    ``dsn``, ``requiretls`` and ``binary`` are the options of :meth:`Session.send`.
     """
 
     sender: ReversePath | Mailbox | str | Address
@@ -72,15 +76,8 @@ class BulkMessage:
     mail: Mail = attrs.field(repr=False)
     key: object = None
     dsn: DSN | None = None
-
-
-class BulkStatus(enum.Enum):
-    """What became of one message."""
-
-    ACCEPTED = "accepted"
-    FAILED = "failed"
-    UNKNOWN = "unknown"
-    NOT_SENT = "not sent"
+    requiretls: bool = False
+    binary: bool = False
 
 
 @attrs.frozen
@@ -89,14 +86,23 @@ class BulkResult:
 
     Attributes:
         message: the message.
-        status: :class:`BulkStatus`.
+        status: what became of it, an :class:`~trio_sendmail.Outcome`:
+            ``ACCEPTED``, the server took it; ``REFUSED``, the server refused it
+            (a 5xx reply to ``MAIL``, to every ``RCPT``, to ``DATA``, ``BDAT``
+            or the end of data, or a 4xx one still after the retries);
+            ``NOT_SENT``, the server cannot have it and refused none of it (a
+            malformed message, or one it cannot take, found before it went
+            out; a connection lost or timed out still after the retries; or the
+            run stopped first), so sending it again cannot duplicate it;
+            ``UNKNOWN``, its end of data went out and no reply proves it was
+            not accepted. ``error`` tells why.
         result: the server's final reply and refused recipients, when accepted.
         error: the last error, when not accepted.
         attempts: how many times it was tried.
     """
 
     message: BulkMessage
-    status: BulkStatus
+    status: Outcome
     result: SendResult | None = None
     error: BaseException | None = None
     attempts: int = 0
@@ -107,7 +113,7 @@ class BulkProgress:
     """A snapshot of a bulk run, given to the ``progress`` callback."""
 
     accepted: int
-    failed: int
+    refused: int
     unknown: int
     not_sent: int
     retried: int
@@ -117,7 +123,7 @@ class BulkProgress:
     @property
     def done(self) -> int:
         """Messages with a final result."""
-        return self.accepted + self.failed + self.unknown + self.not_sent
+        return self.accepted + self.refused + self.unknown + self.not_sent
 
     @property
     def rate(self) -> float:
@@ -130,7 +136,7 @@ class BulkSummary:
     """What :func:`send_bulk` returns."""
 
     accepted: int = 0
-    failed: int = 0
+    refused: int = 0
     unknown: int = 0
     not_sent: int = 0
     retried: int = 0
@@ -183,7 +189,7 @@ class Source:
                     try:
                         await send_channel.send(message)
                     except BaseException as exc:  # taken from the input: it must be reported
-                        self._report(BulkResult(message, BulkStatus.NOT_SENT, error=exc))
+                        self._report(BulkResult(message, Outcome.NOT_SENT, error=exc))
                         raise
             except BaseException:
                 await close_early(iterator)

@@ -19,9 +19,15 @@ driver moves the bytes.
   RFC 2920 §3.1). A command is checked against the state the session will be
   in once every earlier command in flight succeeds; the confirmed state follows
   the replies.
+* **Whose fault.** A command the table does not allow in the state the
+  session will be in, or message data outside DATA, is the caller's mistake:
+  :class:`~trio_sendmail.SMTPUsageError`, with nothing queued and the state
+  unchanged. A reply the table does not allow is the server's:
+  :class:`~trio_sendmail.SMTPProtocolError` (h11's Local/RemoteProtocolError).
 * **A failure is sticky.** A protocol violation sets :attr:`State.BROKEN` and
-  every later call raises; the driver also breaks the core when I/O fails or is
-  cancelled mid-command. A broken session is never reused.
+  every later command raises :class:`~trio_sendmail.SMTPUsageError`; the driver
+  also breaks the core when I/O fails or is cancelled mid-command. A broken
+  session is never reused.
 * **STARTTLS** (RFC 3207 §4.2, §4.2.1 and §6): bytes that arrived after the 220
   and before the handshake are injected, not trusted: a protocol error. After
   :meth:`ClientCore.tls_established`, every capability learned before is
@@ -52,14 +58,11 @@ from typing import NamedTuple, cast
 from ._address import Domain, ForwardPath, ReversePath
 from ._capabilities import Capabilities
 from ._data import DataEncoder
-from ._errors import (
-    SMTPAuthenticationError,
-    SMTPInputError,
-    SMTPProtocolError,
-)
+from ._errors import SMTPInputError, SMTPProtocolError, SMTPUsageError
 from ._inputs import check_argument, ehlo_ascii
 from ._pipeline import MARK_DATA, MARK_END, MARK_ENVELOPE, Command, CommandPipeline
 from ._reply import Reply, ReplyParser
+from ._reply_errors import SMTPAuthenticationError
 from ._sasl import Mechanism
 from ._table import ILLEGAL, SAME, TABLE, Rule, State, Verb
 from ._transaction import Transaction
@@ -145,13 +148,13 @@ class ClientCore(CommandPipeline):
     def starttls(self) -> None:
         """Queue ``STARTTLS`` (RFC 3207)."""
         if self.tls:
-            raise SMTPProtocolError("STARTTLS on a session that already runs TLS")
+            raise SMTPUsageError("STARTTLS on a session that already runs TLS")
         self._issue(Verb.STARTTLS, "STARTTLS")
 
     def tls_established(self) -> None:
         """Tell the core the TLS handshake succeeded: EHLO must be sent again."""
         if self.state is not State.TLS:
-            raise SMTPProtocolError("tls_established() without an accepted STARTTLS")
+            raise SMTPUsageError("tls_established() without an accepted STARTTLS")
         self.tls = True
         self.capabilities = None
         self.state = self._tail = State.GREETED
@@ -221,7 +224,7 @@ class ClientCore(CommandPipeline):
         if chunk_size < 1:
             raise SMTPInputError("the BDAT chunk size must be positive")
         if self._tail not in (State.RCPT, State.BDAT):
-            raise SMTPProtocolError(f"BDAT is not allowed now (session state: {self._tail.value})")
+            raise SMTPUsageError(f"BDAT is not allowed now (session state: {self._tail.value})")
         self._bdat = True
         self._chunk_size = chunk_size
         self._bdat_encoder = None if binary else DataEncoder(stuff=False)
@@ -238,7 +241,7 @@ class ClientCore(CommandPipeline):
             self._stage += chunk if encoder is None else encoder.encode(chunk, clean=clean)
             return
         if self.state is not State.DATA or self._inflight:
-            raise SMTPProtocolError(f"message data outside DATA (state: {self.state.value})")
+            raise SMTPUsageError(f"message data outside DATA (state: {self.state.value})")
         encoded = self._encoder.encode(chunk, clean=clean)
         if encoded and txn is not None and not self._data_marked:
             self._marks.append((len(self._out), txn, MARK_DATA))
@@ -274,7 +277,7 @@ class ClientCore(CommandPipeline):
             self._bdat_encoder = None
         else:
             if self.state is not State.DATA or self._inflight:
-                raise SMTPProtocolError(f"end of data outside DATA (state: {self.state.value})")
+                raise SMTPUsageError(f"end of data outside DATA (state: {self.state.value})")
             self._out += self._encoder.finish()
             if self.transcript is not None:
                 self._log(f"C: <{self._encoder.bytes_out} bytes of message data>")
@@ -307,7 +310,7 @@ class ClientCore(CommandPipeline):
         return it instead of queuing it (for inspection: a session sends the
         body with :meth:`body`)."""
         if self.state is not State.DATA:
-            raise SMTPProtocolError(f"message data outside DATA (state: {self.state.value})")
+            raise SMTPUsageError(f"message data outside DATA (state: {self.state.value})")
         return self._encoder.encode(chunk)
 
     def rset(self) -> None:

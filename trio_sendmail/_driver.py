@@ -48,12 +48,11 @@ from ._errors import (
     SMTPConnectionError,
     SMTPError,
     SMTPProtocolError,
-    SMTPResponseError,
-    SMTPServiceClosing,
     SMTPTimeoutError,
     SMTPTLSError,
 )
 from ._reply import ReplyParser
+from ._reply_errors import SMTPResponseError, SMTPServiceClosing
 from ._settings import Buffers, Timeouts
 
 __all__ = ["Driver", "phase_timeout"]

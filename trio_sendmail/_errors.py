@@ -1,30 +1,29 @@
-"""The exception hierarchy of trio_sendmail.
+"""The exception hierarchy of trio_sendmail: the floor that imports nothing.
 
 Every exception the library raises on purpose derives from :class:`SMTPError`.
-Errors that carry a server reply derive from :class:`SMTPResponseError`; each
-concrete response error exists in a *transient* (4xx) and a *permanent* (5xx)
-flavour, so that ``except SMTPTransientError`` catches every retryable refusal
-whatever command it answered, while ``except SMTPSenderRefused`` still catches
-both flavours of a refused sender.
+Whose fault it was decides the branch, as h11's ``LocalProtocolError`` /
+``RemoteProtocolError`` split does:
 
-Caller mistakes (a malformed address, CR/LF injection) raise
-:class:`SMTPInputError`, which is also a :class:`ValueError`.
+* **The caller's**: a value that cannot be sent (a malformed address, CR/LF
+  injection, a bad option) raises :class:`SMTPInputError`, also a
+  :class:`ValueError`; a call the session cannot take in its state raises
+  :class:`SMTPUsageError`, also a :class:`RuntimeError`. Both are raised before
+  anything goes out, and neither says anything about the server.
+* **The server's**: it broke the protocol (:class:`SMTPProtocolError`), or it
+  refused a command (:class:`~trio_sendmail.SMTPResponseError` and the other
+  errors that carry its replies; they live one floor up, in
+  ``_reply_errors.py``, since they hold a :class:`~trio_sendmail.Reply`).
+* **Nobody's in particular**: the connection (:class:`SMTPConnectionError`),
+  a timeout, or an extension the server lacks (:class:`SMTPNotSupportedError`).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
-
-if TYPE_CHECKING:
-    from ._address import ForwardPath
-    from ._reply import EnhancedStatus, Reply
 
 __all__ = [
     "Outcome",
     "SMTPAddressError",
-    "SMTPAuthenticationError",
     "SMTPConnectionError",
     "SMTPError",
     "SMTPInputError",
@@ -32,13 +31,10 @@ __all__ = [
     "SMTPNotSupportedError",
     "SMTPPermanentError",
     "SMTPProtocolError",
-    "SMTPRecipientsRefused",
-    "SMTPResponseError",
-    "SMTPSenderRefused",
-    "SMTPServiceClosing",
     "SMTPTLSError",
     "SMTPTimeoutError",
     "SMTPTransientError",
+    "SMTPUsageError",
 ]
 
 
@@ -58,7 +54,9 @@ class Outcome(enum.Enum):
     #: accepted the message, and sending it again will not duplicate it.
     NOT_SENT = "not sent"
     #: The server received the whole message and refused it (a 4xx or 5xx reply
-    #: to the final dot): it was not accepted.
+    #: to the final dot): it was not accepted. (As a
+    #: :attr:`BulkResult.status <trio_sendmail.BulkResult>`, also a message whose
+    #: sender or recipients were refused for good.)
     REFUSED = "refused"
     #: The end of the data went out but no reply came back (timeout, lost
     #: connection, cancellation): the server may or may not have queued it.
@@ -80,6 +78,20 @@ class SMTPInputError(SMTPError, ValueError):
 
 class SMTPAddressError(SMTPInputError):
     """A mailbox, path or domain is malformed or too long (RFC 5321 §4.1.2, §4.5.3.1)."""
+
+
+class SMTPUsageError(SMTPError, RuntimeError):
+    """The caller used a session in a way its state does not allow (raised before any I/O).
+
+    For example: sending on a session that is not ready, a command issued
+    before the reply it must wait for (RFC 2920 §3.1), STARTTLS on a session
+    that already runs TLS, message data outside DATA, or any command on a core
+    broken by an earlier error. The server did nothing wrong: this is the
+    counterpart of h11's ``LocalProtocolError``, where :class:`SMTPProtocolError`
+    is its ``RemoteProtocolError``. It is a :class:`RuntimeError` (a call at the
+    wrong time), where a bad value is an :class:`SMTPInputError`
+    (:class:`ValueError`).
+    """
 
 
 class SMTPConnectionError(SMTPError):
@@ -107,7 +119,10 @@ class SMTPTimeoutError(SMTPError, TimeoutError):
 
 class SMTPProtocolError(SMTPError):
     """The server broke the SMTP protocol (malformed, over-long or unexpected replies,
-    or bytes injected before a TLS handshake). The session is unusable afterwards."""
+    or bytes injected before a TLS handshake). The session is unusable afterwards.
+
+    Only the server's mistakes raise it; the caller's raise :class:`SMTPUsageError`.
+    """
 
 
 class SMTPNotSupportedError(SMTPError):
@@ -128,129 +143,23 @@ class SMTPMessageTooLarge(SMTPNotSupportedError):
 
 
 class SMTPTransientError(SMTPError):
-    """Marker base: the failure is temporary (an SMTP 4xx reply); retrying later may work."""
+    """Marker base: the failure is temporary (an SMTP 4xx reply); retrying later may work.
 
-    is_transient: ClassVar[bool] = True
+    Every reply error exists in a transient flavour that derives from it
+    (``SMTPSenderRefused.Transient``, …), so ``except SMTPTransientError``
+    catches every retryable refusal whatever command it answered.
+    """
+
+    @property
+    def is_transient(self) -> bool:
+        """True: retrying later may work."""
+        return True
 
 
 class SMTPPermanentError(SMTPError):
     """Marker base: the failure is permanent (an SMTP 5xx reply); do not retry as is."""
 
-    is_transient: ClassVar[bool] = False
-
-
-def _flavours(cls: type[SMTPError]) -> None:
-    """Give a response-error class its transient and permanent subclasses."""
-    for marker, word in ((SMTPTransientError, "Transient"), (SMTPPermanentError, "Permanent")):
-        sub = type(
-            cls.__name__,
-            (cls, marker),
-            {"__module__": cls.__module__, "__qualname__": f"{cls.__qualname__}.{word}"},
-        )
-        setattr(cls, word, sub)
-
-
-class SMTPResponseError(SMTPError):
-    """The server refused a command with a 4xx or 5xx reply.
-
-    Do not instantiate directly; use :meth:`from_reply`, which picks the
-    transient or permanent flavour from the reply code.
-
-    Attributes:
-        reply: the whole :class:`~trio_sendmail.Reply`.
-        command: the verb of the refused command (``"MAIL"``, ``"RCPT"``, ``"DATA"``,
-            ``"."`` for the end of data, ``"CONNECT"`` for the greeting, …).
-    """
-
-    Transient: ClassVar[type[SMTPResponseError]]
-    Permanent: ClassVar[type[SMTPResponseError]]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if not issubclass(cls, SMTPTransientError | SMTPPermanentError):
-            _flavours(cls)
-
-    def __init__(self, reply: Reply, command: str, *, message: str | None = None) -> None:
-        self.reply = reply
-        self.command = command
-        super().__init__(message or f"{command} refused: {reply}")
-
-    @classmethod
-    def from_reply(
-        cls, reply: Reply, command: str, *, message: str | None = None
-    ) -> SMTPResponseError:
-        """Build the flavour of *cls* that matches *reply*'s class (4xx or 5xx)."""
-        flavour = cls.Transient if 400 <= reply.code < 500 else cls.Permanent
-        return flavour(reply, command, message=message)
-
-    @property
-    def code(self) -> int:
-        """The three-digit reply code."""
-        return self.reply.code
-
-    @property
-    def enhanced_status(self) -> EnhancedStatus | None:
-        """The RFC 3463 enhanced status code, when the server sent one."""
-        return self.reply.enhanced_status
-
-    @property
-    def lines(self) -> tuple[str, ...]:
-        """The reply's text lines (without code or enhanced status)."""
-        return self.reply.lines
-
     @property
     def is_transient(self) -> bool:
-        """True for a 4xx reply (retry later), False for a 5xx one."""
-        return 400 <= self.reply.code < 500
-
-
-class SMTPServiceClosing(SMTPResponseError):
-    """The server answered 421: it is closing the connection (always transient)."""
-
-
-class SMTPSenderRefused(SMTPResponseError):
-    """``MAIL FROM`` was refused."""
-
-
-class SMTPAuthenticationError(SMTPResponseError):
-    """Authentication failed (e.g. 535, 534, 538), or the server's proof was wrong.
-
-    Attributes:
-        details: what the server said about the refusal inside the SASL
-            exchange, when the mechanism carries it: the JSON object of an OAuth
-            error challenge (RFC 7628 §3.2.2), or ``{"e": ...}`` for a SCRAM
-            server error; else ``None``.
-    """
-
-    details: dict[str, Any] | None = None
-
-
-class SMTPRecipientsRefused(SMTPError):
-    """Every recipient was refused; nothing was sent.
-
-    Attributes:
-        refused: each refused recipient with the server's reply.
-    """
-
-    Transient: ClassVar[type[SMTPRecipientsRefused]]
-    Permanent: ClassVar[type[SMTPRecipientsRefused]]
-
-    def __init__(self, refused: Mapping[ForwardPath, Reply]) -> None:
-        self.refused = dict(refused)
-        detail = "; ".join(f"{path}: {reply}" for path, reply in self.refused.items())
-        super().__init__(f"all recipients refused: {detail}")
-
-    @classmethod
-    def from_replies(cls, refused: Mapping[ForwardPath, Reply]) -> SMTPRecipientsRefused:
-        """Transient only when every refusal was a 4xx reply."""
-        transient = all(400 <= reply.code < 500 for reply in refused.values())
-        return (cls.Transient if transient else cls.Permanent)(refused)
-
-    @property
-    def is_transient(self) -> bool:
-        """True when every refusal was temporary (4xx)."""
-        return all(400 <= reply.code < 500 for reply in self.refused.values())
-
-
-_flavours(SMTPRecipientsRefused)
-_flavours(SMTPResponseError)
+        """False: do not retry as is."""
+        return False

@@ -24,20 +24,16 @@ import trio
 
 from ._address import Domain, domain
 from ._driver import Driver
-from ._errors import (
-    SMTPAuthenticationError,
-    SMTPInputError,
-    SMTPNotSupportedError,
-    SMTPResponseError,
-)
+from ._errors import SMTPInputError, SMTPNotSupportedError
 from ._inputs import ehlo_ascii
+from ._reply_errors import SMTPAuthenticationError, SMTPResponseError
 from ._sasl import Authentication, OAuthBearerMechanism, choose_mechanism, usable_mechanisms
-from ._settings import SessionConfig, TLSMode, default_ssl_context
+from ._settings import ConnectionSettings, TLSMode, default_ssl_context
 
 __all__ = ["open_steps"]
 
 
-async def open_steps(driver: Driver, config: SessionConfig) -> None:
+async def open_steps(driver: Driver, config: ConnectionSettings) -> None:
     """Greet, secure and authenticate over *driver* (under its timer)."""
     core = driver.core
     tls_mode = config.tls
@@ -52,7 +48,7 @@ async def open_steps(driver: Driver, config: SessionConfig) -> None:
     greeting = await driver.event()
     if not greeting.reply.is_positive:
         raise SMTPResponseError.from_reply(greeting.reply, "CONNECT")
-    name = config.ehlo_name or await _default_ehlo_name(driver.stream)
+    name = config.domain or await _default_ehlo_name(driver.stream)
     await _ehlo(driver, name)
     if tls_mode is TLSMode.STARTTLS:
         caps = core.capabilities

@@ -15,8 +15,9 @@ each command means and what each reply changes is the core's business.
   <trio_sendmail._table.Rule.success>`); the confirmed state follows the
   replies. Nothing is queued after a command that must end a pipelined group
   (EHLO, DATA, NOOP, QUIT, STARTTLS, AUTH) until its reply is in.
-* **A failure is sticky.** A broken pipeline refuses every later command, and
-  whatever was still queued is dropped: it must never go out.
+* **A failure is sticky.** A broken pipeline refuses every later command
+  (:class:`~trio_sendmail.SMTPUsageError`: issuing it is the caller's mistake),
+  and whatever was still queued is dropped: it must never go out.
 * **Marks.** An offset in the output buffer can be marked with a
   :class:`~trio_sendmail._transaction.Transaction`: when
   :meth:`CommandPipeline.take_output` hands out the byte at that offset, the
@@ -29,7 +30,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 
-from ._errors import SMTPProtocolError
+from ._errors import SMTPUsageError
 from ._table import SAME, TABLE, Rule, State, Verb
 from ._transaction import Transaction
 
@@ -170,16 +171,16 @@ class CommandPipeline:
     def _issue(self, verb: Verb, line: str, *, subject: object = None, log: str | None = None,
                utf8: bool = False, txn: Transaction | None = None) -> None:  # fmt: skip
         if self.state is State.BROKEN:
-            raise SMTPProtocolError("the session is broken by an earlier error")
+            raise SMTPUsageError("the session is broken by an earlier error")
         rule = TABLE[verb]
         inflight = self._inflight
         if inflight and inflight[-1].rule.last_in_group:
-            raise SMTPProtocolError(
+            raise SMTPUsageError(
                 f"{verb.value} cannot follow {inflight[-1].verb.value} "
                 "before its reply (RFC 2920 §3.1)"
             )
         if self._tail not in rule.legal:
-            raise SMTPProtocolError(
+            raise SMTPUsageError(
                 f"{verb.value} is not allowed now (session state: {self._tail.value})"
             )
         out = self._out

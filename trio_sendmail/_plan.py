@@ -23,7 +23,7 @@ from ._dsn import DSN
 from ._errors import SMTPMessageTooLarge, SMTPNotSupportedError
 from ._message import MailBody
 
-__all__ = ["NO_OPTIONS", "Options", "Plan", "plan"]
+__all__ = ["NO_OPTIONS", "Options", "Plan", "message_options", "plan"]
 
 
 @attrs.frozen
@@ -36,6 +36,14 @@ class Options:
 
 
 NO_OPTIONS = Options()
+
+
+def message_options(dsn: DSN | None, requiretls: bool, binary: bool) -> Options:
+    """The :class:`Options` of the ``dsn``, ``requiretls`` and ``binary``
+    keywords that every send takes (:data:`NO_OPTIONS` when none is set)."""
+    if dsn is None and not requiretls and not binary:
+        return NO_OPTIONS
+    return Options(dsn, requiretls, binary)
 
 
 @attrs.frozen

@@ -42,33 +42,31 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import ssl
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from email.headerregistry import Address
+from typing import Unpack
 
 import attrs
 import trio
 
-from ._address import Domain, ForwardPath, Mailbox, ReversePath
+from ._address import ForwardPath, Mailbox, ReversePath
 from ._dsn import DSN
 from ._errors import (
     Outcome,
-    SMTPAuthenticationError,
     SMTPConnectionError,
     SMTPError,
     SMTPNotSupportedError,
     SMTPProtocolError,
-    SMTPServiceClosing,
     SMTPTLSError,
 )
 from ._inputs import is_single_address
 from ._message import Mail, MailBody, OneShotStream, prepare_mail
-from ._plan import NO_OPTIONS, Options
+from ._plan import Options, message_options
 from ._pool_limits import PoolLimits, PoolStatistics, RateLimiter
-from ._sasl import Authentication
+from ._reply_errors import SMTPAuthenticationError, SMTPServiceClosing
 from ._session import Session, _connect
-from ._settings import SessionConfig, Timeouts, TLSMode
+from ._settings import ConnectionOptions, ConnectionSettings, connection_settings
 from ._transaction import OutcomeTracker, SendResult
 
 __all__ = ["Lease", "Pool", "PoolLimits", "PoolStatistics", "RateLimiter", "open_pool"]
@@ -84,7 +82,13 @@ class _Connection:
 
 # Errors that say the connection (not the message) is the problem.
 _STALE = (SMTPConnectionError, SMTPServiceClosing, SMTPProtocolError)
-# Errors that make every further attempt pointless.
+# Failures to open a connection that every further attempt would meet again
+# (credentials refused, a TLS failure, an extension or AUTH mechanism the server
+# lacks): the pool raises them at once. Other failures (refused, reset, timed
+# out, a 554 greeting) are retried, up to PoolLimits.connect_retries while no
+# connection works. The one definition of what is fatal when opening: the bulk
+# sender (_bulk.py) ends its run on these and on the SMTPConnectionError the
+# pool raises once its retries are spent.
 FATAL_CONNECT_ERRORS = (SMTPAuthenticationError, SMTPTLSError, SMTPNotSupportedError)
 
 
@@ -176,9 +180,7 @@ class Lease:
         connection when the server had closed the first one before it took any
         of the message.
         """
-        options = NO_OPTIONS
-        if dsn is not None or requiretls or binary:
-            options = Options(dsn, requiretls, binary)
+        options = message_options(dsn, requiretls, binary)
         return await self._send(
             sender, recipients, prepare_mail(mail), options, tracker=tracker, defer=defer
         )
@@ -279,7 +281,9 @@ class Lease:
 class Pool(trio.abc.AsyncResource):
     """Concurrency-safe sending over many connections; get one from :func:`open_pool`."""
 
-    def __init__(self, config: SessionConfig, limits: PoolLimits, nursery: trio.Nursery) -> None:
+    def __init__(
+        self, config: ConnectionSettings, limits: PoolLimits, nursery: trio.Nursery
+    ) -> None:
         self._config = config
         self._limits = limits
         self._nursery = nursery
@@ -300,7 +304,7 @@ class Pool(trio.abc.AsyncResource):
     def __repr__(self) -> str:
         c = self._config
         return (
-            f"<trio_sendmail.Pool {c.hostname}:{c.port} {c.tls.value} "
+            f"<trio_sendmail.Pool {c.hostname}:{c.resolved_port} {c.tls.value} "
             f"open={self._open_count()} target={self._target}>"
         )
 
@@ -374,9 +378,7 @@ class Pool(trio.abc.AsyncResource):
         """
         if tracker is None:
             tracker = OutcomeTracker()
-        options = NO_OPTIONS
-        if dsn is not None or requiretls or binary:
-            options = Options(dsn, requiretls, binary)
+        options = message_options(dsn, requiretls, binary)
         body = prepare_mail(mail)  # a bad message fails before a connection is taken
         async with self.lease() as lease:
             result = await lease._send(sender, recipients, body, options, tracker=tracker)
@@ -526,47 +528,30 @@ class Pool(trio.abc.AsyncResource):
         self._lot.unpark_all()
 
 
-_DEFAULT_TIMEOUTS = Timeouts()
-_DEFAULT_LIMITS = PoolLimits()
+DEFAULT_LIMITS = PoolLimits()
 
 
 @asynccontextmanager
 async def open_pool(
-    hostname: str,
+    server: str | ConnectionSettings,
+    /,
     *,
-    port: int | None = None,
-    tls: TLSMode = TLSMode.IMPLICIT,
-    ssl_context: ssl.SSLContext | None = None,
-    domain: Domain | str | None = None,
-    authentication: Authentication | None = None,
-    insecure_auth_over_plaintext: bool = False,
-    timeouts: Timeouts = _DEFAULT_TIMEOUTS,
-    pipelining: bool = True,
-    chunking: bool = True,
-    limits: PoolLimits = _DEFAULT_LIMITS,
+    limits: PoolLimits = DEFAULT_LIMITS,
+    **options: Unpack[ConnectionOptions],
 ) -> AsyncIterator[Pool]:
     """Open a connection pool to one server.
 
-    Takes the connection parameters of :func:`open_session` and the pool's
-    :class:`PoolLimits`. No connection is opened before the first send.
+    Takes the server and connection options of :func:`open_session` (a host
+    name and keyword arguments, or a :class:`ConnectionSettings`) and the
+    pool's :class:`PoolLimits`. No connection is opened before the first send.
     Leaving the block closes every connection (QUIT on the idle ones) and ends
     every task the pool started.
 
     Raises:
         SMTPInputError: a malformed hostname, port or EHLO domain.
+        TypeError: an option of the wrong type.
     """
-    config = SessionConfig.make(
-        hostname,
-        port=port,
-        tls=tls,
-        ssl_context=ssl_context,
-        domain=domain,
-        authentication=authentication,
-        insecure_auth_over_plaintext=insecure_auth_over_plaintext,
-        timeouts=timeouts,
-        pipelining=pipelining,
-        chunking=chunking,
-    )
+    config = connection_settings(server, options)
     # The caller's block runs inside the pool's nursery; its exception is kept
     # out of the nursery (which would wrap it in a group) and raised as it was.
     error: BaseException | None = None

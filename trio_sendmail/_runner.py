@@ -38,17 +38,11 @@ from typing import NoReturn
 from ._address import ForwardPath, ReversePath
 from ._core import State, Verb
 from ._driver import Driver
-from ._errors import (
-    SMTPError,
-    SMTPNotSupportedError,
-    SMTPProtocolError,
-    SMTPRecipientsRefused,
-    SMTPResponseError,
-    SMTPSenderRefused,
-)
+from ._errors import SMTPError, SMTPNotSupportedError, SMTPProtocolError
 from ._message import MailBody, close_early
 from ._plan import Plan
 from ._reply import Reply
+from ._reply_errors import SMTPRecipientsRefused, SMTPResponseError, SMTPSenderRefused
 from ._transaction import OutcomeTracker, SendResult, Transaction
 
 __all__ = ["BDAT_WINDOW", "PIPELINE_BATCH", "run_transaction"]

@@ -33,15 +33,15 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-import ssl
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from email.headerregistry import Address
+from typing import Unpack
 
 import attrs
 import trio
 
-from ._address import Domain, ForwardPath, Mailbox, ReversePath
+from ._address import ForwardPath, Mailbox, ReversePath
 from ._capabilities import Capabilities
 from ._core import State
 from ._driver import Driver
@@ -50,17 +50,23 @@ from ._errors import (
     Outcome,
     SMTPConnectionError,
     SMTPError,
-    SMTPProtocolError,
     SMTPTimeoutError,
+    SMTPUsageError,
 )
 from ._inputs import envelope
 from ._message import Mail, MailBody, prepare_mail
 from ._opening import open_steps
-from ._plan import NO_OPTIONS, Options, plan
+from ._plan import Options, message_options, plan
 from ._reply import Reply
 from ._runner import run_transaction
-from ._sasl import Authentication
-from ._settings import Buffers, SessionConfig, Timeouts, TLSMode
+from ._settings import (
+    Buffers,
+    ConnectionOptions,
+    ConnectionSettings,
+    Timeouts,
+    TLSMode,
+    connection_settings,
+)
 from ._transaction import OutcomeTracker, SendResult, Transaction, settle_error
 
 __all__ = [
@@ -77,7 +83,6 @@ logger = logging.getLogger("trio_sendmail.transcript")
 
 _session_ids = itertools.count(1)
 _NO_CAPABILITIES = Capabilities()
-_DEFAULT_TIMEOUTS = Timeouts()
 
 
 @attrs.frozen
@@ -234,6 +239,7 @@ class Session(trio.abc.AsyncResource):
 
         Raises:
             SMTPInputError: a bad address or argument (nothing was sent).
+            SMTPUsageError: the session cannot take a message now (nothing was sent).
             TypeError: *mail* or one of its chunks is not bytes-like.
             SMTPNotSupportedError: the message needs SMTPUTF8 or 8BITMIME and the
                 server lacks it, or it exceeds the server's SIZE (nothing was sent).
@@ -256,11 +262,7 @@ class Session(trio.abc.AsyncResource):
         """
         if self._pending is not None:
             raise trio.BusyResourceError("a pipelined send is in progress on this session")
-        options = (
-            NO_OPTIONS
-            if dsn is None and not requiretls and not binary
-            else (Options(dsn, requiretls, binary))
-        )
+        options = message_options(dsn, requiretls, binary)
         result = await self._send_op(sender, recipients, mail, options, tracker=tracker)
         assert result is not None
         return result
@@ -299,7 +301,7 @@ class Session(trio.abc.AsyncResource):
             rpath, fpaths = envelope(sender, recipients)
             body = mail if isinstance(mail, MailBody) else prepare_mail(mail)
             if not self.is_usable:
-                raise SMTPProtocolError(f"session not ready (state: {core.state.value})")
+                raise SMTPUsageError(f"session not ready (state: {core.state.value})")
             decided = plan(
                 self.capabilities,
                 tls=core.tls,
@@ -441,19 +443,12 @@ class Session(trio.abc.AsyncResource):
 
 @asynccontextmanager
 async def open_session(
-    hostname: str,
+    server: str | ConnectionSettings,
+    /,
     *,
-    port: int | None = None,
-    tls: TLSMode = TLSMode.IMPLICIT,
-    ssl_context: ssl.SSLContext | None = None,
-    domain: Domain | str | None = None,
-    authentication: Authentication | None = None,
-    insecure_auth_over_plaintext: bool = False,
     buffers: Buffers | None = None,
-    timeouts: Timeouts = _DEFAULT_TIMEOUTS,
-    pipelining: bool = True,
-    chunking: bool = True,
     stream: trio.abc.Stream | None = None,
+    **options: Unpack[ConnectionOptions],
 ) -> AsyncIterator[Session]:
     """Open an SMTP session, ready to :meth:`~Session.send` messages.
 
@@ -462,32 +457,21 @@ async def open_session(
     ends, the session sends QUIT if it is healthy and closes the connection.
 
     Args:
-        hostname: the server's domain name or IP address; also the name its
-            certificate must carry (checked, with SNI).
-        port: defaults to 465 (implicit TLS), 587 (STARTTLS) or 25 (plaintext).
-        tls: :class:`TLSMode`.
-        ssl_context: trust and TLS settings, ``sendmail-lwt``'s *authenticator*; the
-            default is :func:`ssl.create_default_context`, which verifies the
-            certificate against the system's CAs (made once per process, when
-            TLS is first used: pass your own context to pick up a CA bundle
-            that changed since).
-        domain: the EHLO name; by default the local FQDN, or else an address
-            literal of the local end of the connection.
-        authentication: credentials for AUTH, or ``None`` to skip AUTH.
-        insecure_auth_over_plaintext: allow AUTH on a connection without TLS.
-            Anyone on the path can read the password. Off by default.
+        server: the server's host name (or IP address), or a
+            :class:`ConnectionSettings` that says everything about the connection.
         buffers: reusable I/O buffers; a new pair is made when ``None``.
-        timeouts: the bound of each phase (RFC 5321 §4.5.3.2 by default).
-        pipelining: use PIPELINING (RFC 2920) when the server offers it.
-        chunking: send messages with BDAT (CHUNKING, RFC 3030) when the server
-            offers it: no dot-stuffing, and a small message costs one round trip
-            with pipelining.
         stream: an already-connected stream to use instead of opening a TCP
-            connection (for tests, proxies, or Unix sockets); *hostname* is
+            connection (for tests, proxies, or Unix sockets); the host name is
             then only used for the certificate check.
+        options: the keyword arguments of :class:`ConnectionSettings`
+            (:class:`ConnectionOptions`: ``port``, ``tls``, ``ssl_context``,
+            ``domain``, ``authentication``, ``insecure_auth_over_plaintext``,
+            ``timeouts``, ``pipelining``, ``chunking``); given with a
+            :class:`ConnectionSettings`, they replace its values.
 
     Raises:
-        SMTPInputError: a malformed hostname or EHLO domain.
+        SMTPInputError: a malformed hostname, port or EHLO domain.
+        TypeError: an option of the wrong type.
         SMTPConnectionError: the connection could not be opened.
         SMTPTLSError: the TLS handshake or the certificate check failed.
         SMTPTimeoutError: a phase timed out.
@@ -500,25 +484,14 @@ async def open_session(
 
     The connection is closed whenever this raises.
     """
-    config = SessionConfig.make(
-        hostname,
-        port=port,
-        tls=tls,
-        ssl_context=ssl_context,
-        domain=domain,
-        authentication=authentication,
-        insecure_auth_over_plaintext=insecure_auth_over_plaintext,
-        timeouts=timeouts,
-        pipelining=pipelining,
-        chunking=chunking,
-    )
+    config = connection_settings(server, options)
     session = await _connect(config, buffers=buffers, stream=stream)
     async with session:
         yield session
 
 
 async def _connect(
-    config: SessionConfig,
+    config: ConnectionSettings,
     *,
     buffers: Buffers | None = None,
     stream: trio.abc.Stream | None = None,
@@ -527,7 +500,7 @@ async def _connect(
     if buffers is None:
         buffers = Buffers()
     buffers._acquire()
-    hostname, port, timeouts = config.hostname, config.port, config.timeouts
+    hostname, port, timeouts = config.hostname, config.resolved_port, config.timeouts
     try:
         if stream is None:
             try:
@@ -561,7 +534,3 @@ async def _connect(
         await session.aclose()
         raise
     return session
-
-
-# The names other modules (and older code) import from here.
-_SessionConfig = SessionConfig

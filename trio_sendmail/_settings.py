@@ -1,5 +1,6 @@
-"""The settings of a connection: TLS mode, timeouts, buffers, and the
-validated parameters shared by :func:`~trio_sendmail.open_session` and the pool.
+"""The settings of a connection: TLS mode, timeouts, buffers, and
+:class:`ConnectionSettings`, the validated parameters shared by
+:func:`~trio_sendmail.open_session`, the pool and the bulk sender.
 
 Ports: 465 for implicit TLS (RFC 8314 §3.3), 587 for submission with STARTTLS
 (RFC 6409 §3.1), 25 for a local relay (RFC 5321 §4.5.4.2). Timeouts default to
@@ -11,6 +12,8 @@ from __future__ import annotations
 import enum
 import math
 import ssl
+from collections.abc import Callable
+from typing import Any, TypedDict
 
 import attrs
 import trio
@@ -22,13 +25,16 @@ from ._inputs import check_argument, ehlo_ascii
 from ._sasl import Authentication
 
 __all__ = [
+    "DEFAULT_TIMEOUTS",
     "SMTP_PORT",
     "SUBMISSIONS_PORT",
     "SUBMISSION_PORT",
     "Buffers",
-    "SessionConfig",
+    "ConnectionOptions",
+    "ConnectionSettings",
     "TLSMode",
     "Timeouts",
+    "connection_settings",
     "default_ssl_context",
 ]
 
@@ -88,6 +94,10 @@ class Timeouts:
             value = getattr(self, field.name)
             if not isinstance(value, int | float) or math.isnan(value) or value <= 0:
                 raise ValueError(f"Timeouts.{field.name} must be a positive number, not {value!r}")
+
+
+#: The one default :class:`Timeouts` (RFC 5321 §4.5.3.2).
+DEFAULT_TIMEOUTS = Timeouts()
 
 
 class Buffers:
@@ -164,56 +174,133 @@ def _default_port(tls: TLSMode) -> int:
     }[tls]
 
 
-@attrs.frozen
-class SessionConfig:
-    """Validated connection parameters (shared by open_session and the pool)."""
+def _ehlo_domain(value: Domain | str | None) -> Domain | None:
+    """The EHLO name as a :class:`Domain`, checked now (not after connecting)."""
+    if value is None:
+        return None
+    name = to_domain(value)
+    ehlo_ascii(name)
+    return name
 
-    hostname: str
-    port: int
+
+def _check_hostname_field(_instance: object, _attribute: object, value: str) -> None:
+    _check_hostname(value)
+
+
+def _check_port(_instance: object, _attribute: object, value: int | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise SMTPInputError(f"invalid port {value!r}")
+
+
+_Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def _check_type(kind: type, text: str, *, optional: bool = True) -> _Validator:
+    def check(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if (value is None and optional) or isinstance(value, kind):
+            return
+        raise TypeError(f"{attribute.name} must be {text}, not {type(value).__name__}")
+
+    return check
+
+
+@attrs.frozen
+class ConnectionSettings:
+    """Where and how to connect: one value for :func:`~trio_sendmail.open_session`,
+    :func:`~trio_sendmail.open_pool` and :func:`~trio_sendmail.send_bulk`.
+
+    Every argument is checked when the value is made, before any I/O: a
+    malformed hostname, port or EHLO name raises :class:`SMTPInputError`, an
+    argument of the wrong type :class:`TypeError`. The repr never shows the
+    credentials or the TLS context. Derive a variant with :func:`attrs.evolve`;
+    those functions do so when given both a value and keyword arguments
+    (``open_session(settings, timeouts=...)``).
+
+    Args:
+        hostname: the server's domain name or IP address; also the name its
+            certificate must carry (checked, with SNI).
+        port: ``None`` (the default) for the port of the TLS mode: 465
+            (implicit TLS), 587 (STARTTLS) or 25 (plaintext); see
+            :attr:`resolved_port`.
+        tls: :class:`TLSMode`.
+        ssl_context: trust and TLS settings, ``sendmail-lwt``'s *authenticator*;
+            the default is :func:`ssl.create_default_context`, which verifies
+            the certificate against the system's CAs (made once per process,
+            when TLS is first used: pass your own context to pick up a CA
+            bundle that changed since).
+        domain: the EHLO name (a :class:`Domain`, or a ``str`` parsed as one);
+            by default the local FQDN, or else an address literal of the local
+            end of the connection.
+        authentication: credentials for AUTH, or ``None`` to skip AUTH.
+        insecure_auth_over_plaintext: allow AUTH on a connection without TLS.
+            Anyone on the path can read the password. Off by default.
+        timeouts: the bound of each phase (RFC 5321 §4.5.3.2 by default).
+        pipelining: use PIPELINING (RFC 2920) when the server offers it.
+        chunking: send messages with BDAT (CHUNKING, RFC 3030) when the server
+            offers it: no dot-stuffing, and a small message costs one round
+            trip with pipelining.
+    """
+
+    hostname: str = attrs.field(validator=_check_hostname_field)
+    port: int | None = attrs.field(default=None, kw_only=True, validator=_check_port)
+    tls: TLSMode = attrs.field(
+        default=TLSMode.IMPLICIT, kw_only=True,
+        validator=_check_type(TLSMode, "a TLSMode", optional=False),
+    )  # fmt: skip
+    ssl_context: ssl.SSLContext | None = attrs.field(
+        default=None, kw_only=True, repr=False,
+        validator=_check_type(ssl.SSLContext, "an ssl.SSLContext or None"),
+    )  # fmt: skip
+    domain: Domain | None = attrs.field(default=None, kw_only=True, converter=_ehlo_domain)
+    authentication: Authentication | None = attrs.field(
+        default=None, kw_only=True, repr=False,
+        validator=_check_type(Authentication, "an Authentication or None"),
+    )  # fmt: skip
+    insecure_auth_over_plaintext: bool = attrs.field(default=False, kw_only=True)
+    timeouts: Timeouts = attrs.field(
+        default=DEFAULT_TIMEOUTS, kw_only=True,
+        validator=_check_type(Timeouts, "a Timeouts", optional=False),
+    )  # fmt: skip
+    pipelining: bool = attrs.field(default=True, kw_only=True)
+    chunking: bool = attrs.field(default=True, kw_only=True)
+
+    @property
+    def resolved_port(self) -> int:
+        """:attr:`port`, or the default port of :attr:`tls` when it is ``None``.
+
+        The port is resolved when it is used, not when the value is made, so
+        that ``attrs.evolve(settings, tls=TLSMode.STARTTLS)`` moves to port 587.
+        """
+        return self.port if self.port is not None else _default_port(self.tls)
+
+
+class ConnectionOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`ConnectionSettings` but *hostname*: what
+    :func:`~trio_sendmail.open_session`, :func:`~trio_sendmail.open_pool` and
+    :func:`~trio_sendmail.send_bulk` take after the server, for
+    ``**options: Unpack[ConnectionOptions]``: ``port``, ``tls``,
+    ``ssl_context``, ``domain``, ``authentication``,
+    ``insecure_auth_over_plaintext``, ``timeouts``, ``pipelining`` and
+    ``chunking``. See :class:`ConnectionSettings` for their meaning and
+    defaults."""
+
+    port: int | None
     tls: TLSMode
-    ssl_context: ssl.SSLContext | None = attrs.field(repr=False)
-    ehlo_name: Domain | None
-    authentication: Authentication | None = attrs.field(repr=False)
+    ssl_context: ssl.SSLContext | None
+    domain: Domain | str | None
+    authentication: Authentication | None
     insecure_auth_over_plaintext: bool
     timeouts: Timeouts
     pipelining: bool
     chunking: bool
 
-    @classmethod
-    def make(
-        cls,
-        hostname: str,
-        *,
-        port: int | None,
-        tls: TLSMode,
-        ssl_context: ssl.SSLContext | None,
-        domain: Domain | str | None,
-        authentication: Authentication | None,
-        insecure_auth_over_plaintext: bool,
-        timeouts: Timeouts,
-        pipelining: bool,
-        chunking: bool,
-    ) -> SessionConfig:
-        _check_hostname(hostname)
-        if not isinstance(tls, TLSMode):
-            raise TypeError("tls must be a TLSMode")
-        if port is None:
-            port = _default_port(tls)
-        if not isinstance(port, int) or not 0 < port < 65536:
-            raise SMTPInputError(f"invalid port {port!r}")
-        ehlo_name = None
-        if domain is not None:
-            ehlo_name = to_domain(domain)
-            ehlo_ascii(ehlo_name)  # raises now, not after connecting
-        return cls(
-            hostname=hostname,
-            port=port,
-            tls=tls,
-            ssl_context=ssl_context,
-            ehlo_name=ehlo_name,
-            authentication=authentication,
-            insecure_auth_over_plaintext=insecure_auth_over_plaintext,
-            timeouts=timeouts,
-            pipelining=pipelining,
-            chunking=chunking,
-        )
+
+def connection_settings(
+    server: str | ConnectionSettings, options: ConnectionOptions
+) -> ConnectionSettings:
+    """*server* as :class:`ConnectionSettings`, with *options* applied."""
+    if isinstance(server, ConnectionSettings):
+        return attrs.evolve(server, **options) if options else server
+    return ConnectionSettings(server, **options)

@@ -97,6 +97,13 @@ _FAIL_READY = {4: S.READY, 5: S.READY}
 _CLOSE = {4: S.CLOSED, 5: S.CLOSED}
 _IDLE = frozenset({S.GREETED, S.READY, S.MAIL, S.RCPT})
 
+# Nothing may be sent after these until their reply is in (RFC 2920 §3.1 for
+# EHLO, DATA, NOOP and QUIT; RFC 3207 STARTTLS; RFC 4954 AUTH; and the greeting).
+_LAST_IN_GROUP: Final = frozenset(
+    {Verb.CONNECT, Verb.EHLO, Verb.HELO, Verb.STARTTLS, Verb.AUTH, Verb.AUTH_RESPONSE,
+     Verb.DATA, Verb.NOOP, Verb.QUIT}
+)  # fmt: skip
+
 # Replies that change more than the state are handled apart (a flag on the
 # rule keeps that test off the path of MAIL, RCPT, DATA and the end of data).
 _SPECIAL: Final = frozenset(
@@ -109,27 +116,32 @@ def _rule(
     legal: set[State],
     success: State | None,
     replies: Mapping[int, State | None],
-    last: bool = False,
 ) -> tuple[Verb, Rule]:
-    return verb, Rule(frozenset(legal), success, replies, last, special=verb in _SPECIAL)
+    return verb, Rule(
+        frozenset(legal),
+        success,
+        replies,
+        last_in_group=verb in _LAST_IN_GROUP,
+        special=verb in _SPECIAL,
+    )
 
 
 #: The state table (RFC 5321 §4.1.4 and §4.3.2, RFC 3207, RFC 4954).
 #: command: (legal in, state after success, reply class → next state)
 TABLE: Mapping[Verb, Rule] = dict([
-    _rule(Verb.CONNECT,       {S.CONNECTED}, S.GREETED, {2: S.GREETED, **_CLOSE}, True),
-    _rule(Verb.EHLO,          {S.GREETED, S.READY}, S.READY, {2: S.READY, **_FAIL_GREETED}, True),
-    _rule(Verb.HELO,          {S.GREETED, S.READY}, S.READY, {2: S.READY, **_FAIL_GREETED}, True),
-    _rule(Verb.STARTTLS,      {S.READY}, S.TLS, {2: S.TLS, **_FAIL_SAME}, True),
-    _rule(Verb.AUTH,          {S.READY}, S.READY, {2: S.READY, 3: S.AUTH, **_FAIL_READY}, True),
-    _rule(Verb.AUTH_RESPONSE, {S.AUTH}, S.READY, {2: S.READY, 3: S.AUTH, **_FAIL_READY}, True),
+    _rule(Verb.CONNECT,       {S.CONNECTED}, S.GREETED, {2: S.GREETED, **_CLOSE}),
+    _rule(Verb.EHLO,          {S.GREETED, S.READY}, S.READY, {2: S.READY, **_FAIL_GREETED}),
+    _rule(Verb.HELO,          {S.GREETED, S.READY}, S.READY, {2: S.READY, **_FAIL_GREETED}),
+    _rule(Verb.STARTTLS,      {S.READY}, S.TLS, {2: S.TLS, **_FAIL_SAME}),
+    _rule(Verb.AUTH,          {S.READY}, S.READY, {2: S.READY, 3: S.AUTH, **_FAIL_READY}),
+    _rule(Verb.AUTH_RESPONSE, {S.AUTH}, S.READY, {2: S.READY, 3: S.AUTH, **_FAIL_READY}),
     _rule(Verb.MAIL,          {S.READY}, S.MAIL, {2: S.MAIL, **_FAIL_SAME}),
     _rule(Verb.RCPT,          {S.MAIL, S.RCPT}, S.RCPT, {2: S.RCPT, **_FAIL_SAME}),
-    _rule(Verb.DATA,          {S.RCPT}, S.DATA, {3: S.DATA, **_FAIL_SAME}, True),
+    _rule(Verb.DATA,          {S.RCPT}, S.DATA, {3: S.DATA, **_FAIL_SAME}),
     _rule(Verb.END_DATA,      {S.DATA}, S.READY, {2: S.READY, **_FAIL_READY}),
     _rule(Verb.BDAT,          {S.RCPT, S.BDAT}, S.BDAT, {2: S.BDAT, **_FAIL_SAME}),
     _rule(Verb.BDAT_LAST,     {S.RCPT, S.BDAT}, S.READY, {2: S.READY, **_FAIL_SAME}),
     _rule(Verb.RSET,          {S.READY, S.MAIL, S.RCPT, S.BDAT}, S.READY, {2: S.READY}),
-    _rule(Verb.NOOP,          set(_IDLE), SAME, {2: SAME, **_FAIL_SAME}, True),
-    _rule(Verb.QUIT,          set(_IDLE), S.CLOSED, {2: S.CLOSED, **_CLOSE}, True),
+    _rule(Verb.NOOP,          set(_IDLE), SAME, {2: SAME, **_FAIL_SAME}),
+    _rule(Verb.QUIT,          set(_IDLE), S.CLOSED, {2: S.CLOSED, **_CLOSE}),
 ])  # fmt: skip

@@ -29,7 +29,7 @@ from pathlib import Path
 from trio_sendmail._address import Domain, ForwardPath, ReversePath
 from trio_sendmail._capabilities import Capabilities
 from trio_sendmail._core import ClientCore, State
-from trio_sendmail._errors import SMTPError, SMTPProtocolError
+from trio_sendmail._errors import SMTPError, SMTPProtocolError, SMTPUsageError
 from trio_sendmail._reply import (
     MAX_REPLY_LINE_LENGTH,
     MAX_REPLY_LINES,
@@ -264,11 +264,11 @@ def drive_core(chunks: Sequence[bytes], choice: int) -> None:
         core.receive_eof()
     except SMTPError:
         pass
-    # A broken core stays broken.
+    # A broken core stays broken: issuing a command on it is the caller's mistake.
     if core.state is State.BROKEN:
         try:
             core.noop()
-        except SMTPProtocolError:
+        except SMTPUsageError:
             pass
         else:  # pragma: no cover - would be a bug
             raise AssertionError("a broken core accepted a command")

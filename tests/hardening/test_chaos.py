@@ -18,7 +18,8 @@ stored (the model):
 
 * ACCEPTED  ⇒ stored exactly once, byte for byte as sent;
 * NOT_SENT  ⇒ not stored (resending cannot duplicate it);
-* REFUSED   ⇒ not stored (bulk: FAILED, a refusal or a permanent failure);
+* REFUSED   ⇒ not stored (bulk: the server refused the message, for good or still
+  after the retries; the wire says REFUSED or, for a refused envelope, NOT_SENT);
 * UNKNOWN   ⇒ the end of data went out and its answer never came back: stored at most once.
 
 The claims come from the return (ACCEPTED), ``SMTPError.outcome``, the
@@ -140,7 +141,7 @@ class Attempt:
     started: float = math.inf
     ended: float = math.inf
     #: (who said it, outcome name): "ACCEPTED", "NOT_SENT", "REFUSED", "UNKNOWN",
-    #: "FAILED" (bulk), "NONE" (an SMTPError without an outcome: no message involved).
+    #: "NONE" (an SMTPError without an outcome: no message involved).
     claims: list[tuple[str, str]] = attrs.field(factory=list)
     notes: list[str] = attrs.field(factory=list)
     #: The error raised carries a server reply to a command of the transaction (a
@@ -162,7 +163,6 @@ ALLOWED = {
     "ACCEPTED": (1, 1),
     "NOT_SENT": (0, 0),
     "REFUSED": (0, 0),
-    "FAILED": (0, 0),
     "NONE": (0, 0),
     "UNKNOWN": (0, 1),
 }

@@ -8,7 +8,7 @@ in the reply stream. Then every result is checked against the Maildir by
 Message-ID:
 
 * ``ACCEPTED``: stored exactly once;
-* ``NOT_SENT`` and ``FAILED`` (refusals included): not stored;
+* ``NOT_SENT`` and ``REFUSED`` (the server refused it): not stored;
 * ``UNKNOWN`` (the end of data went out, its reply never came back): stored at
   most once.
 
@@ -93,8 +93,8 @@ MESSAGE_ID = re.compile(rb"\nMessage-ID: (<[^>\n]+>)\n")
 QUEUE_ID = re.compile(rb"\n\tby [^\n]+ with \S+ id ([0-9A-Za-z]+)")
 ALPHABET = string.ascii_letters + string.digits + "     .,;:-"
 
-ACCEPTED = ts.BulkStatus.ACCEPTED
-UNKNOWN = ts.BulkStatus.UNKNOWN
+ACCEPTED = ts.Outcome.ACCEPTED
+UNKNOWN = ts.Outcome.UNKNOWN
 
 
 # ---------------------------------------------------------------- messages --
@@ -384,7 +384,7 @@ def reconcile(
             unknown["delivered" if copies else "not delivered"] += 1
             if copies > 1:
                 problems.append((message_id, "UNKNOWN but stored more than once", result))
-        elif copies:  # NOT_SENT, FAILED (refusals included), or any other status
+        elif copies:  # NOT_SENT, REFUSED, or any other status
             problems.append((message_id, f"{status.name} but stored", result))
     for message_id, paths in index.by_id.items():
         if message_id not in ours:  # the Maildir is this run's alone
@@ -425,7 +425,7 @@ async def test_exact_outcomes_under_connection_resets(
         "messages": MESSAGES,
         "connections": CONNECTIONS,
         "max_retries": MAX_RETRIES,
-        "counts": {s.name: statuses.get(s.name, 0) for s in ts.BulkStatus},
+        "counts": {s.name: statuses.get(s.name, 0) for s in ts.Outcome},
         "results": len(run.results),
         "attempts_histogram": dict(sorted(attempts.items())),
         "cuts_injected": proxy.cuts,
@@ -515,7 +515,7 @@ class CancelledRun:
             "delay": round(self.delay, 3),
             "cancelled": self.cancelled,
             "taken": len(self.taken),
-            "counts": {s.name: statuses.get(s.name, 0) for s in ts.BulkStatus},
+            "counts": {s.name: statuses.get(s.name, 0) for s in ts.Outcome},
             "interrupted": sum(1 for r in self.results if is_cancelled(r.error)),
             "seconds": round(self.seconds, 2),
             "error": None if self.error is None else describe_error(self.error),
@@ -616,7 +616,7 @@ async def test_exact_outcomes_when_cancelled(
     problems, _ = reconcile(taken, results, index)
     violations = describe_violations(postfix, log_offset, index, problems)
 
-    def stored(results: list[ts.BulkResult], status: ts.BulkStatus) -> int:
+    def stored(results: list[ts.BulkResult], status: ts.Outcome) -> int:
         return sum(1 for r in results if r.status is status and index.copies(str(r.message.key)))
 
     by_route: dict[str, dict[str, int]] = {}
@@ -628,10 +628,10 @@ async def test_exact_outcomes_when_cancelled(
             "runs": len(ran),
             "cancels": sum(run.cancelled for run in ran),
             "taken": sum(len(run.taken) for run in ran),
-            **{s.name: statuses.get(s.name, 0) for s in ts.BulkStatus},
+            **{s.name: statuses.get(s.name, 0) for s in ts.Outcome},
             "interrupted": sum(1 for r in got if is_cancelled(r.error)),
             "unknown_stored": stored(got, UNKNOWN),
-            "not_sent_stored": stored(got, ts.BulkStatus.NOT_SENT),
+            "not_sent_stored": stored(got, ts.Outcome.NOT_SENT),
         }
     cancels = sum(run.cancelled for run in runs)
     errors = [f"run {run.number}: {describe_error(run.error)}" for run in runs if run.error]
@@ -663,7 +663,7 @@ async def test_exact_outcomes_when_cancelled(
         c = by_route[route]
         return (
             f"{route}: {c['cancels']}/{c['runs']} runs cancelled, {c['taken']} messages taken: "
-            + " / ".join(f"{s.name} {c[s.name]}" for s in ts.BulkStatus)
+            + " / ".join(f"{s.name} {c[s.name]}" for s in ts.Outcome)
             + f" ({c['interrupted']} interrupted); UNKNOWN stored {c['unknown_stored']}"
             + f", NOT_SENT stored {c['not_sent_stored']}"
         )

@@ -71,8 +71,9 @@ async def test_2000_messages_over_8_connections_exactly_once(
     local, ids, elapsed, summary, stats = await bulk_run(
         postfix, tls_context, 8, 2000, chunking=chunking
     )
-    assert (summary.accepted, summary.failed, summary.unknown) == (2000, 0, 0)
-    assert all(r.status is ts.BulkStatus.ACCEPTED for r in summary.results)
+    counts = (summary.accepted, summary.refused, summary.unknown, summary.not_sent)
+    assert counts == (2000, 0, 0, 0)
+    assert all(r.status is ts.Outcome.ACCEPTED for r in summary.results)
     assert stats.connection_failures == 0 and stats.messages_sent == 2000
     await wait_for_delivery(postfix, local, count=2000, timeout=120)
     delivered = message_ids(postfix, local)
@@ -120,9 +121,9 @@ async def test_pool_refusals_are_reported_per_message(
     by_key: dict[object, list[ts.BulkResult]] = {}
     for result in summary.results:
         by_key.setdefault(result.message.key, []).append(result)
-    assert [r.status for r in by_key[good]] == [ts.BulkStatus.ACCEPTED] * 2
+    assert [r.status for r in by_key[good]] == [ts.Outcome.ACCEPTED] * 2
     (refused,) = by_key[bad]
-    assert refused.status is ts.BulkStatus.FAILED and refused.attempts == 1
+    assert refused.status is ts.Outcome.REFUSED and refused.attempts == 1
     (later,) = by_key[temp]
-    assert later.status is ts.BulkStatus.FAILED and later.attempts == 2  # retried once
+    assert later.status is ts.Outcome.REFUSED and later.attempts == 2  # retried once
     assert summary.retried == 1

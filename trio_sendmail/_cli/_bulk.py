@@ -26,8 +26,8 @@ from .. import (
     BulkMessage,
     BulkProgress,
     BulkResult,
-    BulkStatus,
     ForwardPath,
+    Outcome,
     PoolLimits,
     Reply,
     SMTPRecipientsRefused,
@@ -84,9 +84,9 @@ def bulk_parser() -> argparse.ArgumentParser:
         "removed) unless RECIPIENTs are given; the sender from -f, the account's 'from', "
         "or the From header.",
         epilog="Exit status: 0 if every message was accepted; 69 if one failed permanently "
-        "(67 if only recipients were refused); else 75 if one failed temporarily, is of "
-        "unknown outcome or was not sent. A failure that stops the run (authentication, TLS) "
-        "gives its own status, as for a single message.",
+        "(67 if only recipients were refused); else 75 if one failed temporarily or is of "
+        "unknown outcome. A failure that stops the run (authentication, TLS) gives its own "
+        "status, as for a single message.",
         allow_abbrev=False,
     )
     parser.add_argument("source", metavar="SOURCE", help="folder of .eml files, or mbox file")
@@ -179,7 +179,7 @@ class _Row:
     message_id: str = ""
     sender: str = ""
     recipients: str = ""
-    status: str = BulkStatus.NOT_SENT.value
+    status: str = Outcome.NOT_SENT.value
     attempts: int = 0
     code: int | None = None
     enhanced_status: str = ""
@@ -214,10 +214,10 @@ def _fill_row(row: _Row, result: BulkResult) -> None:
             row.code = first.code
             row.enhanced_status = str(first.enhanced_status or "")
         status, row.detail = exit_status(error)
-        if result.status is BulkStatus.FAILED:
+        if result.status is Outcome.UNKNOWN or not isinstance(error, Exception):
+            row.exit = EX_TEMPFAIL  # perhaps delivered, or the run was cut short
+        else:  # refused, or not sent for good: as the error of a single message
             row.exit = status
-        else:  # unknown, or not sent: neither accepted nor refused
-            row.exit = EX_TEMPFAIL
     row.refused = "; ".join(refusals(refused))
 
 
@@ -268,21 +268,24 @@ class ProgressView:
         self._last_draw = -float("inf")
         self._drawn = False
         self._progress = BulkProgress(0, 0, 0, 0, 0, 0, 0.0)
-        #: Messages that failed before reaching the sender (unreadable, no recipient).
+        #: Messages not sent because they failed before reaching the sender
+        #: (unreadable, no recipient).
         self.local_failures = 0
 
-    def _counts(self) -> tuple[int, int, int, int, int]:
+    def _counts(self) -> tuple[int, int, int, int, int, int]:
         p = self._progress
-        failed = p.failed + self.local_failures
+        not_sent = p.not_sent + self.local_failures
         done = p.done + self.local_failures
-        return done, p.accepted, failed, p.retried, p.unknown
+        return done, p.accepted, p.refused, not_sent, p.retried, p.unknown
 
     def status_text(self, *, final: bool = False) -> str:
-        """``12/20  sent 11  failed 1  retried 0  34.5 msg/s  ETA 0:01``."""
-        done, sent, failed, retried, unknown = self._counts()
+        """``12/20  sent 11  refused 1  retried 0  34.5 msg/s  ETA 0:01``."""
+        done, sent, refused, not_sent, retried, unknown = self._counts()
         elapsed = self._progress.elapsed
         rate = sent / elapsed if elapsed > 0 else 0.0
-        parts = [f"{done}/{self._total}", f"sent {sent}", f"failed {failed}"]
+        parts = [f"{done}/{self._total}", f"sent {sent}", f"refused {refused}"]
+        if not_sent:
+            parts.append(f"not sent {not_sent}")
         parts.append(f"retried {retried}")
         if unknown:
             parts.append(f"unknown {unknown}")
@@ -385,9 +388,9 @@ def _messages(
     """Read each message when a worker is ready for it (memory stays flat)."""
 
     def fail(row: _Row, detail: str) -> None:
-        row.status, row.detail, row.exit = BulkStatus.FAILED.value, detail, EX_USAGE
+        row.status, row.detail, row.exit = Outcome.NOT_SENT.value, detail, EX_USAGE
         view.local_failures += 1
-        view.message(f"failed   {row.source}: {detail}")
+        view.message(f"{row.status:<8} {row.source}: {detail}")
 
     for source, row in zip(sources, rows, strict=True):
         try:
@@ -418,9 +421,7 @@ async def _run(
     view: ProgressView,
 ) -> None:
     async with open_pool(
-        settings.host,
-        **settings.connection_options(),
-        limits=PoolLimits(max_connections=args.concurrency),
+        settings.connection(), limits=PoolLimits(max_connections=args.concurrency)
     ) as pool:
         await send_bulk(
             messages,
@@ -460,7 +461,7 @@ def _run_bulk(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         assert isinstance(key, int)
         row = rows[key - 1]
         _fill_row(row, result)
-        if result.status is BulkStatus.ACCEPTED and not row.refused:
+        if result.status is Outcome.ACCEPTED and not row.refused:
             if mode == "lines":
                 view.message(f"sent     {row.source}: {row.detail}")
         else:
@@ -476,7 +477,7 @@ def _run_bulk(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
     except BaseException as exc:  # stopped early: every message gets a row all the same
         status = exit_status(exc)[0] if isinstance(exc, Exception) else EX_INTERRUPTED
         for row in rows:
-            if row.status == BulkStatus.NOT_SENT.value and not row.detail:
+            if row.status == Outcome.NOT_SENT.value and not row.detail:
                 row.detail = "not sent: the run stopped"
         raise
     finally:

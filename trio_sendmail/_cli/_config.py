@@ -21,16 +21,24 @@ import subprocess
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import attrs
 
-from .. import DSN, Authentication, OAuth2Token, SMTPInputError, Timeouts, TLSMode
+from .. import (
+    DSN,
+    Authentication,
+    ConnectionSettings,
+    OAuth2Token,
+    SMTPInputError,
+    Timeouts,
+    TLSMode,
+)
 from .._sasl import OAUTH_MECHANISMS
+from .._settings import DEFAULT_TIMEOUTS
 from ._common import EX_CONFIG, EX_NOINPUT, EX_NOPERM, EX_USAGE, TLS_CHOICES, CLIError
 
 __all__ = [
-    "ConnectionOptions",
     "Settings",
     "default_config_path",
     "load_account",
@@ -180,19 +188,6 @@ def load_account(path: Path | None, account: str | None) -> dict[str, Any]:
 # ---------------------------------------------------------------- resolved settings
 
 
-class ConnectionOptions(TypedDict):
-    """The keyword arguments of :func:`~trio_sendmail.open_session` and
-    :func:`~trio_sendmail.open_pool` that the settings decide."""
-
-    port: int | None
-    tls: TLSMode
-    ssl_context: ssl.SSLContext | None
-    domain: str | None
-    authentication: Authentication | None
-    insecure_auth_over_plaintext: bool
-    timeouts: Timeouts
-
-
 @attrs.frozen
 class Settings:
     """Everything needed to open a connection, from flags and the profile."""
@@ -208,9 +203,10 @@ class Settings:
     timeouts: Timeouts
     dsn: DSN | None
 
-    def connection_options(self) -> ConnectionOptions:
-        """How to connect to :attr:`host`: ``open_session(host, **options)``."""
-        return ConnectionOptions(
+    def connection(self) -> ConnectionSettings:
+        """How to connect to :attr:`host`: ``open_session(settings.connection())``."""
+        return ConnectionSettings(
+            self.host,
             port=self.port,
             tls=self.tls,
             ssl_context=self.ssl_context,
@@ -243,7 +239,7 @@ def _ssl_context(cafile: str | None, tls: TLSMode) -> ssl.SSLContext | None:
 
 def _timeouts(value: float | None) -> Timeouts:
     if value is None:
-        return Timeouts()
+        return DEFAULT_TIMEOUTS
     if not value > 0:
         raise CLIError(EX_USAGE, "--timeout must be a positive number of seconds")
     return Timeouts(
@@ -256,7 +252,7 @@ def _timeouts(value: float | None) -> Timeouts:
         data_init=value,
         data_block=value,
         data_end=max(value, DATA_END_TIMEOUT),
-        quit=min(value, Timeouts().quit),
+        quit=min(value, DEFAULT_TIMEOUTS.quit),
     )
 
 

@@ -79,7 +79,7 @@ def _read_input(path: str | None) -> bytes:
 async def _submit(
     settings: Settings, sender: str, recipients: list[str], data: bytes
 ) -> SendResult:
-    async with open_session(settings.host, **settings.connection_options()) as session:
+    async with open_session(settings.connection()) as session:
         return await session.send(sender, recipients, data, dsn=settings.dsn)
 
 

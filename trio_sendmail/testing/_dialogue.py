@@ -34,21 +34,19 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import TYPE_CHECKING, Final
+import ssl
+from typing import Final, Protocol
 
 import attrs
 import trio
 
 from . import _mail
-from ._mail import Transaction
+from ._mail import MailServer, Transaction
 from ._reader import Reader
-from ._sasl import IMPLEMENTED_MECHANISMS, authenticate, b64decode
+from ._sasl import IMPLEMENTED_MECHANISMS, SaslServer, authenticate, b64decode
 from ._syntax import Refuse
 
-if TYPE_CHECKING:
-    from ._server import FakeSMTPServer
-
-__all__ = ["Dialogue"]
+__all__ = ["Dialogue", "DialogueServer"]
 
 # RFC 4954 §4: 12288 octets is enough for the deployed SASL mechanisms.
 _SASL_LINE_LIMIT: Final = 12288
@@ -58,9 +56,27 @@ _NEEDS_HELO: Final = frozenset({"MAIL", "RCPT", "DATA", "BDAT", "AUTH", "STARTTL
 _MECHANISM_RE: Final = re.compile(rb"[A-Za-z0-9_-]+")
 
 
+class DialogueServer(MailServer, SaslServer, Protocol):
+    """What a connection's dialogue reads and records on its
+    :class:`~trio_sendmail.testing.FakeSMTPServer`. The server sits above this
+    module (it creates a dialogue per connection), so the dialogue knows it only
+    by this description, and mypy checks that the server fits it."""
+
+    extensions: tuple[str, ...]
+    ssl_context: ssl.SSLContext | None
+    starttls: bool
+    auth_mechanisms: tuple[str, ...]
+    auth_requires_tls: bool
+    greeting: tuple[int, str] | None
+    max_line_length: int
+    transcript: list[tuple[str, bytes]]
+    injected_plaintext: list[bytes]
+    pipelining_violations: int
+
+
 @attrs.define(eq=False)
 class Dialogue:
-    server: FakeSMTPServer
+    server: DialogueServer
     stream: trio.abc.Stream
     reader: Reader
     tls: bool = False

@@ -30,16 +30,23 @@ from __future__ import annotations
 
 import types
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 import attrs
 
+from ._reader import Reader
 from ._syntax import find_path, parse_params, valid_mailbox
 
-if TYPE_CHECKING:
-    from ._dialogue import Dialogue
-
-__all__ = ["ReceivedMessage", "Transaction", "cmd_bdat", "cmd_data", "cmd_mail", "cmd_rcpt"]
+__all__ = [
+    "MailDialogue",
+    "MailServer",
+    "ReceivedMessage",
+    "Transaction",
+    "cmd_bdat",
+    "cmd_data",
+    "cmd_mail",
+    "cmd_rcpt",
+]
 
 # ESMTP parameters and the extension keyword that must have been offered for each.
 _MAIL_PARAMS: Final[Mapping[str, str]] = {
@@ -98,6 +105,49 @@ class Transaction:
     chunks: bytearray | None = None  # BDAT data so far
 
 
+class MailServer(Protocol):
+    """What the mail transaction reads and records on the
+    :class:`~trio_sendmail.testing.FakeSMTPServer` (which sits above this module)."""
+
+    require_auth: bool
+    refuse_senders: dict[str, tuple[int, str]]
+    refuse_recipients: dict[str, tuple[int, str]]
+    data_reply: tuple[int, str] | None
+    messages: list[ReceivedMessage]
+    bare_line_endings: int
+    undeclared_8bit: int
+
+    @property
+    def size_limit(self) -> int | None: ...
+
+    def _next_queue_id(self) -> str: ...
+
+
+class MailDialogue(Protocol):
+    """What the mail transaction needs of the connection's dialogue
+    (``_dialogue.Dialogue``, which sits above this module and calls it)."""
+
+    tls: bool
+    helo: str | None
+    offered: frozenset[str]
+    authenticated_as: str | None
+    txn: Transaction | None
+
+    @property
+    def server(self) -> MailServer: ...
+
+    @property
+    def reader(self) -> Reader: ...
+
+    def enhanced_status_codes(self) -> bool: ...
+
+    def check_group_end(self, *, last: bool) -> None: ...
+
+    async def send(self, code: int, text: str) -> None: ...
+
+    async def reply(self, code: int, status: str, text: str) -> None: ...
+
+
 def _count_bare(piece: bytes | bytearray) -> int:
     crlf = piece.count(b"\r\n")
     return (piece.count(b"\r") - crlf) + (piece.count(b"\n") - crlf)
@@ -111,7 +161,7 @@ def _lookup(table: Mapping[str, tuple[int, str]], address: str) -> tuple[int, st
     return None
 
 
-async def cmd_mail(dialogue: Dialogue, arg: str) -> bool:
+async def cmd_mail(dialogue: MailDialogue, arg: str) -> bool:
     server = dialogue.server
     dialogue.check_group_end(last=False)
     if dialogue.txn is not None:
@@ -164,7 +214,7 @@ async def cmd_mail(dialogue: Dialogue, arg: str) -> bool:
     return False
 
 
-async def cmd_rcpt(dialogue: Dialogue, arg: str) -> bool:
+async def cmd_rcpt(dialogue: MailDialogue, arg: str) -> bool:
     dialogue.check_group_end(last=False)
     txn = dialogue.txn
     if txn is None:
@@ -191,7 +241,7 @@ async def cmd_rcpt(dialogue: Dialogue, arg: str) -> bool:
     return False
 
 
-async def _data_refusal(dialogue: Dialogue) -> bool:
+async def _data_refusal(dialogue: MailDialogue) -> bool:
     """Reply and return True if a DATA/BDAT command cannot start now."""
     txn = dialogue.txn
     if txn is None:
@@ -203,7 +253,7 @@ async def _data_refusal(dialogue: Dialogue) -> bool:
     return True
 
 
-async def cmd_data(dialogue: Dialogue, arg: str) -> bool:
+async def cmd_data(dialogue: MailDialogue, arg: str) -> bool:
     dialogue.check_group_end(last=True)
     if arg:
         await dialogue.reply(501, "5.5.4", "Syntax: DATA")
@@ -240,7 +290,7 @@ async def cmd_data(dialogue: Dialogue, arg: str) -> bool:
     return False
 
 
-async def cmd_bdat(dialogue: Dialogue, arg: str) -> bool:
+async def cmd_bdat(dialogue: MailDialogue, arg: str) -> bool:
     if "CHUNKING" not in dialogue.offered:
         dialogue.check_group_end(last=False)
         await dialogue.reply(500, "5.5.2", "Command not recognized")
@@ -283,7 +333,7 @@ async def cmd_bdat(dialogue: Dialogue, arg: str) -> bool:
 
 
 async def _finish_message(
-    dialogue: Dialogue, data: bytes, raw: bytes, size: int, *, eight_bit: bool
+    dialogue: MailDialogue, data: bytes, raw: bytes, size: int, *, eight_bit: bool
 ) -> None:
     server = dialogue.server
     txn = dialogue.txn

@@ -35,12 +35,9 @@ import re
 import secrets
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 
-if TYPE_CHECKING:
-    from ._server import FakeSMTPServer
-
-__all__ = ["IMPLEMENTED_MECHANISMS", "Exchange", "authenticate", "b64decode"]
+__all__ = ["IMPLEMENTED_MECHANISMS", "Exchange", "SaslServer", "authenticate", "b64decode"]
 
 IMPLEMENTED_MECHANISMS: Final = frozenset(
     {"PLAIN", "LOGIN", "CRAM-MD5", "SCRAM-SHA-256", "XOAUTH2", "OAUTHBEARER"}
@@ -58,6 +55,18 @@ _CRAM_DIGEST_RE: Final = re.compile(rb"[0-9a-f]{32}")
 _B64_RE: Final = re.compile(
     rb"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?",
 )
+
+
+class SaslServer(Protocol):
+    """What an AUTH exchange reads of the :class:`~trio_sendmail.testing.FakeSMTPServer`
+    (which sits above this module: it imports the dialogue, which imports this)."""
+
+    hostname: str
+    users: dict[str, str]
+    tokens: dict[str, str]
+    login_prompts: tuple[bytes, bytes]
+    scram_iterations: int
+    scram_bad_server_signature: bool
 
 
 class Exchange(Protocol):
@@ -80,7 +89,7 @@ def b64decode(value: bytes) -> bytes | None:
 
 
 async def authenticate(
-    exchange: Exchange, server: FakeSMTPServer, mechanism: str, response: bytes | None
+    exchange: Exchange, server: SaslServer, mechanism: str, response: bytes | None
 ) -> str | None:
     """Run *mechanism* (one of IMPLEMENTED_MECHANISMS) from its decoded initial *response*.
 
@@ -101,7 +110,7 @@ async def _failed(exchange: Exchange) -> None:
     await exchange.reply(535, "5.7.8", "Authentication credentials invalid")
 
 
-async def _plain(exchange: Exchange, server: FakeSMTPServer, response: bytes | None) -> str | None:
+async def _plain(exchange: Exchange, server: SaslServer, response: bytes | None) -> str | None:
     if response is None:
         response = await exchange.sasl_step(b"")
         if response is None:
@@ -121,9 +130,7 @@ async def _plain(exchange: Exchange, server: FakeSMTPServer, response: bytes | N
     return await _check_credentials(exchange, server, authcid, password)
 
 
-async def _login(
-    exchange: Exchange, server: FakeSMTPServer, username_raw: bytes | None
-) -> str | None:
+async def _login(exchange: Exchange, server: SaslServer, username_raw: bytes | None) -> str | None:
     username_prompt, password_prompt = server.login_prompts
     if username_raw is None:
         username_raw = await exchange.sasl_step(username_prompt)
@@ -142,7 +149,7 @@ async def _login(
 
 
 async def _check_credentials(
-    exchange: Exchange, server: FakeSMTPServer, username: str, password: str
+    exchange: Exchange, server: SaslServer, username: str, password: str
 ) -> str | None:
     expected = server.users.get(username)
     if expected is None or not hmac.compare_digest(
@@ -153,9 +160,7 @@ async def _check_credentials(
     return username
 
 
-async def _cram_md5(
-    exchange: Exchange, server: FakeSMTPServer, response: bytes | None
-) -> str | None:
+async def _cram_md5(exchange: Exchange, server: SaslServer, response: bytes | None) -> str | None:
     """RFC 2195: a unique msg-id challenge; the answer is ``user SP hex(HMAC-MD5)``."""
     if response is not None:
         # RFC 4954 §4: the client does not begin a CRAM-MD5 exchange.
@@ -182,7 +187,7 @@ async def _cram_md5(
 
 
 async def _oauth(
-    exchange: Exchange, server: FakeSMTPServer, mechanism: str, response: bytes | None
+    exchange: Exchange, server: SaslServer, mechanism: str, response: bytes | None
 ) -> str | None:
     """XOAUTH2 or OAUTHBEARER (RFC 7628), with the §3.2.2 error challenge."""
     if response is None:
@@ -212,7 +217,7 @@ async def _oauth(
     return None
 
 
-async def _scram(exchange: Exchange, server: FakeSMTPServer, response: bytes | None) -> str | None:
+async def _scram(exchange: Exchange, server: SaslServer, response: bytes | None) -> str | None:
     """SCRAM-SHA-256 (RFC 7677, RFC 5802) without channel binding."""
     if response is None:
         response = await exchange.sasl_step(b"")
