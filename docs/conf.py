@@ -28,6 +28,6 @@ nitpicky = False
 # No intersphinx: the docs build offline, and talks to no network host.
 html_theme = "alabaster"
 # No links to the theme's and Sphinx's sites: every external link in the built
-# pages goes to an allow-listed documentation host (checked by tests/test_docs.py).
+# pages goes to an allow-listed documentation host (checked by tests/docs/test_docs.py).
 html_theme_options = {"show_powered_by": False}
 exclude_patterns = ["_build"]

@@ -10,6 +10,9 @@ from trio_sendmail.testing import TestCertificates, make_test_certificates
 
 from .helpers import VARIANTS, ServerVariant
 
+#: Postfix support (the ``postfix`` fixture), for tests/interop/ and tests/hardening/.
+pytest_plugins = ["tests.postfix_plugin"]
+
 
 @pytest.fixture(scope="session")
 def certs() -> TestCertificates:

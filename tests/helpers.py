@@ -115,7 +115,6 @@ class RawServer:
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.buffer = bytearray()
-        self.received: list[bytes] = []
 
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)
@@ -129,7 +128,6 @@ class RawServer:
         end = self.buffer.index(b"\r\n") + 2
         line = bytes(self.buffer[:end])
         del self.buffer[:end]
-        self.received.append(line)
         return line
 
     async def expect(self, prefix: bytes, reply: bytes) -> bytes:

@@ -20,7 +20,8 @@ import trio.testing
 import trio_sendmail as ts
 from trio_sendmail.testing import FakeSMTPServer, TestCertificates, serve_fake_smtp
 
-from .helpers import CLIENT_NAME, PASSWORD, USERS, ServerVariant
+from . import defaults
+from .helpers import PASSWORD, USERS, ServerVariant
 from .test_pool import (
     DROP,
     HANG,
@@ -606,12 +607,11 @@ async def test_send_bulk_can_open_a_pool_of_its_own(server_variant: ServerVarian
     server = FakeSMTPServer(extensions=server_variant.extensions())
     counting = Counting(server)
     async with serve_tcp(counting.handle) as port:
-        summary = await ts.send_bulk(
+        summary = await defaults.send_bulk(
             [message(k) for k in range(6)],
             server=LOCAL,
             port=port,
             tls=PLAIN,
-            domain=CLIENT_NAME,
             limits=ts.PoolLimits(max_connections=2),
         )
         await until(lambda: counting.active == 0)  # its pool is closed when it returns

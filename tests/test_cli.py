@@ -854,3 +854,13 @@ def test_python_m_trio_sendmail(tmp_path: Path) -> None:
     assert server.messages[0].data == MESSAGE
     assert demo.returncode == 0, demo.stderr
     assert b"2 messages delivered; the password appeared nowhere above." in demo.stdout
+
+
+def test_exit_status_of_a_usage_error_is_an_internal_error() -> None:
+    # A call made at the wrong time is a bug in the caller (here, the CLI itself).
+    from trio_sendmail import SMTPUsageError
+    from trio_sendmail._cli._common import EX_SOFTWARE, exit_status
+
+    code, text = exit_status(SMTPUsageError("the session is not ready"))
+    assert code == EX_SOFTWARE
+    assert text.startswith("internal error: the session is not ready")

@@ -26,6 +26,7 @@ from trio_sendmail.testing import (
     serve_fake_smtp,
 )
 
+from . import defaults
 from .helpers import CLIENT_NAME, PASSWORD, USERS
 
 AUTH = ts.Authentication("alice", PASSWORD)
@@ -233,17 +234,17 @@ async def test_bad_options_with_settings_fail_before_connecting(certs: TestCerti
 async def test_open_pool_and_send_bulk_take_settings(certs: TestCertificates) -> None:
     server = tls_server(certs)
     async with serve_fake_smtp(server, implicit_tls=True) as port:
-        settings = ts.ConnectionSettings(
-            "localhost", port=port, ssl_context=certs.client_context, domain=CLIENT_NAME
+        settings = defaults.ConnectionSettings(
+            "localhost", port=port, ssl_context=certs.client_context
         )
         async with ts.open_pool(settings, limits=ts.PoolLimits(max_connections=1)) as pool:
             await pool.send(SENDER, RECIPIENTS, b"pooled")
         messages = [ts.BulkMessage(SENDER, RECIPIENTS, b"bulk", key=k) for k in range(3)]
         summary = await ts.send_bulk(messages, server=settings, authentication=AUTH)
         assert summary.accepted == 3
-        summary = await ts.send_bulk(
+        summary = await defaults.send_bulk(
             messages, server="localhost", port=port, ssl_context=certs.client_context,
-            domain=CLIENT_NAME, limits=ts.PoolLimits(max_connections=1),
+            limits=ts.PoolLimits(max_connections=1),
         )  # fmt: skip
         assert summary.accepted == 3
     assert len(server.messages) == 7
@@ -254,7 +255,7 @@ async def test_open_pool_and_send_bulk_take_settings(certs: TestCertificates) ->
 # The per-message options, everywhere
 
 SENDMAILS = pytest.mark.parametrize(
-    ("function", "implicit"), [(ts.sendmail, True), (ts.sendmail_with_starttls, False)]
+    ("function", "implicit"), [(defaults.sendmail, True), (defaults.sendmail_with_starttls, False)]
 )
 
 
@@ -266,7 +267,7 @@ async def test_sendmail_requiretls(
     async with serve_fake_smtp(server, implicit_tls=implicit) as port:
         await function(
             hostname="localhost", port=port, sender=SENDER, recipients=RECIPIENTS, mail=b"x",
-            ssl_context=certs.client_context, domain=CLIENT_NAME, requiretls=True,
+            ssl_context=certs.client_context, requiretls=True,
         )  # fmt: skip
     assert "REQUIRETLS" in server.messages[0].mail_options
 
@@ -281,7 +282,7 @@ async def test_sendmail_requiretls_refused_before_mail_when_not_offered(
         with pytest.raises(ts.SMTPNotSupportedError, match="REQUIRETLS"):
             await function(
                 hostname="localhost", port=port, sender=SENDER, recipients=RECIPIENTS,
-                mail=b"x", ssl_context=certs.client_context, domain=CLIENT_NAME,
+                mail=b"x", ssl_context=certs.client_context,
                 requiretls=True, tracker=tracker,
             )  # fmt: skip
     assert server.messages == []
@@ -298,7 +299,7 @@ async def test_sendmail_binary(
     async with serve_fake_smtp(server, implicit_tls=implicit) as port:
         await function(
             hostname="localhost", port=port, sender=SENDER, recipients=RECIPIENTS, mail=data,
-            ssl_context=certs.client_context, domain=CLIENT_NAME, binary=True,
+            ssl_context=certs.client_context, binary=True,
         )  # fmt: skip
     received = server.messages[0]
     assert "BODY=BINARYMIME" in received.mail_options
@@ -310,9 +311,9 @@ async def test_sendmail_binary_needs_binarymime(certs: TestCertificates) -> None
     server = tls_server(certs, "CHUNKING")
     async with serve_fake_smtp(server, implicit_tls=True) as port:
         with pytest.raises(ts.SMTPNotSupportedError, match="BINARYMIME"):
-            await ts.sendmail(
+            await defaults.sendmail(
                 hostname="localhost", port=port, sender=SENDER, recipients=RECIPIENTS,
-                mail=b"x", ssl_context=certs.client_context, domain=CLIENT_NAME, binary=True,
+                mail=b"x", ssl_context=certs.client_context, binary=True,
             )  # fmt: skip
     assert server.messages == []
 
@@ -326,7 +327,7 @@ async def test_sendmail_dsn(
     async with serve_fake_smtp(server, implicit_tls=implicit) as port:
         await function(
             hostname="localhost", port=port, sender=SENDER, recipients=RECIPIENTS, mail=b"x",
-            ssl_context=certs.client_context, domain=CLIENT_NAME, dsn=dsn,
+            ssl_context=certs.client_context, dsn=dsn,
         )  # fmt: skip
     received = server.messages[0]
     assert "RET=HDRS" in received.mail_options
@@ -349,9 +350,9 @@ async def test_bulk_message_options(certs: TestCertificates) -> None:
             ts.BulkMessage(SENDER, RECIPIENTS, b"req\r\n", key=1, requiretls=True),
             ts.BulkMessage(SENDER, RECIPIENTS, b"bin\n\x00\r\n", key=2, binary=True),
         ]
-        summary = await ts.send_bulk(
+        summary = await defaults.send_bulk(
             messages, server="localhost", port=port, ssl_context=certs.client_context,
-            domain=CLIENT_NAME, concurrency=1,
+            concurrency=1,
         )  # fmt: skip
     assert summary.accepted == 3
     options = {m.data: m.mail_options for m in server.messages}
@@ -370,9 +371,9 @@ async def test_bulk_message_requiretls_fails_alone_when_not_offered(
             ts.BulkMessage(SENDER, RECIPIENTS, b"req\r\n", key=0, requiretls=True),
             ts.BulkMessage(SENDER, RECIPIENTS, b"plain\r\n", key=1),
         ]
-        summary = await ts.send_bulk(
+        summary = await defaults.send_bulk(
             messages, server="localhost", port=port, ssl_context=certs.client_context,
-            domain=CLIENT_NAME, concurrency=1,
+            concurrency=1,
         )  # fmt: skip
     assert summary.accepted == 1
     (refused,) = [r for r in summary.results if r.message.key == 0]

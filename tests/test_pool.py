@@ -33,8 +33,8 @@ from trio_sendmail.testing import (
     serve_fake_smtp,
 )
 
+from . import defaults
 from .helpers import (
-    CLIENT_NAME,
     PASSWORD,
     USERS,
     ServerVariant,
@@ -350,11 +350,10 @@ class Counting:
 def pool_at(
     port: int, *, timeouts: ts.Timeouts = TIMEOUTS, **limits: Any
 ) -> AbstractAsyncContextManager[ts.Pool]:
-    return ts.open_pool(
+    return defaults.open_pool(
         LOCAL,
         port=port,
         tls=PLAIN,
-        domain=CLIENT_NAME,
         timeouts=timeouts,
         limits=ts.PoolLimits(**limits),
     )
@@ -972,12 +971,11 @@ async def test_connection_refused_raises_after_connect_retries(
 def tls_pool(
     port: int, context: ssl.SSLContext, password: str, **limits: Any
 ) -> AbstractAsyncContextManager[ts.Pool]:
-    return ts.open_pool(
+    return defaults.open_pool(
         LOCAL,
         port=port,
         tls=ts.TLSMode.IMPLICIT,
         ssl_context=context,
-        domain=CLIENT_NAME,
         authentication=ts.Authentication("alice", password),
         limits=ts.PoolLimits(**limits),
     )

@@ -21,8 +21,8 @@ import trio_sendmail as ts
 from trio_sendmail._sasl import Authentication, OAuth2Token
 from trio_sendmail.testing import FakeSMTPServer, TestCertificates
 
+from . import defaults
 from .helpers import (
-    CLIENT_NAME,
     HOST,
     PASSWORD,
     USERS,
@@ -106,11 +106,10 @@ async def open_fails(
     kwargs.setdefault("tls", ts.TLSMode.STARTTLS)
     async with serving(server, implicit_tls=kwargs["tls"] is ts.TLSMode.IMPLICIT) as stream:
         with pytest.raises(error) as info:
-            async with ts.open_session(
+            async with defaults.open_session(
                 HOST,
                 stream=stream,
                 ssl_context=certs.client_context,
-                domain=CLIENT_NAME,
                 authentication=auth,
                 **kwargs,
             ):
@@ -210,11 +209,10 @@ async def test_a_token_refused_without_error_challenge_is_refreshed() -> None:
     for _ in range(2):
         async with raw_server(script) as (stream, _):
             with pytest.raises(ts.SMTPAuthenticationError):
-                async with ts.open_session(
+                async with defaults.open_session(
                     HOST,
                     tls=ts.TLSMode.INSECURE_PLAINTEXT,
                     stream=stream,
-                    domain=CLIENT_NAME,
                     authentication=auth,
                     insecure_auth_over_plaintext=True,
                 ):
@@ -321,11 +319,10 @@ async def test_without_tls_cram_md5_is_preferred_to_plain() -> None:
     )
     async with (
         serving(server) as stream,
-        ts.open_session(
+        defaults.open_session(
             HOST,
             tls=ts.TLSMode.INSECURE_PLAINTEXT,
             stream=stream,
-            domain=CLIENT_NAME,
             authentication=Authentication("alice", PASSWORD),
             insecure_auth_over_plaintext=True,
         ) as session,

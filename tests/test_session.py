@@ -14,6 +14,7 @@ import trio.testing
 import trio_sendmail as ts
 from trio_sendmail.testing import FakeSMTPServer, TestCertificates
 
+from . import defaults
 from .helpers import CLIENT_NAME, HOST, PASSWORD, USERS, fake_session, serving
 
 PLAIN_EXT = ("PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "SIZE 1000000")
@@ -63,12 +64,11 @@ async def test_starttls_not_offered_is_an_error_without_fallback(certs: TestCert
     server = tls_server(certs, starttls=False)
     async with serving(server) as stream:
         with pytest.raises(ts.SMTPNotSupportedError, match="STARTTLS"):
-            async with ts.open_session(
+            async with defaults.open_session(
                 HOST,
                 tls=ts.TLSMode.STARTTLS,
                 stream=stream,
                 ssl_context=certs.client_context,
-                domain=CLIENT_NAME,
                 authentication=AUTH,
             ):
                 pass  # pragma: no cover
@@ -80,11 +80,10 @@ async def test_auth_over_plaintext_refused_before_any_credential(certs: TestCert
     server = FakeSMTPServer(users=USERS, auth_requires_tls=False)
     async with serving(server) as stream:
         with pytest.raises(ts.SMTPNotSupportedError, match="without TLS"):
-            async with ts.open_session(
+            async with defaults.open_session(
                 HOST,
                 tls=ts.TLSMode.INSECURE_PLAINTEXT,
                 stream=stream,
-                domain=CLIENT_NAME,
                 authentication=AUTH,
             ):
                 pass  # pragma: no cover
@@ -95,11 +94,10 @@ async def test_auth_over_plaintext_when_the_caller_opts_in(certs: TestCertificat
     server = FakeSMTPServer(users=USERS, auth_requires_tls=False)
     async with (
         serving(server) as stream,
-        ts.open_session(
+        defaults.open_session(
             HOST,
             tls=ts.TLSMode.INSECURE_PLAINTEXT,
             stream=stream,
-            domain=CLIENT_NAME,
             authentication=AUTH,
             insecure_auth_over_plaintext=True,
         ) as session,
@@ -113,9 +111,7 @@ async def test_local_relay_in_plaintext_without_auth() -> None:
     server = FakeSMTPServer()
     async with (
         serving(server) as stream,
-        ts.open_session(
-            HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=stream, domain=CLIENT_NAME
-        ) as session,
+        defaults.open_session(HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=stream) as session,
     ):
         for i in range(3):
             await session.send("a@example.com", ["b@example.com"], b"msg %d" % i)
@@ -133,12 +129,11 @@ async def test_auth_failures(certs: TestCertificates, code: int) -> None:
     if code == 535:
         async with serving(server) as stream:
             with pytest.raises(ts.SMTPAuthenticationError) as info:
-                async with ts.open_session(
+                async with defaults.open_session(
                     HOST,
                     tls=ts.TLSMode.STARTTLS,
                     stream=stream,
                     ssl_context=certs.client_context,
-                    domain=CLIENT_NAME,
                     authentication=wrong,
                 ):
                     pass  # pragma: no cover
@@ -159,11 +154,10 @@ async def test_auth_failures(certs: TestCertificates, code: int) -> None:
 
     async with raw_server(script) as (stream, _):
         with pytest.raises(ts.SMTPAuthenticationError) as info:
-            async with ts.open_session(
+            async with defaults.open_session(
                 HOST,
                 tls=ts.TLSMode.INSECURE_PLAINTEXT,
                 stream=stream,
-                domain=CLIENT_NAME,
                 authentication=AUTH,
                 insecure_auth_over_plaintext=True,
             ):
@@ -178,12 +172,11 @@ async def test_auth_mechanism_not_offered(certs: TestCertificates) -> None:
     auth = ts.Authentication("alice", PASSWORD, mechanism="PLAIN")
     async with serving(server) as stream:
         with pytest.raises(ts.SMTPNotSupportedError, match="PLAIN"):
-            async with ts.open_session(
+            async with defaults.open_session(
                 HOST,
                 tls=ts.TLSMode.STARTTLS,
                 stream=stream,
                 ssl_context=certs.client_context,
-                domain=CLIENT_NAME,
                 authentication=auth,
             ):
                 pass  # pragma: no cover
@@ -566,9 +559,7 @@ async def test_helo_fallback_when_ehlo_is_unknown() -> None:
 
     async with (
         raw_server(script) as (stream, _),
-        ts.open_session(
-            HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=stream, domain=CLIENT_NAME
-        ) as session,
+        defaults.open_session(HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=stream) as session,
     ):
         assert dict(session.capabilities) == {}
         result = await session.send("a@example.com", ["b@example.com"], b"x")

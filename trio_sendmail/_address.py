@@ -33,7 +33,7 @@ import ipaddress
 import re
 from collections.abc import Callable
 from email.headerregistry import Address
-from typing import NoReturn, TypeVar
+from typing import ClassVar, NoReturn, TypeVar
 
 import attrs
 
@@ -316,8 +316,31 @@ def _mailbox_from_address(addr: Address, what: str) -> Mailbox | None:
     return Mailbox(_quote_local_part(username), Domain.parse(domain_text))
 
 
+class _PathBase:
+    """What :class:`ReversePath` and :class:`ForwardPath` share: the wire form,
+    made once (a bulk run writes the same paths over and over), with
+    ``_NULL_TEXT`` for the path without a mailbox."""
+
+    __slots__ = ()
+    _NULL_TEXT: ClassVar[str]
+    mailbox: Mailbox | None
+    _text: str
+
+    def __attrs_post_init__(self) -> None:
+        text = self._NULL_TEXT if self.mailbox is None else f"<{self.mailbox}>"
+        object.__setattr__(self, "_text", text)
+
+    @property
+    def needs_smtputf8(self) -> bool:
+        """Whether the path has non-ASCII characters, and so needs SMTPUTF8 (RFC 6531)."""
+        return self.mailbox is not None and self.mailbox.needs_smtputf8
+
+    def __str__(self) -> str:
+        return self._text
+
+
 @attrs.frozen
-class ReversePath:
+class ReversePath(_PathBase):
     """The reverse path of ``MAIL FROM:`` (RFC 5321 §4.1.1.2): a mailbox, or the null path.
 
     Attributes:
@@ -330,12 +353,8 @@ class ReversePath:
     """
 
     mailbox: Mailbox | None = attrs.field(default=None, validator=_validate_path_mailbox)
-    # The wire form, made once (a bulk run writes the same paths over and over).
     _text: str = attrs.field(init=False, repr=False, eq=False)
-
-    def __attrs_post_init__(self) -> None:
-        text = "<>" if self.mailbox is None else f"<{self.mailbox}>"
-        object.__setattr__(self, "_text", text)
+    _NULL_TEXT: ClassVar[str] = "<>"
 
     @classmethod
     def null(cls) -> ReversePath:
@@ -389,17 +408,9 @@ class ReversePath:
         """Whether this is the null path ``<>``."""
         return self.mailbox is None
 
-    @property
-    def needs_smtputf8(self) -> bool:
-        """Whether the path has non-ASCII characters, and so needs SMTPUTF8 (RFC 6531)."""
-        return self.mailbox is not None and self.mailbox.needs_smtputf8
-
-    def __str__(self) -> str:
-        return self._text
-
 
 @attrs.frozen
-class ForwardPath:
+class ForwardPath(_PathBase):
     """The forward path of ``RCPT TO:`` (RFC 5321 §4.1.1.3): a mailbox, or ``<Postmaster>``.
 
     Attributes:
@@ -412,12 +423,8 @@ class ForwardPath:
     """
 
     mailbox: Mailbox | None = attrs.field(validator=_validate_path_mailbox)
-    # The wire form, made once (a bulk run writes the same paths over and over).
     _text: str = attrs.field(init=False, repr=False, eq=False)
-
-    def __attrs_post_init__(self) -> None:
-        text = "<Postmaster>" if self.mailbox is None else f"<{self.mailbox}>"
-        object.__setattr__(self, "_text", text)
+    _NULL_TEXT: ClassVar[str] = "<Postmaster>"
 
     @classmethod
     def postmaster(cls) -> ForwardPath:
@@ -477,14 +484,6 @@ class ForwardPath:
     def is_postmaster(self) -> bool:
         """Whether this is the bare ``<Postmaster>`` path (without a domain)."""
         return self.mailbox is None
-
-    @property
-    def needs_smtputf8(self) -> bool:
-        """Whether the path has non-ASCII characters, and so needs SMTPUTF8 (RFC 6531)."""
-        return self.mailbox is not None and self.mailbox.needs_smtputf8
-
-    def __str__(self) -> str:
-        return self._text
 
 
 # Bulk senders pass the same address strings over and over; the values are

@@ -330,6 +330,11 @@ class ClientCore(CommandPipeline):
         §3.8): none of them will be read."""
         self._log_reply(reply)
         self.state = self._tail = State.CLOSED
+        self._drop_queued()
+
+    def _drop_queued(self) -> None:
+        """After a 421: the server reads nothing more, so every command in
+        flight or queued is dropped (its transaction closed early)."""
         for command in self._inflight:
             if command.txn is not None:
                 command.txn.closed_early = True
@@ -426,12 +431,7 @@ class ClientCore(CommandPipeline):
             if command.txn is not None:
                 self._record(command, reply)
             # RFC 5321 §3.8: the server closes; it read nothing after this.
-            for later in self._inflight:
-                if later.txn is not None:
-                    later.txn.closed_early = True
-            self._inflight.clear()
-            del self._out[:]
-            self._marks.clear()
+            self._drop_queued()
             return Event(verb, reply, command.subject, command.txn)
         klass = reply.code // 100
         nxt = command.rule.replies.get(klass, ILLEGAL)

@@ -39,7 +39,7 @@ import contextlib
 import logging
 import select
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import trio
 
@@ -141,15 +141,23 @@ class Driver:
         still runs: a message source slower than the data-block bound ends the
         send, as the server would end it. A timeout is raised as
         :class:`SMTPTimeoutError`."""
-        assert self.timer is None, "timed() inside a timed operation"
+        with self.timer_scope("timed()") as scope:
+            yield
+        if scope.cancelled_caught:
+            raise self.timeout_error()
+
+    @contextlib.contextmanager
+    def timer_scope(self, what: str) -> Iterator[trio.CancelScope]:
+        """The cancel scope of one timed block, installed as :attr:`timer`
+        while the block runs (*what* names the caller in the assertion that
+        timed blocks never nest)."""
+        assert self.timer is None, f"{what} inside a timed operation"
         with trio.CancelScope() as scope:
             self.timer = scope
             try:
-                yield
+                yield scope
             finally:
                 self.timer = None
-        if scope.cancelled_caught:
-            raise self.timeout_error()
 
     def timeout_error(self) -> SMTPTimeoutError:
         return SMTPTimeoutError(
@@ -253,7 +261,7 @@ class Driver:
     async def _receive(self, phase: str, timeout: float) -> Event:
         """Read until the oldest command in flight has its reply."""
         core = self.core
-        try:
+        async with self._failing(f"connection lost ({phase})"):
             event = core.next_event()
             if event is None:
                 self.arm(phase, timeout, "a reply from the server")
@@ -271,13 +279,21 @@ class Driver:
                     self.bytes_received += len(data)
                     core.receive_data(data)
                     event = core.next_event()
+        return event
+
+    @contextlib.asynccontextmanager
+    async def _failing(self, lost: str) -> AsyncIterator[None]:
+        """Any error in the block ends the session (:meth:`fail`) and is
+        raised again; a lost connection as :class:`SMTPConnectionError`
+        (``f"{lost}: {exc}"``)."""
+        try:
+            yield
         except (trio.BrokenResourceError, OSError) as exc:
             await self.fail()
-            raise SMTPConnectionError(f"connection lost ({phase}): {exc}") from exc
+            raise SMTPConnectionError(f"{lost}: {exc}") from exc
         except BaseException:
             await self.fail()
             raise
-        return event
 
     # --------------------------------------------- what the server said unasked
 
@@ -308,17 +324,11 @@ class Driver:
             return
         self.arm("command", self.timeouts.command, "what the server sent unasked")
         data: bytes | bytearray = b""
-        try:
+        async with self._failing("the server had closed the connection"):
             with trio.move_on_after(PROBE_GRACE):
                 data = await self.stream.receive_some(self.buffers.receive_size)
                 if not data:
                     raise SMTPConnectionError("the server had closed the connection")
-        except (trio.BrokenResourceError, OSError) as exc:
-            await self.fail()
-            raise SMTPConnectionError(f"the server had closed the connection: {exc}") from exc
-        except BaseException:
-            await self.fail()
-            raise
         if not data:
             return  # TLS housekeeping only
         self.bytes_received += len(data)

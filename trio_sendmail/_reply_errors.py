@@ -20,7 +20,7 @@ creates these errors.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from ._address import ForwardPath
 from ._errors import SMTPError, SMTPPermanentError, SMTPTransientError
@@ -140,7 +140,7 @@ class SMTPAuthenticationError(SMTPResponseError):
             server error; else ``None``.
     """
 
-    details: dict[str, Any] | None = None
+    details: dict[str, object] | None = None
 
 
 class SMTPAuthenticationErrorTransient(SMTPAuthenticationError, SMTPTransientError):

@@ -50,7 +50,7 @@ import hmac
 import json
 import re
 import secrets
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final
 
 from ._credentials import (
     MECHANISM_NAMES,
@@ -117,7 +117,7 @@ class Mechanism(abc.ABC):
     #: What the server said about its refusal, when the mechanism carries that
     #: (the JSON of an RFC 7628 §3.2.2 error challenge, a SCRAM ``e=`` value), so
     #: that the session can attach it to the :exc:`SMTPAuthenticationError`.
-    error_details: dict[str, Any] | None = None
+    error_details: dict[str, object] | None = None
 
     def __init__(self, auth: Authentication) -> None:
         self._auth = auth
@@ -221,7 +221,7 @@ class CramMD5Mechanism(Mechanism):
 # --- OAuth 2.0 -------------------------------------------------------------------------------
 
 
-def _error_details(challenge: bytes) -> dict[str, Any]:
+def _error_details(challenge: bytes) -> dict[str, object]:
     """The JSON object of an RFC 7628 §3.2.2 error challenge (or the raw text)."""
     text = challenge.decode("utf-8", "replace")
     try:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from email.headerregistry import Address
 from typing import Unpack
@@ -385,28 +385,23 @@ class Session(trio.abc.AsyncResource):
         this session), instead of one per send: each I/O still arms it with
         its phase's bound, and each send turns its own timeout into
         :class:`SMTPTimeoutError`."""
-        driver = self._driver
-        assert driver.timer is None, "_batch() inside a timed operation"
-        with trio.CancelScope() as scope:
-            driver.timer = scope
-            try:
-                yield
-            finally:
-                driver.timer = None
+        with self._driver.timer_scope("_batch()"):
+            yield
 
     async def noop(self) -> Reply:
         """Send NOOP (e.g. to check an idle connection) and return the reply."""
-        self._check_open()
-        with self._driver.timed():
-            self._core.noop()
-            event = await self._driver.event()
-        return event.reply
+        return await self._simple_command(self._core.noop)
 
     async def rset(self) -> Reply:
         """Send RSET and return the reply."""
+        return await self._simple_command(self._core.rset)
+
+    async def _simple_command(self, queue: Callable[[], None]) -> Reply:
+        """Queue one command with *queue* (a :class:`ClientCore` method), send
+        it and return its reply."""
         self._check_open()
         with self._driver.timed():
-            self._core.rset()
+            queue()
             event = await self._driver.event()
         return event.reply
 

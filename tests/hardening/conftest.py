@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import trio.testing
 
-from ..interop.conftest import PostfixEnv, postfix
 from .support import Certificates, make_certificates
 
 
@@ -24,6 +23,3 @@ def clock() -> trio.testing.MockClock:
     to a kernel thread, and an instant jump would then fire a timeout early.
     """
     return trio.testing.MockClock(autojump_threshold=0.001)
-
-
-__all__ = ["PostfixEnv", "postfix"]

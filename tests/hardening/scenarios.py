@@ -370,5 +370,4 @@ PIPELINED_BDAT: list[Scenario] = [
 
 SCENARIOS += server_variants(SCENARIOS) + PIPELINED_BDAT
 
-BY_NAME = {scenario.name: scenario for scenario in SCENARIOS}
-assert len(BY_NAME) == len(SCENARIOS), "scenario names must be unique"
+assert len({s.name for s in SCENARIOS}) == len(SCENARIOS), "scenario names must be unique"

@@ -12,7 +12,6 @@ import trio
 import trio.lowlevel
 import trustme
 
-CLIENT_NAME = "client.example.test"
 #: The client connects to this literal (no resolver thread, so the autojump clock only jumps
 #: while the client really waits for the server).
 LOOPBACK = "127.0.0.1"

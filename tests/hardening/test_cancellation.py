@@ -30,8 +30,9 @@ import trio.testing
 import trio_sendmail as ts
 from trio_sendmail.testing import FakeSMTPServer, serve_fake_smtp
 
+from .. import defaults
 from ..helpers import LOCK_CHUNK, LOCK_DATA, PIPE_CHUNK, PIPE_DATA, ServerVariant
-from .support import CLIENT_NAME, LOOPBACK, RecordingStream
+from .support import LOOPBACK, RecordingStream
 
 PLAIN = ts.TLSMode.INSECURE_PLAINTEXT
 BODY = b"Subject: cancel me\r\n\r\n" + b"line of text\r\n" * 3
@@ -124,8 +125,8 @@ async def attempt(config: Config, n: int) -> Attempt:
     recorder = RecordingStream(client)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.handle_stream, server_stream)
-        async with ts.open_session(
-            "mail.example.test", tls=PLAIN, stream=recorder, domain=CLIENT_NAME,
+        async with defaults.open_session(
+            "mail.example.test", tls=PLAIN, stream=recorder,
             pipelining=config.pipelining,
         ) as session:  # fmt: skip
             before = len(recorder.attempted)
@@ -237,8 +238,8 @@ async def test_timeout_at_every_reply(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(server.handle_stream, delayed)
             try:
-                async with ts.open_session(
-                    "mail.example.test", tls=PLAIN, stream=client, domain=CLIENT_NAME,
+                async with defaults.open_session(
+                    "mail.example.test", tls=PLAIN, stream=client,
                     pipelining=config.pipelining, timeouts=HALF,
                 ) as session:  # fmt: skip
                     try:
@@ -280,8 +281,8 @@ async def test_pool_discards_an_interrupted_connection(
     async with serve_fake_smtp(server) as port:
         for n in range(1, MAX_STEPS):
             server.messages.clear()
-            async with ts.open_pool(
-                LOOPBACK, port=port, tls=PLAIN, domain=CLIENT_NAME,
+            async with defaults.open_pool(
+                LOOPBACK, port=port, tls=PLAIN,
                 limits=ts.PoolLimits(max_connections=1),
             ) as pool:  # fmt: skip
                 mail = pieces(BIG_BODY) if streamed else BODY
@@ -329,9 +330,7 @@ async def test_the_reply_to_the_end_of_data_decides_the_outcome(
     client, server_stream = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.handle_stream, server_stream)
-        async with ts.open_session(
-            "mail.example.test", tls=PLAIN, stream=client, domain=CLIENT_NAME
-        ) as session:
+        async with defaults.open_session("mail.example.test", tls=PLAIN, stream=client) as session:
             error: ts.SMTPResponseError | None = None
             try:
                 await session.send("a@example.com", ["b@example.com"], BODY)

@@ -38,7 +38,8 @@ import trio_sendmail as ts
 from trio_sendmail._sasl import MECHANISMS, Mechanism, OAuth2Token, ScramSha256Mechanism
 from trio_sendmail.testing import FakeSMTPServer, TestCertificates, serve_fake_smtp
 
-from .support import CLIENT_NAME, LOOPBACK
+from .. import defaults
+from .support import LOOPBACK
 
 SECRET = "qZ7!vK2#Lm9$xR4%pW"
 WRONG = "wR0ng!Bq8#Tz5$Hy6&"
@@ -202,8 +203,8 @@ async def session_run(
     where: str, *, tls: ts.TLSMode = ts.TLSMode.STARTTLS, insecure: bool = False,
 ) -> None:  # fmt: skip
     """One session that authenticates and sends; its objects go into *evidence*."""
-    async with ts.open_session(
-        LOOPBACK, port=port, tls=tls, ssl_context=certs.client_context, domain=CLIENT_NAME,
+    async with defaults.open_session(
+        LOOPBACK, port=port, tls=tls, ssl_context=certs.client_context,
         authentication=auth, insecure_auth_over_plaintext=insecure,
     ) as session:  # fmt: skip
         assert session.authenticated
@@ -305,9 +306,9 @@ def public_objects(evidence: Evidence) -> None:
 
 async def pool_run(evidence: Evidence, port: int, certs: TestCertificates) -> None:
     """The pool and send_bulk, with SCRAM-SHA-256."""
-    async with ts.open_pool(
+    async with defaults.open_pool(
         LOOPBACK, port=port, tls=ts.TLSMode.STARTTLS, ssl_context=certs.client_context,
-        domain=CLIENT_NAME, authentication=credentials("SCRAM-SHA-256"),
+        authentication=credentials("SCRAM-SHA-256"),
     ) as pool:  # fmt: skip
         tracker = ts.OutcomeTracker()
         evidence.obj(
@@ -331,9 +332,9 @@ async def pool_run(evidence: Evidence, port: int, certs: TestCertificates) -> No
 
 async def sendmail_run(port: int, certs: TestCertificates, auth: ts.Authentication
                        ) -> ts.SendResult:  # fmt: skip
-    return await ts.sendmail(
+    return await defaults.sendmail(
         hostname=LOOPBACK, port=port, sender="a@example.com", recipients=["b@example.com"],
-        mail=b"x", ssl_context=certs.client_context, authentication=auth, domain=CLIENT_NAME,
+        mail=b"x", ssl_context=certs.client_context, authentication=auth,
         timeouts=ts.Timeouts(tls_handshake=10),
     )  # fmt: skip
 

@@ -29,9 +29,10 @@ import trio.testing
 
 import trio_sendmail as ts
 
+from .. import defaults
 from .hostile import IMPLICIT, PLAIN, STARTTLS, HostileServer
 from .scenarios import SCENARIOS, Scenario
-from .support import CLIENT_NAME, LOOPBACK, Certificates, describe, live_tasks, open_fds
+from .support import LOOPBACK, Certificates, describe, live_tasks, open_fds
 
 ENTRY_POINTS = ("sendmail", "sendmail_with_starttls", "open_session", "pool", "send_bulk")
 _MODE_ORDER = {
@@ -91,20 +92,20 @@ async def call(
     insecure = scenario.insecure_auth and mode is PLAIN
     try:
         if entry == "sendmail":
-            observed.result = await ts.sendmail(
+            observed.result = await defaults.sendmail(
                 hostname=LOOPBACK, port=port, sender=SENDER, recipients=RECIPIENTS,
-                mail=scenario.mail(), domain=CLIENT_NAME, ssl_context=context,
+                mail=scenario.mail(), ssl_context=context,
                 authentication=auth, timeouts=timeouts,
             )  # fmt: skip
         elif entry == "sendmail_with_starttls":
-            observed.result = await ts.sendmail_with_starttls(
+            observed.result = await defaults.sendmail_with_starttls(
                 hostname=LOOPBACK, port=port, sender=SENDER, recipients=RECIPIENTS,
-                mail=scenario.mail(), domain=CLIENT_NAME, ssl_context=context,
+                mail=scenario.mail(), ssl_context=context,
                 authentication=auth, timeouts=timeouts,
             )  # fmt: skip
         elif entry == "open_session":
-            async with ts.open_session(
-                LOOPBACK, port=port, tls=mode, ssl_context=context, domain=CLIENT_NAME,
+            async with defaults.open_session(
+                LOOPBACK, port=port, tls=mode, ssl_context=context,
                 authentication=auth, insecure_auth_over_plaintext=insecure, timeouts=timeouts,
             ) as session:  # fmt: skip
                 try:
@@ -113,8 +114,8 @@ async def call(
                     observed.session_usable = session.is_usable
                     observed.outcome_unknown = session.outcome_unknown
         else:
-            async with ts.open_pool(
-                LOOPBACK, port=port, tls=mode, ssl_context=context, domain=CLIENT_NAME,
+            async with defaults.open_pool(
+                LOOPBACK, port=port, tls=mode, ssl_context=context,
                 authentication=auth, insecure_auth_over_plaintext=insecure, timeouts=timeouts,
                 limits=POOL_LIMITS,
             ) as pool:  # fmt: skip

@@ -17,8 +17,9 @@ import trio
 
 import trio_sendmail as ts
 
+from .. import defaults
 from .hostile import IMPLICIT, PLAIN, Dialogue, HostileServer, Step, stream
-from .support import CLIENT_NAME, LOOPBACK, Certificates
+from .support import LOOPBACK, Certificates
 
 BIG = 50 * 1024 * 1024
 BUDGET = 3 * 1024 * 1024
@@ -44,12 +45,11 @@ async def test_fifty_megabytes_of_reply_cost_little(
         tracemalloc.start()
         try:
             with pytest.raises(ts.SMTPProtocolError), trio.fail_after(30):
-                async with ts.open_session(
+                async with defaults.open_session(
                     LOOPBACK,
                     port=port,
                     tls=mode,
                     ssl_context=certificates.client,
-                    domain=CLIENT_NAME,
                 ) as session:
                     try:
                         await session.send("a@example.com", ["b@example.com"], b"x")

@@ -38,9 +38,10 @@ import trio_sendmail as ts
 from trio_sendmail._data import DataEncoder
 from trio_sendmail.testing import DEFAULT_EXTENSIONS, FakeSMTPServer
 
-from ..interop.conftest import PostfixEnv
+from .. import defaults
+from ..postfix_plugin import PostfixEnv
 from ..test_data import reference_normalize
-from .support import CLIENT_NAME, RecordingStream
+from .support import RecordingStream
 
 PLAIN = ts.TLSMode.INSECURE_PLAINTEXT
 SMUGGLERS = [b"\n.\n", b"\r.\r\n", b"\n.\r\n", b"\r\n.\r", b"\r.\r", b"\r\n.\n", b"\r\n.\r\n"]
@@ -197,8 +198,8 @@ async def send_all_splits(
     recorder = RecordingStream(client)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.handle_stream, server_stream)
-        async with ts.open_session(
-            "mail.example.test", tls=PLAIN, stream=recorder, domain=CLIENT_NAME,
+        async with defaults.open_session(
+            "mail.example.test", tls=PLAIN, stream=recorder,
             chunking=chunking,
         ) as session:  # fmt: skip
             for chunks in cases:
@@ -310,7 +311,7 @@ async def test_aiosmtpd_receives_exactly_the_normalised_body(
 ) -> None:
     port, collector = aiosmtpd_collector
     cases = list(splits(body) if len(body) < 200 else window_splits(body))
-    async with ts.open_session("127.0.0.1", port=port, tls=PLAIN, domain=CLIENT_NAME) as session:
+    async with defaults.open_session("127.0.0.1", port=port, tls=PLAIN) as session:
         for chunks in cases:
             mail = chunks[0] if len(chunks) == 1 else as_stream(chunks)
             await session.send("a@example.com", ["b@example.com"], mail)
@@ -369,8 +370,8 @@ async def test_postfix_stores_exactly_the_normalised_body(
     for n, chunks in enumerate(splits(attack)):
         head = b"Subject: smuggling proof\r\nX-Case: %d\r\n\r\n" % n
         cases.append((head + b"".join(chunks), [head, *chunks]))
-    async with ts.open_session(
-        postfix.host, port=postfix.plain_port, tls=PLAIN, domain=CLIENT_NAME,
+    async with defaults.open_session(
+        postfix.host, port=postfix.plain_port, tls=PLAIN,
         timeouts=POSTFIX_TIMEOUTS, chunking=chunking,
     ) as session:  # fmt: skip
         for _, chunks in cases:

@@ -31,11 +31,12 @@ import trustme
 
 import trio_sendmail as ts
 
-from .conftest import PostfixEnv
+from .. import defaults
+from ..helpers import CLIENT_NAME
+from ..postfix_plugin import PostfixEnv
 
 pytestmark = pytest.mark.postfix
 
-CLIENT_NAME = "client.example.test"
 #: Tighter than the RFC defaults, so that a stuck exchange fails the test quickly.
 TIMEOUTS = ts.Timeouts(
     connect=10,
@@ -270,12 +271,11 @@ async def submission_session(
     pipelining: bool = True,
 ) -> AsyncIterator[ts.Session]:
     """A TLS session authenticated as the ASCII user."""
-    async with ts.open_session(
+    async with defaults.open_session(
         env.tls_hostname,
         port=port_for(env, tls),
         tls=tls,
         ssl_context=context,
-        domain=CLIENT_NAME,
         authentication=ts.Authentication(env.user, env.password),
         timeouts=TIMEOUTS,
         pipelining=pipelining,
@@ -367,26 +367,24 @@ async def test_submission_with_auth(
         subject=f"{api} {user} {mechanism}",
     )
     if api == "sendmail":
-        result = await ts.sendmail(
+        result = await defaults.sendmail(
             hostname=postfix.tls_hostname,
             port=postfix.smtps_port,
             sender=postfix.user,
             recipients=[rcpt],
             mail=message,
             ssl_context=tls_context,
-            domain=CLIENT_NAME,
             authentication=auth,
             timeouts=TIMEOUTS,
         )
     else:
-        result = await ts.sendmail_with_starttls(
+        result = await defaults.sendmail_with_starttls(
             hostname=postfix.tls_hostname,
             port=postfix.submission_port,
             sender=postfix.user,
             recipients=[rcpt],
             mail=message,
             ssl_context=tls_context,
-            domain=CLIENT_NAME,
             authentication=auth,
             timeouts=TIMEOUTS,
         )
@@ -410,11 +408,10 @@ async def test_ip_literal_hostnames(postfix: PostfixEnv, tls_context: ssl.SSLCon
     """The certificate carries 127.0.0.1 and ::1, so IP literals verify too."""
     hosts = [postfix.host, *([postfix.host6] if postfix.host6 else [])]
     for host in hosts:
-        async with ts.open_session(
+        async with defaults.open_session(
             host,
             port=postfix.smtps_port,
             ssl_context=tls_context,
-            domain=CLIENT_NAME,
             authentication=ts.Authentication(postfix.user, postfix.password),
             timeouts=TIMEOUTS,
         ) as session:
@@ -454,11 +451,10 @@ async def test_plaintext_relay_never_sends_credentials(
 ) -> None:
     expected = "without TLS" if not insecure_auth else "does not offer AUTH"
     with pytest.raises(ts.SMTPNotSupportedError, match=expected):
-        async with ts.open_session(
+        async with defaults.open_session(
             postfix.tls_hostname,
             port=postfix.plain_port,
             tls=ts.TLSMode.INSECURE_PLAINTEXT,
-            domain=CLIENT_NAME,
             authentication=ts.Authentication(postfix.user, postfix.password),
             insecure_auth_over_plaintext=insecure_auth,
             timeouts=TIMEOUTS,
@@ -480,12 +476,11 @@ async def test_wrong_password(
 ) -> None:
     wrong = "not-" + postfix.password
     with pytest.raises(ts.SMTPAuthenticationError) as info:
-        async with ts.open_session(
+        async with defaults.open_session(
             postfix.tls_hostname,
             port=port_for(postfix, tls),
             tls=tls,
             ssl_context=tls_context,
-            domain=CLIENT_NAME,
             authentication=ts.Authentication(postfix.user, wrong, mechanism=mechanism),
             timeouts=TIMEOUTS,
         ):
@@ -507,12 +502,11 @@ async def test_untrusted_certificate(
     other_ca_context = ssl.create_default_context()
     trustme.CA().configure_trust(other_ca_context)
     with pytest.raises(ts.SMTPTLSError) as info:
-        async with ts.open_session(
+        async with defaults.open_session(
             postfix.tls_hostname,
             port=port_for(postfix, tls),
             tls=tls,
             ssl_context=other_ca_context,
-            domain=CLIENT_NAME,
             authentication=ts.Authentication(postfix.user, postfix.password),
             timeouts=TIMEOUTS,
         ):
@@ -533,12 +527,11 @@ async def test_hostname_mismatch(
     stream = await trio.open_tcp_stream(postfix.host, port_for(postfix, tls))
     async with stream:
         with pytest.raises(ts.SMTPTLSError) as info:
-            async with ts.open_session(
+            async with defaults.open_session(
                 "wrong.example.test",
                 port=port_for(postfix, tls),
                 tls=tls,
                 ssl_context=tls_context,
-                domain=CLIENT_NAME,
                 authentication=ts.Authentication(postfix.user, postfix.password),
                 timeouts=TIMEOUTS,
                 stream=stream,
@@ -783,14 +776,13 @@ async def test_smtputf8_addresses(postfix: PostfixEnv, tls_context: ssl.SSLConte
         subject="SMTPUTF8: grüße, jöran",
         body="Hallo Jöran, ünïcode everywhere.\r\n".encode(),
     )
-    result = await ts.sendmail_with_starttls(
+    result = await defaults.sendmail_with_starttls(
         hostname=postfix.tls_hostname,
         port=postfix.submission_port,
         sender=utf8_address,
         recipients=[utf8_address],
         mail=message,
         ssl_context=tls_context,
-        domain=CLIENT_NAME,
         authentication=ts.Authentication(postfix.utf8_user, postfix.utf8_password),
         timeouts=TIMEOUTS,
     )

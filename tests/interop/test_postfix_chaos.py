@@ -48,7 +48,7 @@ import trio
 
 import trio_sendmail as ts
 
-from .conftest import PostfixEnv
+from ..postfix_plugin import PostfixEnv
 from .rst_proxy import CutPolicy, RstProxy, open_rst_proxy
 from .test_postfix import make_message, unique
 

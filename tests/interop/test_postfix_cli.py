@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PostfixEnv
+from ..postfix_plugin import PostfixEnv
 from .test_postfix import make_message, new_message_id, unique, wait_for_one
 
 pytestmark = pytest.mark.postfix

@@ -35,10 +35,10 @@ import trio
 
 import trio_sendmail as ts
 
-from .conftest import PostfixEnv
+from .. import defaults
+from ..postfix_plugin import PostfixEnv
 from .test_postfix import (
     BLOB,
-    CLIENT_NAME,
     DELIVERY_TIMEOUT,
     POLL_INTERVAL,
     SETTLE,
@@ -83,12 +83,11 @@ async def extension_session(
     chunking: bool = True,
 ) -> AsyncIterator[ts.Session]:
     """An implicit-TLS session authenticated as the ASCII user."""
-    async with ts.open_session(
+    async with defaults.open_session(
         env.tls_hostname,
         port=env.smtps_port,
         tls=ts.TLSMode.IMPLICIT,
         ssl_context=context,
-        domain=CLIENT_NAME,
         authentication=ts.Authentication(env.user, env.password),
         timeouts=TIMEOUTS,
         pipelining=pipelining,
@@ -891,11 +890,10 @@ async def test_requiretls_not_offered(
         )
         await session.send(postfix.user, [rcpt], following)
     # Without TLS the library refuses whatever the server offers.
-    async with ts.open_session(
+    async with defaults.open_session(
         postfix.tls_hostname,
         port=postfix.plain_port,
         tls=ts.TLSMode.INSECURE_PLAINTEXT,
-        domain=CLIENT_NAME,
         timeouts=TIMEOUTS,
     ) as plain:
         await assert_refused_before_mail(

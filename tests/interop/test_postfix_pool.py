@@ -10,7 +10,7 @@ import pytest
 
 import trio_sendmail as ts
 
-from .conftest import PostfixEnv
+from ..postfix_plugin import PostfixEnv
 from .test_postfix import mailbox_files, make_message, new_message_id, unique, wait_for_delivery
 
 pytestmark = pytest.mark.postfix

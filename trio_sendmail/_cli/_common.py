@@ -171,8 +171,8 @@ def exit_status(exc: BaseException) -> tuple[int, str]:
         return EX_UNAVAILABLE, text
     if isinstance(exc, SMTPInputError):
         return EX_USAGE, text
-    if isinstance(exc, SMTPError):  # pragma: no cover - every concrete error is above
-        return EX_SOFTWARE, text
+    if isinstance(exc, SMTPError):  # SMTPUsageError: a call made at the wrong time, a bug
+        return EX_SOFTWARE, f"internal error: {text} (run with --debug)"
     if isinstance(exc, UnicodeError):
         # Its text quotes the offending character, and its value may be a secret
         # (e.g. a password read with surrogateescape): show only the reason.

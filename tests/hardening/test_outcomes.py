@@ -21,7 +21,7 @@ import trio_sendmail as ts
 import trio_sendmail._opening as opening
 from trio_sendmail._address import Domain
 
-from .helpers import LOCK_DATA, PIPE_CHUNK, PIPE_DATA, RawServer, ServerVariant, variants
+from ..helpers import LOCK_DATA, PIPE_CHUNK, PIPE_DATA, RawServer, ServerVariant, variants
 
 LOCAL = "127.0.0.1"
 PLAIN = ts.TLSMode.INSECURE_PLAINTEXT

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 import trio_sendmail as ts
 from trio_sendmail.testing import FakeSMTPServer
 
-from .helpers import CLIENT_NAME, HOST, serving
+from .. import defaults
+from ..helpers import HOST, serving
 
 ATOMS = [b"\r", b"\n", b".", b"\r\n", b"\r\n.\r\n", b"\n.\n", b"\r.\r\n", b"\n.\r\n",
          b"\r\n.\r", b"\x00", b"x", b"\xff", b"ab"]  # fmt: skip
@@ -42,8 +43,8 @@ def test_random_bodies_in_random_chunks_arrive_normalised(body: bytes, cuts: lis
         send.close()
         async with (
             serving(server) as stream,
-            ts.open_session(
-                HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=stream, domain=CLIENT_NAME
+            defaults.open_session(
+                HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=stream
             ) as session,
         ):
             await session.send("a@example.com", ["b@example.com"], receive)
@@ -116,8 +117,8 @@ async def test_large_stream_is_sent_with_bounded_memory() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sink)
             nursery.start_soon(produce)
-            async with ts.open_session(
-                HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=client, domain=CLIENT_NAME
+            async with defaults.open_session(
+                HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=client
             ) as session:
                 await session.send("a@example.com", ["b@example.com"], receive)
         _, peak = tracemalloc.get_traced_memory()

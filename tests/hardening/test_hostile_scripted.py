@@ -12,8 +12,8 @@ import trio.testing
 
 import trio_sendmail as ts
 
-from .helpers import (
-    CLIENT_NAME,
+from .. import defaults
+from ..helpers import (
     HOST,
     LOCK_CHUNK,
     LOCK_DATA,
@@ -97,7 +97,7 @@ async def test_replies_split_at_any_byte(
 
     async with (
         raw_server(script) as (stream, _),
-        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+        defaults.open_session(HOST, tls=PLAIN, stream=stream) as session,
     ):
         result = await session.send("a@example.com", ["b@example.com"], b"x")
     assert result.reply.lines == ("queued", "as 123")
@@ -129,7 +129,7 @@ async def test_malformed_greeting_is_a_protocol_error(name: str) -> None:
     with trio.fail_after(5):
         async with raw_server(script) as (stream, _):
             with pytest.raises(ts.SMTPProtocolError):
-                async with ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME):
+                async with defaults.open_session(HOST, tls=PLAIN, stream=stream):
                     pass  # pragma: no cover
 
 
@@ -139,7 +139,7 @@ async def test_eof_between_replies_is_a_connection_error() -> None:
 
     async with raw_server(script) as (stream, _):
         with pytest.raises(ts.SMTPConnectionError, match="closed the connection"):
-            async with ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME):
+            async with defaults.open_session(HOST, tls=PLAIN, stream=stream):
                 pass  # pragma: no cover
 
 
@@ -151,7 +151,7 @@ async def test_greeting_refused(code: int) -> None:
 
     async with raw_server(script) as (stream, _):
         with pytest.raises(ts.SMTPResponseError) as info:
-            async with ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME):
+            async with defaults.open_session(HOST, tls=PLAIN, stream=stream):
                 pass  # pragma: no cover
     assert info.value.code == code and info.value.command == "CONNECT"
     assert info.value.is_transient is (code < 500)
@@ -217,9 +217,7 @@ async def test_421_at_each_step(step: str, server_variant: ServerVariant) -> Non
     expected = ts.SMTPRecipientsRefused if step == "rset" else ts.SMTPServiceClosing
     async with raw_server(script) as (stream, srv):
         with pytest.raises(expected) as info:
-            async with ts.open_session(
-                HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME
-            ) as session:
+            async with defaults.open_session(HOST, tls=PLAIN, stream=stream) as session:
                 try:
                     await session.send("a@example.com", ["b@example.com"], b"x")
                 finally:
@@ -252,9 +250,7 @@ async def test_starttls_reply_followed_by_injected_plaintext() -> None:
 
     async with raw_server(script) as (stream, _):
         with pytest.raises(ts.SMTPProtocolError, match="injection"):
-            async with ts.open_session(
-                HOST, tls=ts.TLSMode.STARTTLS, stream=stream, domain=CLIENT_NAME
-            ):
+            async with defaults.open_session(HOST, tls=ts.TLSMode.STARTTLS, stream=stream):
                 pass  # pragma: no cover
 
 
@@ -267,9 +263,7 @@ async def test_starttls_refused() -> None:
 
     async with raw_server(script) as (stream, _):
         with pytest.raises(ts.SMTPResponseError) as info:
-            async with ts.open_session(
-                HOST, tls=ts.TLSMode.STARTTLS, stream=stream, domain=CLIENT_NAME
-            ):
+            async with defaults.open_session(HOST, tls=ts.TLSMode.STARTTLS, stream=stream):
                 pass  # pragma: no cover
     assert info.value.code == 454 and info.value.command == "STARTTLS"
     assert info.value.is_transient
@@ -291,11 +285,10 @@ async def test_auth_hostile_challenges(challenge: bytes, error: type[Exception] 
 
     async with raw_server(script) as (stream, _):
         with pytest.raises(ts.SMTPProtocolError):
-            async with ts.open_session(
+            async with defaults.open_session(
                 HOST,
                 tls=PLAIN,
                 stream=stream,
-                domain=CLIENT_NAME,
                 authentication=ts.Authentication("u", "pw-secret", mechanism="LOGIN"),
                 insecure_auth_over_plaintext=True,
             ):
@@ -309,7 +302,7 @@ async def test_unexpected_reply_class_is_a_protocol_error(server_variant: Server
 
     async with (
         raw_server(script) as (stream, _),
-        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+        defaults.open_session(HOST, tls=PLAIN, stream=stream) as session,
     ):
         with pytest.raises(ts.SMTPProtocolError) as info:
             await session.send("a@example.com", ["b@example.com"], b"x")
@@ -331,7 +324,7 @@ async def test_more_replies_than_commands_is_a_protocol_error(
 
     async with (
         raw_server(script) as (stream, _),
-        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+        defaults.open_session(HOST, tls=PLAIN, stream=stream) as session,
     ):
         with pytest.raises(ts.SMTPProtocolError) as info:
             await session.send("a@example.com", ["b@example.com"], b"x")
@@ -377,9 +370,7 @@ async def test_rfc5321_default_timeouts(
     start = trio.current_time()
     async with raw_server(script) as (stream, _):
         with pytest.raises(ts.SMTPTimeoutError) as info:
-            async with ts.open_session(
-                HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME
-            ) as session:
+            async with defaults.open_session(HOST, tls=PLAIN, stream=stream) as session:
                 mid = trio.current_time()
                 await session.send("a@example.com", ["b@example.com"], b"x")
     elapsed = trio.current_time() - (start if phase == "greeting" else mid)
@@ -403,8 +394,8 @@ async def test_every_phase_timeout_can_be_overridden(
 
     async with raw_server(script) as (stream, _):
         timeouts = ts.Timeouts(mail=1.5, quit=0.5)
-        async with ts.open_session(
-            HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME, timeouts=timeouts
+        async with defaults.open_session(
+            HOST, tls=PLAIN, stream=stream, timeouts=timeouts
         ) as session:
             start = trio.current_time()
             with pytest.raises(ts.SMTPTimeoutError):
@@ -429,11 +420,10 @@ async def test_slow_drip_forever_is_bounded_by_the_phase_timeout(
     start = trio.current_time()
     async with raw_server(script) as (stream, _):
         with pytest.raises((ts.SMTPTimeoutError, ts.SMTPProtocolError)):
-            async with ts.open_session(
+            async with defaults.open_session(
                 HOST,
                 tls=PLAIN,
                 stream=stream,
-                domain=CLIENT_NAME,
                 timeouts=ts.Timeouts(greeting=30),
             ):
                 pass  # pragma: no cover
@@ -458,11 +448,10 @@ async def test_silent_data_block_write_times_out(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(script)
-        async with ts.open_session(
+        async with defaults.open_session(
             HOST,
             tls=PLAIN,
             stream=client,
-            domain=CLIENT_NAME,
             timeouts=ts.Timeouts(data_block=42),
         ) as session:
             start = trio.current_time()
@@ -497,7 +486,7 @@ async def test_cancelled_session_is_broken_and_never_reused(
     await send.send(b"first chunk\r\n")
     async with (
         raw_server(script) as (stream, srv),
-        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+        defaults.open_session(HOST, tls=PLAIN, stream=stream) as session,
     ):
         if where == "dot":
             await send.aclose()
@@ -536,7 +525,7 @@ async def test_pipelined_data_accepted_although_every_recipient_was_refused() ->
 
     async with (
         raw_server(script) as (stream, _),
-        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+        defaults.open_session(HOST, tls=PLAIN, stream=stream) as session,
     ):
         with pytest.raises(ts.SMTPRecipientsRefused):
             await session.send("a@example.com", ["b@example.com"], b"first")
@@ -556,7 +545,7 @@ async def test_pipelined_data_that_a_server_accepts_with_no_recipient() -> None:
 
     async with (
         raw_server(script) as (stream, _),
-        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+        defaults.open_session(HOST, tls=PLAIN, stream=stream) as session,
     ):
         with pytest.raises(ts.SMTPRecipientsRefused) as info:
             await session.send("a@example.com", ["b@example.com"], b"x")
@@ -588,7 +577,7 @@ async def test_pipelined_bdat_with_every_recipient_refused() -> None:
 
     async with (
         raw_server(script) as (stream, _),
-        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+        defaults.open_session(HOST, tls=PLAIN, stream=stream) as session,
     ):
         with pytest.raises(ts.SMTPRecipientsRefused) as info:
             await session.send("a@example.com", ["b@example.com"], b"first")
@@ -613,7 +602,7 @@ async def test_pipelined_bdat_that_a_server_accepts_with_no_recipient(
 
     async with (
         raw_server(script) as (stream, _),
-        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+        defaults.open_session(HOST, tls=PLAIN, stream=stream) as session,
     ):
         with pytest.raises(ts.SMTPRecipientsRefused) as info:
             await session.send("a@example.com", ["b@example.com"], b"x")
@@ -639,7 +628,7 @@ async def test_data_refused(server_variant: ServerVariant) -> None:
 
     async with (
         raw_server(script) as (stream, _),
-        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+        defaults.open_session(HOST, tls=PLAIN, stream=stream) as session,
     ):
         with pytest.raises(ts.SMTPResponseError) as info:
             await session.send("a@example.com", ["b@example.com"], b"x")
@@ -684,7 +673,7 @@ async def test_many_recipients_are_pipelined_in_bounded_batches(
 
     async with (
         raw_server(script) as (stream, _),
-        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+        defaults.open_session(HOST, tls=PLAIN, stream=stream) as session,
     ):
         result = await session.send("a@example.com", recipients, b"x")
     assert len(result.accepted) == 250
@@ -702,11 +691,10 @@ async def test_server_does_not_offer_auth() -> None:
 
     async with raw_server(script) as (stream, _):
         with pytest.raises(ts.SMTPNotSupportedError, match="does not offer AUTH"):
-            async with ts.open_session(
+            async with defaults.open_session(
                 HOST,
                 tls=PLAIN,
                 stream=stream,
-                domain=CLIENT_NAME,
                 authentication=ts.Authentication("u", "pw"),
                 insecure_auth_over_plaintext=True,
             ):
@@ -721,7 +709,7 @@ async def test_ehlo_refused() -> None:
 
     async with raw_server(script) as (stream, _):
         with pytest.raises(ts.SMTPResponseError) as info:
-            async with ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME):
+            async with defaults.open_session(HOST, tls=PLAIN, stream=stream):
                 pass  # pragma: no cover
     assert info.value.command == "EHLO" and info.value.code == 550
 
@@ -737,7 +725,7 @@ async def test_server_disconnects_mid_data(server_variant: ServerVariant) -> Non
 
     async with (
         raw_server(script) as (stream, _),
-        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+        defaults.open_session(HOST, tls=PLAIN, stream=stream) as session,
     ):
         await trio.sleep(0.01)
         with pytest.raises(ts.SMTPConnectionError) as info:
@@ -756,7 +744,7 @@ async def test_server_disconnects_after_the_final_dot(server_variant: ServerVari
 
     async with (
         raw_server(script) as (stream, _),
-        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+        defaults.open_session(HOST, tls=PLAIN, stream=stream) as session,
     ):
         with pytest.raises(ts.SMTPConnectionError) as info:
             await session.send("a@example.com", ["b@example.com"], b"x")
@@ -770,7 +758,7 @@ async def test_session_not_ready_after_the_server_closed_it() -> None:
 
     async with (
         raw_server(script) as (stream, _),
-        ts.open_session(HOST, tls=PLAIN, stream=stream, domain=CLIENT_NAME) as session,
+        defaults.open_session(HOST, tls=PLAIN, stream=stream) as session,
     ):
         with pytest.raises(ts.SMTPServiceClosing):
             await session.noop()

@@ -16,7 +16,8 @@ from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 import trio_sendmail as ts
 from trio_sendmail.testing import TestCertificates
 
-from .helpers import CLIENT_NAME, PASSWORD
+from .. import defaults
+from ..helpers import PASSWORD
 
 pytestmark = pytest.mark.interop
 
@@ -102,7 +103,7 @@ async def test_starttls_auth_and_exact_bytes(
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(produce)
-        result = await ts.sendmail_with_starttls(
+        result = await defaults.sendmail_with_starttls(
             hostname="localhost",
             port=aiosmtpd_server.port,
             sender="a@example.com",
@@ -110,7 +111,6 @@ async def test_starttls_auth_and_exact_bytes(
             mail=receive,
             ssl_context=certs.client_context,
             authentication=ts.Authentication("alice", PASSWORD, mechanism=mechanism),
-            domain=CLIENT_NAME,
             pipelining=pipelining,
         )
     assert result.reply.code == 250
@@ -123,7 +123,7 @@ async def test_starttls_auth_and_exact_bytes(
 
 async def test_wrong_password(aiosmtpd_server: Aiosmtpd, certs: TestCertificates) -> None:
     with pytest.raises(ts.SMTPAuthenticationError) as info:
-        await ts.sendmail_with_starttls(
+        await defaults.sendmail_with_starttls(
             hostname="localhost",
             port=aiosmtpd_server.port,
             sender="a@example.com",
@@ -131,7 +131,6 @@ async def test_wrong_password(aiosmtpd_server: Aiosmtpd, certs: TestCertificates
             mail=b"x",
             ssl_context=certs.client_context,
             authentication=ts.Authentication("alice", "wrong"),
-            domain=CLIENT_NAME,
         )
     assert info.value.code == 535
     assert aiosmtpd_server.handler.envelopes == []
@@ -140,12 +139,11 @@ async def test_wrong_password(aiosmtpd_server: Aiosmtpd, certs: TestCertificates
 async def test_many_messages_over_one_session(
     aiosmtpd_server: Aiosmtpd, certs: TestCertificates
 ) -> None:
-    async with ts.open_session(
+    async with defaults.open_session(
         "localhost",
         port=aiosmtpd_server.port,
         tls=ts.TLSMode.STARTTLS,
         ssl_context=certs.client_context,
-        domain=CLIENT_NAME,
         authentication=ts.Authentication("alice", PASSWORD),
     ) as session:
         for i in range(10):

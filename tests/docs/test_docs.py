@@ -56,7 +56,7 @@ from trio_sendmail.testing import (
     serve_fake_smtp,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 
 #: The hosts that external links of the docs may point to.

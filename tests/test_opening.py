@@ -12,7 +12,8 @@ import trustme
 import trio_sendmail as ts
 from trio_sendmail.testing import FakeSMTPServer, TestCertificates, serve_fake_smtp
 
-from .helpers import CLIENT_NAME, PASSWORD, USERS
+from . import defaults
+from .helpers import PASSWORD, USERS
 
 AUTH = ts.Authentication("alice", PASSWORD)
 
@@ -24,7 +25,7 @@ def server_for(certs: TestCertificates) -> FakeSMTPServer:
 async def test_sendmail_implicit_tls_on_loopback(certs: TestCertificates) -> None:
     server = server_for(certs)
     async with serve_fake_smtp(server, implicit_tls=True) as port:
-        result = await ts.sendmail(
+        result = await defaults.sendmail(
             hostname="localhost",
             port=port,
             sender="a@example.com",
@@ -32,7 +33,6 @@ async def test_sendmail_implicit_tls_on_loopback(certs: TestCertificates) -> Non
             mail=b"hello",
             ssl_context=certs.client_context,
             authentication=AUTH,
-            domain=CLIENT_NAME,
         )
     assert result.reply.code == 250
     assert server.messages[0].tls and server.messages[0].authenticated_as == "alice"
@@ -41,7 +41,7 @@ async def test_sendmail_implicit_tls_on_loopback(certs: TestCertificates) -> Non
 async def test_sendmail_with_starttls_on_loopback(certs: TestCertificates) -> None:
     server = server_for(certs)
     async with serve_fake_smtp(server) as port:
-        await ts.sendmail_with_starttls(
+        await defaults.sendmail_with_starttls(
             hostname="127.0.0.1",
             port=port,
             sender="a@example.com",
@@ -49,7 +49,6 @@ async def test_sendmail_with_starttls_on_loopback(certs: TestCertificates) -> No
             mail=b"hello",
             ssl_context=certs.client_context,
             authentication=AUTH,
-            domain=CLIENT_NAME,
         )
     assert server.messages[0].tls
 
@@ -67,14 +66,13 @@ def _has_ipv6() -> bool:
 async def test_ipv6_loopback_literal_hostname(certs: TestCertificates) -> None:
     server = server_for(certs)
     async with serve_fake_smtp(server, implicit_tls=True, host="::1") as port:
-        await ts.sendmail(
+        await defaults.sendmail(
             hostname="::1",
             port=port,
             sender="a@example.com",
             recipients=["b@example.com"],
             mail=b"x",
             ssl_context=certs.client_context,
-            domain=CLIENT_NAME,
         )
     assert len(server.messages) == 1
 
@@ -87,7 +85,7 @@ async def test_untrusted_certificate_is_a_tls_error(
     context = ssl.create_default_context()
     other_ca.configure_trust(context)
     server = server_for(certs)
-    send = ts.sendmail if implicit else ts.sendmail_with_starttls
+    send = defaults.sendmail if implicit else defaults.sendmail_with_starttls
     async with serve_fake_smtp(server, implicit_tls=implicit) as port:
         with pytest.raises(ts.SMTPTLSError, match="certificate"):
             await send(
@@ -98,7 +96,6 @@ async def test_untrusted_certificate_is_a_tls_error(
                 mail=b"x",
                 ssl_context=context,
                 authentication=AUTH,
-                domain=CLIENT_NAME,
             )
     assert server.messages == []
     assert not any(line.startswith(b"AUTH") for _, line in server.transcript)
@@ -110,7 +107,7 @@ async def test_wrong_hostname_is_a_tls_error(implicit: bool) -> None:
 
     certs = make_test_certificates("mail.example.test")  # not valid for 127.0.0.1
     server = server_for(certs)
-    send = ts.sendmail if implicit else ts.sendmail_with_starttls
+    send = defaults.sendmail if implicit else defaults.sendmail_with_starttls
     async with serve_fake_smtp(server, implicit_tls=implicit) as port:
         with pytest.raises(ts.SMTPTLSError):
             await send(
@@ -121,7 +118,6 @@ async def test_wrong_hostname_is_a_tls_error(implicit: bool) -> None:
                 mail=b"x",
                 ssl_context=certs.client_context,
                 authentication=AUTH,
-                domain=CLIENT_NAME,
             )
     assert server.messages == []
 
@@ -136,7 +132,10 @@ async def test_sni_carries_the_hostname(certs: TestCertificates) -> None:
     server_context.sni_callback = on_sni
     try:
         server = server_for(certs)
-        for send, implicit in ((ts.sendmail, True), (ts.sendmail_with_starttls, False)):
+        for send, implicit in (
+            (defaults.sendmail, True),
+            (defaults.sendmail_with_starttls, False),
+        ):
             async with serve_fake_smtp(server, implicit_tls=implicit) as port:
                 await send(
                     hostname="localhost",
@@ -145,7 +144,6 @@ async def test_sni_carries_the_hostname(certs: TestCertificates) -> None:
                     recipients=["b@example.com"],
                     mail=b"x",
                     ssl_context=certs.client_context,
-                    domain=CLIENT_NAME,
                 )
     finally:
         server_context.sni_callback = None
