@@ -22,14 +22,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import trio_sendmail._cli._send as cli_module
-from trio_sendmail.__main__ import main
 from trio_sendmail._cli._bulk import bulk_exit_status
 from trio_sendmail._cli._message import parse_message, strip_headers
 from trio_sendmail.testing import (
@@ -38,6 +36,8 @@ from trio_sendmail.testing import (
     TestCertificates,
     serve_fake_smtp,
 )
+
+from .cli_support import CLI, in_process, isolate_home
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "s3cret-Pa55word!"
@@ -108,42 +108,14 @@ def serving_in_thread(
             raise errors[0]
 
 
-@attrs.frozen
-class Run:
-    status: int
-    out: str
-    err: str
-
-
 @pytest.fixture(autouse=True)
 def isolated_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No real ~/.netrc, config file or password variable leaks into a test."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    for name in ("XDG_CONFIG_HOME", "TRIO_SENDMAIL_PASSWORD", "COLUMNS"):
-        monkeypatch.delenv(name, raising=False)
-    return home
-
-
-CLI = Callable[..., Run]
+    return isolate_home(monkeypatch, tmp_path)
 
 
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> CLI:
-    """Run ``main(argv)`` in-process with *stdin*; return status, stdout and stderr."""
-
-    def run(*argv: str, stdin: bytes = MESSAGE) -> Run:
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-        capsys.readouterr()
-        try:
-            status = main(list(argv))
-        except SystemExit as exc:  # argparse's usage errors and --help
-            status = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return Run(status, captured.out, captured.err)
-
-    return run
+    return in_process(monkeypatch, capsys, MESSAGE)
 
 
 def plain(port: int, *more: str) -> list[str]:

@@ -12,21 +12,20 @@ backlog, so each test can tell that none was opened.
 
 from __future__ import annotations
 
-import io
 import locale
 import os
 import shlex
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import attrs
 import pytest
 
 import trio_sendmail._cli._send as cli_module
-from trio_sendmail.__main__ import main
+
+from .cli_support import CLI, Run, in_process, isolate_home
 
 REPO = Path(__file__).resolve().parent.parent
 MESSAGE = b"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nHello.\r\n"
@@ -35,42 +34,14 @@ SECRET_PARTS = ("SeCrEt", "tail-of-it", "horse-battery", "\udce9", "\\udce9", "\
 UNENCODABLE = "SeCrEt-\udce9-tail-of-it"  # os.environ's view of the bytes b"SeCrEt-\xe9-..."
 
 
-@attrs.frozen
-class Run:
-    status: int
-    out: str
-    err: str
-
-
-CLI = Callable[..., Run]
-
-
 @pytest.fixture(autouse=True)
 def isolated_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No real ~/.netrc, config file or password variable leaks into a test."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    for name in ("XDG_CONFIG_HOME", "TRIO_SENDMAIL_PASSWORD", "COLUMNS"):
-        monkeypatch.delenv(name, raising=False)
-    return home
+    return isolate_home(monkeypatch, tmp_path)
 
 
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> CLI:
-    """Run ``main(argv)`` in-process with *stdin*; return status, stdout and stderr."""
-
-    def run(*argv: str, stdin: bytes = MESSAGE) -> Run:
-        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-        capsys.readouterr()
-        try:
-            status = main(list(argv))
-        except SystemExit as exc:
-            status = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return Run(status, captured.out, captured.err)
-
-    return run
+    return in_process(monkeypatch, capsys, MESSAGE)
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ import contextlib
 import logging
 import select
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import trio
 
@@ -261,7 +261,7 @@ class Driver:
     async def _receive(self, phase: str, timeout: float) -> Event:
         """Read until the oldest command in flight has its reply."""
         core = self.core
-        async with self._failing(f"connection lost ({phase})"):
+        try:
             event = core.next_event()
             if event is None:
                 self.arm(phase, timeout, "a reply from the server")
@@ -279,21 +279,17 @@ class Driver:
                     self.bytes_received += len(data)
                     core.receive_data(data)
                     event = core.next_event()
-        return event
-
-    @contextlib.asynccontextmanager
-    async def _failing(self, lost: str) -> AsyncIterator[None]:
-        """Any error in the block ends the session (:meth:`fail`) and is
-        raised again; a lost connection as :class:`SMTPConnectionError`
-        (``f"{lost}: {exc}"``)."""
-        try:
-            yield
         except (trio.BrokenResourceError, OSError) as exc:
-            await self.fail()
-            raise SMTPConnectionError(f"{lost}: {exc}") from exc
+            raise await self._lost(f"connection lost ({phase})", exc) from exc
         except BaseException:
             await self.fail()
             raise
+        return event
+
+    async def _lost(self, what: str, exc: BaseException) -> SMTPConnectionError:
+        """End the session after a lost connection; the error to raise."""
+        await self.fail()
+        return SMTPConnectionError(f"{what}: {exc}")
 
     # --------------------------------------------- what the server said unasked
 
@@ -324,11 +320,16 @@ class Driver:
             return
         self.arm("command", self.timeouts.command, "what the server sent unasked")
         data: bytes | bytearray = b""
-        async with self._failing("the server had closed the connection"):
+        try:
             with trio.move_on_after(PROBE_GRACE):
                 data = await self.stream.receive_some(self.buffers.receive_size)
                 if not data:
                     raise SMTPConnectionError("the server had closed the connection")
+        except (trio.BrokenResourceError, OSError) as exc:
+            raise await self._lost("the server had closed the connection", exc) from exc
+        except BaseException:
+            await self.fail()
+            raise
         if not data:
             return  # TLS housekeeping only
         self.bytes_received += len(data)

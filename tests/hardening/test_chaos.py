@@ -65,6 +65,7 @@ import trio_sendmail as ts
 from trio_sendmail.testing import TestCertificates, make_test_certificates
 
 from .chaos_server import VARIANTS, ChaosServer, Variant
+from .support import live_tasks, open_fds
 
 LOOPBACK = "127.0.0.1"
 CLIENT_NAME = "client.example.test"
@@ -106,23 +107,6 @@ def _cases() -> list[Any]:
 
 
 # ----------------------------------------------------------------------------- leak checks
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def live_tasks() -> set[trio.lowlevel.Task]:
-    found: set[trio.lowlevel.Task] = set()
-    todo = [trio.lowlevel.current_root_task()]
-    while todo:
-        task = todo.pop()
-        if task is None or task in found:
-            continue
-        found.add(task)
-        for nursery in task.child_nurseries:
-            todo.extend(nursery.child_tasks)
-    return found
 
 
 # ----------------------------------------------------------------------------- the ledger
