@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
+
 import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests", "docs"]
@@ -47,19 +52,51 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def interop(session: nox.Session) -> None:
-    """Start a private Postfix on loopback, run the Postfix tests, stop it."""
+    """Run the Postfix tests against a private Postfix on loopback.
+
+    When ``POSTFIX_STATE`` names a running instance (CI starts one), it is used
+    and left running. Otherwise this session starts one in a folder and on ports
+    of its own, and stops it (and only it) at the end.
+    """
     session.install("-e", ".[test]")
-    session.run("bash", "tests/interop/postfix.sh", "start", external=True)
+    env = {"TRIO_SENDMAIL_REQUIRE_POSTFIX": "1"}
+    state = os.environ.get("POSTFIX_STATE")
+    running = bool(state) and (
+        subprocess.run(
+            ["bash", "tests/interop/postfix.sh", "status"],  # noqa: S607
+            stdout=subprocess.DEVNULL,
+            check=False,
+        ).returncode
+        == 0
+    )
+    if running:
+        session.run("pytest", "-m", "postfix", "tests/interop", env=env)
+        return
+    folder = tempfile.mkdtemp(prefix="trio_sendmail_nox_")
+    os.chmod(folder, 0o755)  # noqa: S103 - Postfix's own users walk into the folder
+    plain, submission, smtps = _free_ports(3)
+    env.update(
+        POSTFIX_STATE=os.path.join(folder, "postfix"),
+        POSTFIX_PLAIN_PORT=str(plain),
+        POSTFIX_SUBMISSION_PORT=str(submission),
+        POSTFIX_SMTPS_PORT=str(smtps),
+    )
+    session.run("bash", "tests/interop/postfix.sh", "start", external=True, env=env)
     try:
-        session.run(
-            "pytest",
-            "-m",
-            "postfix",
-            "tests/interop",
-            env={"TRIO_SENDMAIL_REQUIRE_POSTFIX": "1"},
-        )
+        session.run("pytest", "-m", "postfix", "tests/interop", env=env)
     finally:
-        session.run("bash", "tests/interop/postfix.sh", "stop", external=True)
+        session.run("bash", "tests/interop/postfix.sh", "purge", external=True, env=env)
+
+
+def _free_ports(count: int) -> list[int]:
+    """*count* loopback ports free right now (see tests/interop/free_ports.py)."""
+    output = subprocess.run(  # noqa: S603 - a fixed script of this repository
+        [sys.executable, "tests/interop/free_ports.py", str(count)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [int(line) for line in output.split()]
 
 
 @nox.session(python=PYTHON)

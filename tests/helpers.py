@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import attrs
 import pytest
 import trio
 import trio.testing
+import trustme
 
 from trio_sendmail import Session, TLSMode, open_session
 from trio_sendmail.testing import DEFAULT_EXTENSIONS, FakeSMTPServer, TestCertificates
@@ -20,6 +23,75 @@ HOST = "mail.example.test"
 CLIENT_NAME = "client.example.test"
 PASSWORD = "s3cret-Pa55word!"
 USERS = {"alice": PASSWORD}
+
+
+# --------------------------------------------------------------------------- certificates
+
+#: The names the good server certificate is valid for.
+CERTIFICATE_NAMES = (HOST, "localhost", "127.0.0.1", "::1")
+ServerCertificate = Literal["good", "untrusted", "expired", "wrong_host"]
+
+
+@attrs.frozen
+class Certificates(TestCertificates):
+    """The tests' one set of certificates (the ``certs`` fixture of ``tests/conftest.py``).
+
+    What :func:`trio_sendmail.testing.make_test_certificates` gives (a client context
+    that trusts one throw-away CA, and a server context valid for
+    :data:`CERTIFICATE_NAMES`), and server contexts that are bad in one way each.
+    """
+
+    untrusted: ssl.SSLContext  #: valid names, issued by a CA the client does not trust
+    expired: ssl.SSLContext  #: expired yesterday
+    wrong_host: ssl.SSLContext  #: valid for another name only
+
+    def server(self, kind: ServerCertificate) -> ssl.SSLContext:
+        """The server context of *kind* (``good`` is :attr:`server_context`)."""
+        return self.server_context if kind == "good" else getattr(self, kind)
+
+
+def _server_context(leaf: trustme.LeafCert) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    leaf.configure_cert(context)
+    return context
+
+
+def make_certificates() -> Certificates:
+    ca = trustme.CA()
+    yesterday = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+    ca_pem = ca.cert_pem.bytes()
+    return Certificates(
+        server_context=_server_context(ca.issue_cert(*CERTIFICATE_NAMES)),
+        client_context=ssl.create_default_context(cadata=ca_pem.decode("ascii")),
+        ca_pem=ca_pem,
+        untrusted=_server_context(trustme.CA().issue_cert(*CERTIFICATE_NAMES)),
+        expired=_server_context(
+            ca.issue_cert(
+                *CERTIFICATE_NAMES,
+                not_before=yesterday - datetime.timedelta(days=30),
+                not_after=yesterday,
+            )
+        ),
+        wrong_host=_server_context(ca.issue_cert("mail.elsewhere.test")),
+    )
+
+
+# --------------------------------------------------------------------------- clocks
+
+#: How long every task must have been blocked, in real seconds, before a
+#: :func:`loopback_clock` jumps to the next deadline.
+LOOPBACK_AUTOJUMP_THRESHOLD: Final = 0.005
+
+
+def loopback_clock() -> trio.testing.MockClock:
+    """An autojump clock for tests that talk over real loopback sockets.
+
+    It jumps to the next deadline once every task has been blocked for a few
+    milliseconds of real time, not at once: a loopback segment is normally in the
+    peer's receive queue before ``send`` returns, but a loaded machine may defer that
+    to a kernel thread, and an instant jump would then fire a timeout early.
+    """
+    return trio.testing.MockClock(autojump_threshold=LOOPBACK_AUTOJUMP_THRESHOLD)
 
 
 # --------------------------------------------------------------------------- server variants
@@ -86,6 +158,19 @@ def variants(*chosen: ServerVariant) -> pytest.MarkDecorator:
     return pytest.mark.parametrize("server_variant", chosen or VARIANTS, ids=str, indirect=True)
 
 
+def tls_server(
+    certs: TestCertificates, *, variant: ServerVariant | None = None, **kwargs: Any
+) -> FakeSMTPServer:
+    """A :class:`FakeSMTPServer` with the tests' certificate and user (``USERS``) unless
+    *kwargs* say otherwise; with *variant*, its extensions (``DEFAULT_EXTENSIONS`` unless
+    given) offer PIPELINING and CHUNKING as *variant* says."""
+    kwargs.setdefault("ssl_context", certs.server_context)
+    kwargs.setdefault("users", USERS)
+    if variant is not None:
+        kwargs["extensions"] = variant.extensions(kwargs.get("extensions", DEFAULT_EXTENSIONS))
+    return FakeSMTPServer(**kwargs)
+
+
 @asynccontextmanager
 async def fake_session(
     server: FakeSMTPServer,
@@ -105,6 +190,11 @@ async def fake_session(
         async with open_session(HOST, tls=tls, stream=client, **kwargs) as session:
             yield session
 
+
+#: The ``make_server`` fixture's type (tests/conftest.py).
+ServerFactory = Callable[..., FakeSMTPServer]
+#: The ``connect`` fixture's type (tests/conftest.py).
+SessionFactory = Callable[..., AbstractAsyncContextManager[Session]]
 
 ServerScript = Callable[["RawServer"], Awaitable[None]]
 

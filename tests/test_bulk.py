@@ -156,7 +156,7 @@ async def test_on_result_gets_the_results_instead_of_the_summary(
 
 
 async def test_permanent_and_transient_refusals(
-    autojump_clock: trio.testing.MockClock, server_variant: ServerVariant
+    loopback_clock: trio.testing.MockClock, server_variant: ServerVariant
 ) -> None:
     tries: collections.Counter[str] = collections.Counter()
 
@@ -221,7 +221,7 @@ async def test_permanent_and_transient_refusals(
     [((451, "4.3.0 queue full, try later"), 3), ((554, "5.7.1 rejected as spam"), 1)],
 )
 async def test_refusal_of_the_message_data_is_refused_not_unknown(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
     reply: tuple[int, str],
     attempts: int,
     server_variant: ServerVariant,
@@ -244,7 +244,7 @@ async def test_refusal_of_the_message_data_is_refused_not_unknown(
 
 @pytest.mark.parametrize("end", [DROP, HANG])
 async def test_unknown_outcome_is_not_retried_by_default(
-    autojump_clock: trio.testing.MockClock, end: Action, server_variant: ServerVariant
+    loopback_clock: trio.testing.MockClock, end: Action, server_variant: ServerVariant
 ) -> None:
     async def after_dot(conn: Conn, data: bytes) -> Action:
         return end if key_of(data) == 1 else None
@@ -270,7 +270,7 @@ async def test_unknown_outcome_is_not_retried_by_default(
 
 @pytest.mark.parametrize("end", [DROP, HANG])
 async def test_unknown_outcome_is_retried_with_retry_unknown(
-    autojump_clock: trio.testing.MockClock, end: Action, server_variant: ServerVariant
+    loopback_clock: trio.testing.MockClock, end: Action, server_variant: ServerVariant
 ) -> None:
     async def after_dot(conn: Conn, data: bytes) -> Action:
         first = [key_of(d) for _, d in stub.received].count(key_of(data)) == 1
@@ -295,7 +295,7 @@ async def test_unknown_outcome_is_retried_with_retry_unknown(
 
 @pytest.mark.parametrize("when", ["at once", "after five messages"])
 async def test_fatal_error_ends_the_run_with_the_plain_exception(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
     certs: TestCertificates,
     when: str,
     server_variant: ServerVariant,
@@ -333,7 +333,7 @@ async def test_fatal_error_ends_the_run_with_the_plain_exception(
 
 @pytest.mark.parametrize("scenario", ["slow server", "in back-off", "rate limited"])
 async def test_cancelled_run_reports_every_pulled_message_exactly_once(
-    autojump_clock: trio.testing.MockClock, scenario: str, server_variant: ServerVariant
+    loopback_clock: trio.testing.MockClock, scenario: str, server_variant: ServerVariant
 ) -> None:
     async def slow_dot(conn: Conn, data: bytes) -> Action:
         await trio.sleep(1)
@@ -385,7 +385,7 @@ async def test_cancelled_run_reports_every_pulled_message_exactly_once(
 
 
 async def test_progress_is_monotonic_and_in_flight_bounded(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
     server_variant: ServerVariant,
 ) -> None:
     tries: collections.Counter[str] = collections.Counter()
@@ -430,7 +430,7 @@ async def test_progress_is_monotonic_and_in_flight_bounded(
 
 
 async def test_rate_spaces_message_starts(
-    autojump_clock: trio.testing.MockClock, server_variant: ServerVariant
+    loopback_clock: trio.testing.MockClock, server_variant: ServerVariant
 ) -> None:
     stub = StubServer(variant=server_variant)
     async with serve_tcp(stub.handle) as port, pool_at(port, max_connections=3) as pool:
@@ -547,7 +547,7 @@ async def test_malformed_messages_fail_alone(server_variant: ServerVariant) -> N
 
 
 async def test_streamed_message_is_not_retried_once_read(
-    autojump_clock: trio.testing.MockClock, server_variant: ServerVariant
+    loopback_clock: trio.testing.MockClock, server_variant: ServerVariant
 ) -> None:
     datas = mails = bdats = 0
 
@@ -652,7 +652,7 @@ async def test_bad_arguments_are_refused(bad: dict[str, Any]) -> None:
     assert stub.conns == []
 
 
-async def test_unreachable_server_ends_the_run(autojump_clock: trio.testing.MockClock) -> None:
+async def test_unreachable_server_ends_the_run(loopback_clock: trio.testing.MockClock) -> None:
     """No connection at all after the pool's retries: every send is pointless."""
     import socket
 

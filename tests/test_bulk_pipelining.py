@@ -37,12 +37,12 @@ from hypothesis import strategies as st
 import trio_sendmail as ts
 from trio_sendmail.testing import DEFAULT_EXTENSIONS, FakeSMTPServer, serve_fake_smtp
 
-from .helpers import PIPE_DATA, VARIANTS, ServerVariant
+from .helpers import PIPE_DATA, VARIANTS, ServerVariant, loopback_clock
 from .test_bulk import Source, by_key, key_of, message
 from .test_pool import DROP, HANG, SENDER, Action, Conn, StubServer, body, pool_at, serve_tcp
 
 Status = ts.Outcome
-#: How long a probe waits for the next command (virtual seconds under autojump_clock).
+#: How long a probe waits for the next command (virtual seconds under loopback_clock).
 PROBE: Final = 1.0
 
 
@@ -277,7 +277,7 @@ async def test_pending_dot_refused_permanently_fails_alone(
 
 @pytest.mark.parametrize("times", [1, 99], ids=["once", "always"])
 async def test_pending_dot_refused_transiently_is_retried(
-    autojump_clock: trio.testing.MockClock, times: int, server_variant: ServerVariant
+    loopback_clock: trio.testing.MockClock, times: int, server_variant: ServerVariant
 ) -> None:
     n = 5
     script = DotScript(
@@ -319,7 +319,7 @@ async def test_pending_dot_refused_transiently_is_retried(
 
 @pytest.mark.parametrize("closing", [1, 4], ids=["pending", "last (settled)"])
 async def test_421_to_a_pending_dot_retries_it_and_the_message_sent_with_it(
-    autojump_clock: trio.testing.MockClock, closing: int, server_variant: ServerVariant
+    loopback_clock: trio.testing.MockClock, closing: int, server_variant: ServerVariant
 ) -> None:
     n = 5
     script = DotScript(
@@ -363,7 +363,7 @@ async def test_421_to_a_pending_dot_retries_it_and_the_message_sent_with_it(
 @pytest.mark.parametrize("retry_unknown", [False, True], ids=["default", "retry_unknown"])
 @pytest.mark.parametrize("end", [DROP, HANG])
 async def test_connection_lost_after_a_pending_dot(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
     end: Action,
     retry_unknown: bool,
     server_variant: ServerVariant,
@@ -412,7 +412,7 @@ async def test_connection_lost_after_a_pending_dot(
 
 
 async def test_refusal_after_an_unknown_attempt_stays_unknown(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
     server_variant: ServerVariant,
 ) -> None:
     # retry_unknown: the first attempt's dot got no answer (the server may have
@@ -440,7 +440,7 @@ async def test_refusal_after_an_unknown_attempt_stays_unknown(
     "problem", ["bad address", "8-bit without 8BITMIME", "too large", "not bytes"]
 )
 async def test_message_that_cannot_be_sent_fails_alone_and_the_pending_one_stays_pending(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
     problem: str,
     position: str,
     server_variant: ServerVariant,
@@ -499,7 +499,7 @@ async def test_message_that_cannot_be_sent_fails_alone_and_the_pending_one_stays
     "scenario", ["dot written, next envelope waiting", "dot written at the end", "dot answered"]
 )
 async def test_cancel_with_a_pending_message_reports_each_once(
-    autojump_clock: trio.testing.MockClock, scenario: str, server_variant: ServerVariant
+    loopback_clock: trio.testing.MockClock, scenario: str, server_variant: ServerVariant
 ) -> None:
     datas = mails = 0
 
@@ -555,7 +555,7 @@ async def test_cancel_with_a_pending_message_reports_each_once(
 
 
 async def test_max_messages_per_connection_ends_the_lease(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
     server_variant: ServerVariant,
 ) -> None:
     n = 10
@@ -622,7 +622,7 @@ async def test_pending_message_is_answered_when_the_input_has_nothing_ready(
 
 @pytest.mark.parametrize("idle_reply", [b"", b"421 4.4.2 idle too long\r\n"])
 async def test_stale_reused_connection_resends_its_first_message_without_an_attempt(
-    autojump_clock: trio.testing.MockClock, idle_reply: bytes, server_variant: ServerVariant
+    loopback_clock: trio.testing.MockClock, idle_reply: bytes, server_variant: ServerVariant
 ) -> None:
     stub = StubServer(variant=server_variant, idle_timeout=3, idle_reply=idle_reply)
     async with (
@@ -647,7 +647,7 @@ async def test_stale_reused_connection_resends_its_first_message_without_an_atte
 
 
 async def test_stale_resend_is_not_counted_as_a_failure(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
     server_variant: ServerVariant,
 ) -> None:
     stub = StubServer(variant=server_variant, idle_timeout=3)
@@ -779,8 +779,7 @@ def run_random_server(
                     retry_backoff=1.0,
                 )
 
-    clock = trio.testing.MockClock(autojump_threshold=0)
-    return trio.run(main, clock=clock), stub
+    return trio.run(main, clock=loopback_clock()), stub
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=str)
@@ -887,7 +886,7 @@ async def test_a_waiting_pool_user_gets_the_connection_between_two_messages(
 
 
 async def test_garbage_answering_a_pending_dot(
-    autojump_clock: trio.testing.MockClock, server_variant: ServerVariant
+    loopback_clock: trio.testing.MockClock, server_variant: ServerVariant
 ) -> None:
     # The reply to message 0's dot is not SMTP: the connection is dropped.
     # Message 0's dot went out (UNKNOWN, with the protocol error); message 1,
@@ -918,7 +917,7 @@ async def test_garbage_answering_a_pending_dot(
 
 
 async def test_a_refused_connection_is_retried_then_reported(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
 ) -> None:
     # Every greeting is 421: opening a connection fails (a transient error,
     # not one that ends the run); the message is retried after back-off, then

@@ -283,18 +283,25 @@ def test_ehlo_refused_then_helo(feed: Feed) -> None:
     assert len(caps) == 0
 
 
-@pytest.mark.parametrize("code", [b"421", b"554"])
-def test_negative_greeting_closes(feed: Feed, code: bytes) -> None:
+def test_421_greeting_closes(feed: Feed) -> None:
     core = ClientCore()
-    events = feed(core, code + b" go away\r\n")
+    events = feed(core, b"421 go away\r\n")
     assert events[0].verb is Verb.CONNECT
     assert state_of(core) is State.CLOSED
     every_verb_raises(core)
 
 
-def test_greeting_4xx_other_than_421_closes(feed: Feed) -> None:
+@pytest.mark.parametrize("code", [b"554", b"450"])
+def test_refused_greeting_leaves_only_quit_useful(feed: Feed, code: bytes) -> None:
+    """RFC 5321 §3.1: after a 554 greeting the server waits for QUIT (and answers 503
+    to anything else); the core lets the session say goodbye."""
     core = ClientCore()
-    feed(core, b"450 busy\r\n")
+    events = feed(core, code + b" go away\r\n")
+    assert events[0].verb is Verb.CONNECT and not events[0].reply.is_positive
+    assert state_of(core) is State.GREETED
+    core.quit()
+    assert core.data_to_send() == b"QUIT\r\n"
+    feed(core, b"221 bye\r\n")
     assert state_of(core) is State.CLOSED
 
 

@@ -553,7 +553,7 @@ async def test_connection_retired_after_max_messages_per_connection(
 
 
 async def test_idle_connection_closed_by_the_reaper_after_max_idle(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
     server_variant: ServerVariant,
 ) -> None:
     stub = StubServer(variant=server_variant)
@@ -576,7 +576,7 @@ async def test_idle_connection_closed_by_the_reaper_after_max_idle(
 
 
 async def test_connection_retired_after_max_age_once_idle(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
     server_variant: ServerVariant,
 ) -> None:
     stub = StubServer(variant=server_variant)
@@ -633,7 +633,7 @@ async def test_most_recently_used_idle_connection_is_reused_first(
 
 
 async def test_connection_idle_past_idle_check_after_gets_noop(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
     server_variant: ServerVariant,
 ) -> None:
     stub = StubServer(variant=server_variant)
@@ -654,7 +654,7 @@ async def test_connection_idle_past_idle_check_after_gets_noop(
 
 @pytest.mark.parametrize("failure", ["421", "closed", "silent"])
 async def test_failed_idle_check_discards_the_connection_silently(
-    autojump_clock: trio.testing.MockClock, failure: str, server_variant: ServerVariant
+    loopback_clock: trio.testing.MockClock, failure: str, server_variant: ServerVariant
 ) -> None:
     async def noop(conn: Conn, line: str) -> Action:
         if not line.startswith("NOOP") or conn.index != 1:
@@ -679,7 +679,7 @@ async def test_failed_idle_check_discards_the_connection_silently(
 @pytest.mark.parametrize("reply", [b"", b"421 4.4.2 closing: idle timeout\r\n"])
 @pytest.mark.parametrize("idle_check_after", [5, 2])
 async def test_server_closed_idle_connection_next_send_succeeds(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
     reply: bytes,
     idle_check_after: float,
     server_variant: ServerVariant,
@@ -799,7 +799,7 @@ async def test_bytes_message_is_not_resent_once_its_data_began_to_flow(
 
 @pytest.mark.parametrize("end", [DROP, HANG])
 async def test_message_is_not_resent_after_its_final_dot(
-    autojump_clock: trio.testing.MockClock, end: Action, server_variant: ServerVariant
+    loopback_clock: trio.testing.MockClock, end: Action, server_variant: ServerVariant
 ) -> None:
     async def after_dot(conn: Conn, data: bytes) -> Action:
         return end if conn.messages else None
@@ -840,7 +840,7 @@ async def test_pipelined_bdat_message_is_not_resent_after_it_went_out() -> None:
 
 
 async def test_cancelled_send_discards_its_connection_only(
-    autojump_clock: trio.testing.MockClock, server_variant: ServerVariant
+    loopback_clock: trio.testing.MockClock, server_variant: ServerVariant
 ) -> None:
     stub = StubServer(variant=server_variant)
     async with serve_tcp(stub.handle) as port, pool_at(port) as pool:
@@ -857,7 +857,7 @@ async def test_cancelled_send_discards_its_connection_only(
 
 
 async def test_caller_cancelled_during_idle_check_does_not_leak_the_connection(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
     server_variant: ServerVariant,
 ) -> None:
     async def slow_noop(conn: Conn, line: str) -> Action:
@@ -884,7 +884,7 @@ async def test_caller_cancelled_during_idle_check_does_not_leak_the_connection(
 
 
 async def test_421_at_greeting_shrinks_the_pool_and_backs_off(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
     server_variant: ServerVariant,
 ) -> None:
     async def one_at_a_time(server: StubServer, conn: Conn) -> Action:
@@ -914,7 +914,7 @@ async def test_421_at_greeting_shrinks_the_pool_and_backs_off(
 
 
 async def test_shrunk_pool_grows_back_after_regrow_after(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
     server_variant: ServerVariant,
 ) -> None:
     refusing = True
@@ -951,7 +951,7 @@ async def test_shrunk_pool_grows_back_after_regrow_after(
 
 
 async def test_connection_refused_raises_after_connect_retries(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
 ) -> None:
     with socket.socket() as sock:  # a port with nothing listening
         sock.bind((LOCAL, 0))
@@ -983,7 +983,7 @@ def tls_pool(
 
 @pytest.mark.parametrize("fault", ["password", "certificate"])
 async def test_fatal_connect_errors_are_raised_at_once(
-    autojump_clock: trio.testing.MockClock, certs: TestCertificates, fault: str
+    loopback_clock: trio.testing.MockClock, certs: TestCertificates, fault: str
 ) -> None:
     server = FakeSMTPServer(ssl_context=certs.server_context, users=USERS)
     if fault == "password":
@@ -1024,7 +1024,7 @@ async def test_sending_with_a_good_password_over_tls(
 
 
 async def test_fatal_connect_error_does_not_leak_a_connection_slot(
-    autojump_clock: trio.testing.MockClock, certs: TestCertificates
+    loopback_clock: trio.testing.MockClock, certs: TestCertificates
 ) -> None:
     server = FakeSMTPServer(ssl_context=certs.server_context, users=USERS)
     async with (
@@ -1156,7 +1156,7 @@ async def test_cancellation_of_the_block_comes_out_as_plain_cancellation(
 
 
 async def test_max_connect_rate_spaces_connections(
-    autojump_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock,
     server_variant: ServerVariant,
 ) -> None:
     stub = StubServer(variant=server_variant)

@@ -15,13 +15,20 @@ import trio_sendmail as ts
 from trio_sendmail.testing import FakeSMTPServer, TestCertificates
 
 from . import defaults
-from .helpers import CLIENT_NAME, HOST, PASSWORD, USERS, fake_session, serving
+from .helpers import (
+    CLIENT_NAME,
+    HOST,
+    PASSWORD,
+    USERS,
+    RawServer,
+    ServerFactory,
+    ServerVariant,
+    fake_session,
+    raw_server,
+    serving,
+)
 
 PLAIN_EXT = ("PIPELINING", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "SIZE 1000000")
-
-
-def tls_server(certs: TestCertificates, **kwargs: object) -> FakeSMTPServer:
-    return FakeSMTPServer(ssl_context=certs.server_context, users=USERS, **kwargs)  # type: ignore[arg-type]
 
 
 AUTH = ts.Authentication("alice", PASSWORD)
@@ -30,9 +37,9 @@ AUTH = ts.Authentication("alice", PASSWORD)
 @pytest.mark.parametrize("tls", [ts.TLSMode.IMPLICIT, ts.TLSMode.STARTTLS])
 @pytest.mark.parametrize("mechanism", [None, "PLAIN", "LOGIN"])
 async def test_send_over_tls_with_auth(
-    certs: TestCertificates, tls: ts.TLSMode, mechanism: str | None
+    make_server: ServerFactory, certs: TestCertificates, tls: ts.TLSMode, mechanism: str | None
 ) -> None:
-    server = tls_server(certs)
+    server = make_server()
     auth = ts.Authentication("alice", PASSWORD, mechanism=mechanism)
     async with fake_session(server, certs, tls=tls, authentication=auth) as session:
         assert session.tls and session.authenticated
@@ -51,8 +58,10 @@ async def test_send_over_tls_with_auth(
     assert server.bare_line_endings == 0 and server.injected_plaintext == []
 
 
-async def test_starttls_forgets_capabilities_and_says_ehlo_again(certs: TestCertificates) -> None:
-    server = tls_server(certs)
+async def test_starttls_forgets_capabilities_and_says_ehlo_again(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server()
     async with fake_session(server, certs, authentication=AUTH) as session:
         assert not session.capabilities.starttls  # the post-TLS EHLO does not offer it
         assert "PLAIN" in session.capabilities.auth_mechanisms  # only offered over TLS
@@ -60,8 +69,10 @@ async def test_starttls_forgets_capabilities_and_says_ehlo_again(certs: TestCert
     assert commands[:3] == [b"EHLO client.example.test", b"STARTTLS", b"EHLO client.example.test"]
 
 
-async def test_starttls_not_offered_is_an_error_without_fallback(certs: TestCertificates) -> None:
-    server = tls_server(certs, starttls=False)
+async def test_starttls_not_offered_is_an_error_without_fallback(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server(starttls=False)
     async with serving(server) as stream:
         with pytest.raises(ts.SMTPNotSupportedError, match="STARTTLS"):
             async with defaults.open_session(
@@ -121,10 +132,10 @@ async def test_local_relay_in_plaintext_without_auth() -> None:
 
 
 @pytest.mark.parametrize("code", [535, 534, 538, 454])
-async def test_auth_failures(certs: TestCertificates, code: int) -> None:
-    async def script_reply(server: FakeSMTPServer) -> None: ...
-
-    server = tls_server(certs)
+async def test_auth_failures(
+    make_server: ServerFactory, certs: TestCertificates, code: int
+) -> None:
+    server = make_server()
     wrong = ts.Authentication("alice", "wrong-password")
     if code == 535:
         async with serving(server) as stream:
@@ -142,7 +153,6 @@ async def test_auth_failures(certs: TestCertificates, code: int) -> None:
         assert "wrong-password" not in str(info.value)
         return
     # Other codes come from a scripted server.
-    from .helpers import RawServer, raw_server
 
     async def script(srv: RawServer) -> None:
         await srv.greet_and_ehlo(b"250-srv\r\n250 AUTH PLAIN\r\n")
@@ -167,8 +177,10 @@ async def test_auth_failures(certs: TestCertificates, code: int) -> None:
     assert isinstance(info.value, ts.SMTPTransientError if code < 500 else ts.SMTPPermanentError)
 
 
-async def test_auth_mechanism_not_offered(certs: TestCertificates) -> None:
-    server = tls_server(certs, auth_mechanisms=("LOGIN",))
+async def test_auth_mechanism_not_offered(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server(auth_mechanisms=("LOGIN",))
     auth = ts.Authentication("alice", PASSWORD, mechanism="PLAIN")
     async with serving(server) as stream:
         with pytest.raises(ts.SMTPNotSupportedError, match="PLAIN"):
@@ -182,8 +194,10 @@ async def test_auth_mechanism_not_offered(certs: TestCertificates) -> None:
                 pass  # pragma: no cover
 
 
-async def test_some_recipients_refused(certs: TestCertificates) -> None:
-    server = tls_server(certs, refuse_recipients={"bad@example.com": (550, "5.1.1 no such user")})
+async def test_some_recipients_refused(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server(refuse_recipients={"bad@example.com": (550, "5.1.1 no such user")})
     async with fake_session(server, certs, authentication=AUTH) as session:
         result = await session.send(
             "a@example.com", ["ok@example.com", "bad@example.com", "ok2@example.com"], b"x"
@@ -197,10 +211,9 @@ async def test_some_recipients_refused(certs: TestCertificates) -> None:
 
 @pytest.mark.parametrize("pipelining", [True, False])
 async def test_all_recipients_refused_resets_and_session_stays_usable(
-    certs: TestCertificates, pipelining: bool
+    make_server: ServerFactory, certs: TestCertificates, pipelining: bool
 ) -> None:
-    server = tls_server(
-        certs,
+    server = make_server(
         refuse_recipients={
             "bad@example.com": (550, "5.1.1 no such user"),
             "later@example.com": (450, "4.2.0 try later"),
@@ -226,9 +239,9 @@ async def test_all_recipients_refused_resets_and_session_stays_usable(
 
 @pytest.mark.parametrize("pipelining", [True, False])
 async def test_sender_refused_resets_and_session_stays_usable(
-    certs: TestCertificates, pipelining: bool
+    make_server: ServerFactory, certs: TestCertificates, pipelining: bool
 ) -> None:
-    server = tls_server(certs, refuse_senders={"spam@example.com": (553, "5.7.1 not you")})
+    server = make_server(refuse_senders={"spam@example.com": (553, "5.7.1 not you")})
     async with fake_session(server, certs, pipelining=pipelining) as session:
         with pytest.raises(ts.SMTPSenderRefused) as info:
             await session.send("spam@example.com", ["b@example.com"], b"x")
@@ -239,19 +252,25 @@ async def test_sender_refused_resets_and_session_stays_usable(
     assert [m.sender for m in server.messages] == ["ok@example.com"]
 
 
-async def test_message_refused_after_data(certs: TestCertificates) -> None:
-    server = tls_server(certs, data_reply=(451, "4.3.0 queue full"))
+async def test_message_refused_after_data(
+    make_server: ServerFactory, certs: TestCertificates, server_variant: ServerVariant
+) -> None:
+    server = make_server(data_reply=(451, "4.3.0 queue full"))
     async with fake_session(server, certs) as session:
         with pytest.raises(ts.SMTPResponseError) as info:
             await session.send("a@example.com", ["b@example.com"], b"x")
-        assert info.value.command == "." and info.value.is_transient
+        # The refused end of data: the final dot, or the one BDAT LAST.
+        assert info.value.command == ("BDAT" if server_variant.chunking else ".")
+        assert info.value.is_transient
         assert info.value.outcome is ts.Outcome.REFUSED
         assert session.is_usable
     assert server.messages == []
 
 
-async def test_body_normalised_and_stuffed_from_a_memory_channel(certs: TestCertificates) -> None:
-    server = tls_server(certs)
+async def test_body_normalised_and_stuffed_from_a_memory_channel(
+    make_server: ServerFactory, certs: TestCertificates, server_variant: ServerVariant
+) -> None:
+    server = make_server()
     send, receive = trio.open_memory_channel[bytes](1)
     pieces = [b".leading dot\n", b"bare\rcr", b"\r", b"\n.", b"\r\n", b"end.\r", b".x", b"\n.."]
 
@@ -265,12 +284,17 @@ async def test_body_normalised_and_stuffed_from_a_memory_channel(certs: TestCert
         await session.send("a@example.com", ["b@example.com"], receive)
     msg = server.messages[0]
     assert msg.data == b".leading dot\r\nbare\r\ncr\r\n.\r\nend.\r\n.x\r\n..\r\n"
-    assert msg.raw == b"..leading dot\r\nbare\r\ncr\r\n..\r\nend.\r\n..x\r\n...\r\n.\r\n"
+    if server_variant.chunking:  # BDAT chunks carry the data as it is (RFC 3030 §2)
+        assert msg.raw == msg.data
+    else:  # dot-stuffed, then the final dot (RFC 5321 §4.5.2)
+        assert msg.raw == b"..leading dot\r\nbare\r\ncr\r\n..\r\nend.\r\n..x\r\n...\r\n.\r\n"
     assert server.bare_line_endings == 0
 
 
-async def test_email_message_and_address_objects(certs: TestCertificates) -> None:
-    server = tls_server(certs)
+async def test_email_message_and_address_objects(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server()
     message = email.message.EmailMessage()
     message["From"] = "Alice <alice@example.com>"
     message["To"] = "Bob <bob@example.com>"
@@ -288,16 +312,20 @@ async def test_email_message_and_address_objects(certs: TestCertificates) -> Non
     assert b"Subject: Hello\r\n" in msg.data
 
 
-async def test_null_reverse_path_and_postmaster(certs: TestCertificates) -> None:
-    server = tls_server(certs)
+async def test_null_reverse_path_and_postmaster(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server()
     async with fake_session(server, certs) as session:
         await session.send("<>", ["Postmaster"], b"bounce")
     assert server.messages[0].sender == ""
     assert server.messages[0].recipients == ("Postmaster",)
 
 
-async def test_size_declared_and_too_big_refused_before_anything(certs: TestCertificates) -> None:
-    server = tls_server(certs, extensions=PLAIN_EXT)
+async def test_size_declared_and_too_big_refused_before_anything(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server(extensions=PLAIN_EXT)
     async with fake_session(server, certs) as session:
         await session.send("a@example.com", ["b@example.com"], b"abc\n")
         with pytest.raises(ts.SMTPMessageTooLarge) as info:
@@ -309,16 +337,20 @@ async def test_size_declared_and_too_big_refused_before_anything(certs: TestCert
     assert len(mails) == 1
 
 
-async def test_8bit_declared_when_offered(certs: TestCertificates) -> None:
-    server = tls_server(certs)
+async def test_8bit_declared_when_offered(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server()
     async with fake_session(server, certs) as session:
         await session.send("a@example.com", ["b@example.com"], "Grüße\n".encode())
     assert "BODY=8BITMIME" in server.messages[0].mail_options
     assert server.undeclared_8bit == 0
 
 
-async def test_8bit_without_8bitmime_is_refused_before_sending(certs: TestCertificates) -> None:
-    server = tls_server(certs, extensions=("PIPELINING",))
+async def test_8bit_without_8bitmime_is_refused_before_sending(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server(extensions=("PIPELINING",))
     async with fake_session(server, certs) as session:
         with pytest.raises(ts.SMTPNotSupportedError, match="8BITMIME"):
             await session.send("a@example.com", ["b@example.com"], b"caf\xc3\xa9\n")
@@ -326,8 +358,10 @@ async def test_8bit_without_8bitmime_is_refused_before_sending(certs: TestCertif
     assert server.messages == []
 
 
-async def test_8bit_stream_without_8bitmime_drops_the_connection(certs: TestCertificates) -> None:
-    server = tls_server(certs, extensions=("PIPELINING",))
+async def test_8bit_stream_without_8bitmime_drops_the_connection(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server(extensions=("PIPELINING",))
 
     async def chunks() -> AsyncIterator[bytes]:
         yield b"ascii first\r\n"
@@ -342,8 +376,10 @@ async def test_8bit_stream_without_8bitmime_drops_the_connection(certs: TestCert
     assert server.undeclared_8bit == 0
 
 
-async def test_smtputf8_declared_only_when_needed(certs: TestCertificates) -> None:
-    server = tls_server(certs)
+async def test_smtputf8_declared_only_when_needed(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server()
     async with fake_session(server, certs) as session:
         await session.send("a@example.com", ["b@example.com"], b"x")
         await session.send("jöran@exämple.com", ["b@example.com"], b"x")
@@ -352,8 +388,10 @@ async def test_smtputf8_declared_only_when_needed(certs: TestCertificates) -> No
     assert server.messages[1].sender == "jöran@exämple.com"
 
 
-async def test_smtputf8_needed_but_not_offered(certs: TestCertificates) -> None:
-    server = tls_server(certs, extensions=("PIPELINING", "8BITMIME"))
+async def test_smtputf8_needed_but_not_offered(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server(extensions=("PIPELINING", "8BITMIME"))
     async with fake_session(server, certs) as session:
         with pytest.raises(ts.SMTPNotSupportedError, match="SMTPUTF8"):
             await session.send("a@example.com", ["jöran@example.com"], b"x")
@@ -366,9 +404,9 @@ async def test_smtputf8_needed_but_not_offered(certs: TestCertificates) -> None:
     ["a@example.com\r\nRCPT TO:<x@y>", "a@exa\nmple.com", "a\x00@example.com", "a@ex\rample.com"],
 )
 async def test_injection_in_addresses_raises_before_sending(
-    certs: TestCertificates, bad: str
+    make_server: ServerFactory, certs: TestCertificates, bad: str
 ) -> None:
-    server = tls_server(certs)
+    server = make_server()
     async with fake_session(server, certs) as session:
         with pytest.raises(ts.SMTPAddressError):
             await session.send(bad, ["b@example.com"], b"x")
@@ -397,26 +435,26 @@ async def test_bad_arguments() -> None:
             pass  # pragma: no cover
 
 
-async def test_bad_send_arguments(certs: TestCertificates) -> None:
-    server = tls_server(certs)
+async def test_bad_send_arguments(make_server: ServerFactory, certs: TestCertificates) -> None:
+    server = make_server()
     async with fake_session(server, certs) as session:
         with pytest.raises(ts.SMTPInputError):
             await session.send("a@example.com", [], b"x")
         with pytest.raises(TypeError):
             await session.send("a@example.com", "b@example.com", b"x")
         with pytest.raises(TypeError):
-            await session.send("a@example.com", ["b@example.com"], "text")  # type: ignore[arg-type]
+            await session.send("a@example.com", ["b@example.com"], "text")  # type: ignore[call-overload]
         with pytest.raises(TypeError):
-            await session.send("a@example.com", ["b@example.com"], 42)  # type: ignore[arg-type]
+            await session.send("a@example.com", ["b@example.com"], 42)  # type: ignore[call-overload]
         assert session.is_usable
         await session.send("a@example.com", ["b@example.com", "b@example.com"], b"x")
     assert server.messages[0].recipients == ("b@example.com",)
 
 
 async def test_transcript_is_logged_and_redacted(
-    certs: TestCertificates, transcript: pytest.LogCaptureFixture
+    make_server: ServerFactory, certs: TestCertificates, transcript: pytest.LogCaptureFixture
 ) -> None:
-    server = tls_server(certs)
+    server = make_server()
     for mechanism in ("PLAIN", "LOGIN"):
         auth = ts.Authentication("alice", PASSWORD, mechanism=mechanism)
         async with fake_session(server, certs, authentication=auth) as session:
@@ -436,8 +474,10 @@ async def test_transcript_is_logged_and_redacted(
     assert all(r.levelno == logging.DEBUG for r in transcript.records)
 
 
-async def test_session_statistics_and_repr(certs: TestCertificates) -> None:
-    server = tls_server(certs)
+async def test_session_statistics_and_repr(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server()
     async with fake_session(server, certs, authentication=AUTH) as session:
         await session.send("a@example.com", ["b@example.com"], b"x")
         stats = session.statistics()
@@ -454,8 +494,10 @@ async def test_session_statistics_and_repr(certs: TestCertificates) -> None:
     assert [line for who, line in server.transcript if who == "C"][-1] == b"QUIT"
 
 
-async def test_concurrent_send_is_busy(certs: TestCertificates) -> None:
-    server = tls_server(certs)
+async def test_concurrent_send_is_busy(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server()
     send, receive = trio.open_memory_channel[bytes](0)
     async with fake_session(server, certs) as session, trio.open_nursery() as nursery:
         nursery.start_soon(session.send, "a@example.com", ["b@example.com"], receive)
@@ -467,8 +509,10 @@ async def test_concurrent_send_is_busy(certs: TestCertificates) -> None:
     assert server.messages[0].data == b"body\r\n"
 
 
-async def test_buffers_are_reused_and_guarded(certs: TestCertificates) -> None:
-    server = tls_server(certs)
+async def test_buffers_are_reused_and_guarded(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server()
     buffers = ts.Buffers(send_size=1024, receive_size=512)
     async with fake_session(server, certs, buffers=buffers):
         with pytest.raises(trio.BusyResourceError):
@@ -485,8 +529,10 @@ async def test_buffers_are_reused_and_guarded(certs: TestCertificates) -> None:
         ts.Buffers(send_size=10)
 
 
-async def test_streamed_message_large_chunks_and_small(certs: TestCertificates) -> None:
-    server = tls_server(certs)
+async def test_streamed_message_large_chunks_and_small(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server()
     buffers = ts.Buffers(send_size=4096)
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -500,9 +546,10 @@ async def test_streamed_message_large_chunks_and_small(certs: TestCertificates) 
 
 
 async def test_message_source_raising_mid_data_drops_the_connection(
+    make_server: ServerFactory,
     certs: TestCertificates,
 ) -> None:
-    server = tls_server(certs)
+    server = make_server()
 
     class SourceFailed(Exception):
         pass
@@ -522,8 +569,10 @@ async def test_message_source_raising_mid_data_drops_the_connection(
     assert b"RSET" not in commands and b"QUIT" not in commands
 
 
-async def test_bad_chunk_type_mid_data(certs: TestCertificates) -> None:
-    server = tls_server(certs)
+async def test_bad_chunk_type_mid_data(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server()
 
     async def chunks() -> AsyncIterator[bytes]:
         yield b"ok\r\n"
@@ -535,8 +584,10 @@ async def test_bad_chunk_type_mid_data(certs: TestCertificates) -> None:
     assert server.messages == []
 
 
-async def test_memoryview_and_bytearray_messages(certs: TestCertificates) -> None:
-    server = tls_server(certs)
+async def test_memoryview_and_bytearray_messages(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server()
     async with fake_session(server, certs) as session:
         await session.send("a@example.com", ["b@example.com"], bytearray(b"one\n"))
         await session.send("a@example.com", ["b@example.com"], memoryview(b"two\n"))
@@ -544,7 +595,6 @@ async def test_memoryview_and_bytearray_messages(certs: TestCertificates) -> Non
 
 
 async def test_helo_fallback_when_ehlo_is_unknown() -> None:
-    from .helpers import RawServer, raw_server
 
     async def script(srv: RawServer) -> None:
         await srv.send(b"220 old server\r\n")
@@ -566,8 +616,25 @@ async def test_helo_fallback_when_ehlo_is_unknown() -> None:
         assert result.reply.code == 250
 
 
-async def test_unicode_ehlo_name_is_sent_as_a_labels(certs: TestCertificates) -> None:
-    server = tls_server(certs)
+async def test_unicode_ehlo_name_is_sent_as_a_labels(
+    make_server: ServerFactory, certs: TestCertificates
+) -> None:
+    server = make_server()
     async with fake_session(server, certs, domain="bücher.example") as session:
         await session.send("a@example.com", ["b@example.com"], b"x")
     assert server.messages[0].helo == "xn--bcher-kva.example"
+
+
+async def test_session_not_ready_after_the_server_closed_it() -> None:
+    async def script(srv: RawServer) -> None:
+        await srv.greet_and_ehlo()
+        await srv.expect(b"NOOP", b"421 4.3.2 bye\r\n")
+
+    async with (
+        raw_server(script) as (stream, _),
+        defaults.open_session(HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=stream) as session,
+    ):
+        with pytest.raises(ts.SMTPServiceClosing):
+            await session.noop()
+        with pytest.raises(ts.SMTPConnectionError, match="closed"):
+            await session.send("a@example.com", ["b@example.com"], b"x")

@@ -129,7 +129,9 @@ def _rule(
 #: The state table (RFC 5321 §4.1.4 and §4.3.2, RFC 3207, RFC 4954).
 #: command: (legal in, state after success, reply class → next state)
 TABLE: Mapping[Verb, Rule] = dict([
-    _rule(Verb.CONNECT,       {S.CONNECTED}, S.GREETED, {2: S.GREETED, **_CLOSE}),
+    # A refused greeting (554, RFC 5321 §3.1) leaves the server reading until QUIT
+    # (it answers 503 to anything else); a 421 closes (handled before the table).
+    _rule(Verb.CONNECT,       {S.CONNECTED}, S.GREETED, {2: S.GREETED, **_FAIL_GREETED}),
     _rule(Verb.EHLO,          {S.GREETED, S.READY}, S.READY, {2: S.READY, **_FAIL_GREETED}),
     _rule(Verb.HELO,          {S.GREETED, S.READY}, S.READY, {2: S.READY, **_FAIL_GREETED}),
     _rule(Verb.STARTTLS,      {S.READY}, S.TLS, {2: S.TLS, **_FAIL_SAME}),

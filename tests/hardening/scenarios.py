@@ -32,7 +32,7 @@ import attrs
 import trio_sendmail as ts
 from trio_sendmail._message import Mail
 
-from ..helpers import PIPE_CHUNK, VARIANTS, ServerVariant
+from ..helpers import PIPE_CHUNK, VARIANTS, ServerCertificate, ServerVariant
 from .hostile import (
     ALL_MODES,
     DEFAULT_CAPS,
@@ -97,7 +97,7 @@ class Scenario:
     authenticate: bool = False
     insecure_auth: bool = True
     #: Which server certificate: good, untrusted, expired, wrong_host.
-    certificate: str = "good"
+    certificate: ServerCertificate = "good"
     endless: bool = False  # the message never ends
     #: The lines the client may send after the misbehaviour (None: not checked).
     after: tuple[bytes, ...] | None = ()
@@ -171,8 +171,14 @@ SCENARIOS: list[Scenario] = [
        bound=T.rcpt, at_least=T.rcpt, phase="rcpt", outcome=NOT_SENT),
     _s("silent-after-data", "silence", {"data": hang()}, TO,
        bound=T.data_init, at_least=T.data_init, phase="data_init", outcome=NOT_SENT),
+    # The bound is per write (a slow but steady server is not cut off): once the
+    # server stops reading, the send ends a data_block after the last write that the
+    # kernel took. Its buffers may take one more write while the clock jumps (an
+    # autojump leaves real time between two virtual instants), and a first block
+    # pipelined with DATA is bounded by data_init: at most one bound of each.
     _s("silent-mid-data", "silence", {"body": hang()}, TO, endless=True,
-       bound=T.data_block, at_least=T.data_block, phase="data_block", outcome=NOT_SENT),
+       bound=T.data_init + T.data_block, at_least=min(T.data_init, T.data_block),
+       phase="data_block", outcome=NOT_SENT),
     _s("silent-after-final-dot", "silence", {"dot": hang()}, TO,
        bound=T.data_end, at_least=T.data_end, phase="data_end", outcome=UNKNOWN),
     _s("silent-mid-final-reply", "silence", {"dot": send_then_hang(b"250-2.0.0 queued\r\n")}, TO,
@@ -210,11 +216,26 @@ SCENARIOS: list[Scenario] = [
        outcome=NOT_SENT),
     _s("invalid-utf8-final-reply", "malformed", {"dot": reply(b"250 caf\xe9 queued\r\n")}, E,
        outcome=UNKNOWN),
+    _s("bad-code-greeting", "malformed", {"greeting": reply(b"999 what\r\n")}, E),
+    _s("short-code-greeting", "malformed", {"greeting": reply(b"22 hi\r\n")}, E),
+    _s("bad-separator-greeting", "malformed", {"greeting": reply(b"220*hostile\r\n")}, E),
+    _s("mixed-codes-greeting", "malformed", {"greeting": reply(b"220-hostile\r\n250 x\r\n")}, E),
+    _s("invalid-utf8-greeting", "malformed", {"greeting": reply(b"220 caf\xe9\r\n")}, E),
+    _s("nul-in-greeting", "malformed", {"greeting": reply(b"220 hostile\x00\r\n")}, E),
+    _s("over-long-line-greeting", "malformed",
+       {"greeting": reply(b"220 " + b"x" * 5000 + b"\r\n")}, E),
+    _s("endless-continuation-greeting", "malformed",
+       {"greeting": stream(b"220-x\r\n" * 1024, BIG)}, E, after=None),
+    _s("unexpected-class-mail", "malformed", {"mail": reply(b"354 what\r\n")}, E,
+       outcome=NOT_SENT),
     _s("huge-reply-50MB", "too-large", {"mail": stream(CONTINUATION * 64, BIG)}, E,
        outcome=NOT_SENT, after=None),
     # ------------------------------------------------------------------ disconnects
     _s("disconnect-at-greeting", "disconnect", {"greeting": close()}, C),
     _s("disconnect-mid-greeting", "disconnect", {"greeting": send_then_close(b"220-hi\r\n")}, E),
+    _s("disconnect-mid-greeting-line", "disconnect", {"greeting": send_then_close(b"220 hos")}, E),
+    _s("disconnect-mid-long-greeting-line", "disconnect",
+       {"greeting": send_then_close(b"220 " + b"x" * 5000)}, E),
     _s("disconnect-mid-tls-handshake", "disconnect",
        {"handshake": _clienthello_then(close())}, TLS, modes=TLS_MODES),
     _s("disconnect-after-ehlo", "disconnect", {"ehlo": close()}, C),
@@ -233,6 +254,14 @@ SCENARIOS: list[Scenario] = [
     # ------------------------------------------------------------------ 421 at each step
     _s("421-greeting", "421", {"greeting": reply(b"421 4.3.2 too busy\r\n")}, CLOSING, code=421),
     _s("421-ehlo", "421", {"ehlo": reply(b"421 4.3.2 bye\r\n")}, CLOSING, code=421),
+    # Any other refusal of the greeting or of EHLO (RFC 5321 §3.1, §4.1.4): typed,
+    # transient or permanent as its code says.
+    _s("554-greeting", "refusal", {"greeting": reply(b"554 5.3.2 no service here\r\n")},
+       ts.SMTPResponseError, code=554, after=(b"QUIT",)),
+    _s("450-greeting", "refusal", {"greeting": reply(b"450 4.3.2 try later\r\n")},
+       ts.SMTPResponseError, code=450, after=(b"QUIT",)),
+    _s("550-ehlo", "refusal", {"ehlo": reply(b"550 5.7.1 go away\r\n")}, ts.SMTPResponseError,
+       code=550, after=(b"QUIT",)),
     _s("421-starttls", "421", {"starttls": reply(b"421 4.3.2 bye\r\n")}, CLOSING, code=421,
        modes=frozenset({STARTTLS})),
     _s("421-ehlo-after-tls", "421", {"ehlo_tls": reply(b"421 4.3.2 bye\r\n")}, CLOSING,
@@ -278,6 +307,8 @@ SCENARIOS: list[Scenario] = [
     # ------------------------------------------------------------------ AUTH
     _s("auth-only-unusable-mechanisms", "auth", {}, ts.SMTPNotSupportedError,
        caps=("AUTH GSSAPI NTLM XOAUTH2 OAUTHBEARER",), authenticate=True, after=(b"QUIT",)),
+    _s("auth-not-offered", "auth", {}, ts.SMTPNotSupportedError, caps=("8BITMIME",),
+       authenticate=True, after=(b"QUIT",)),
     _s("auth-refused-over-plaintext", "auth", {}, ts.SMTPNotSupportedError, caps=AUTH_CAPS,
        authenticate=True, insecure_auth=False, modes=frozenset({PLAIN}), after=(b"QUIT",)),
     _s("auth-334-invalid-base64", "auth", {"auth": reply(b"334 !!not*base64!!\r\n")}, E,

@@ -31,7 +31,16 @@ import trio_sendmail as ts
 from trio_sendmail.testing import FakeSMTPServer, serve_fake_smtp
 
 from .. import defaults
-from ..helpers import LOCK_CHUNK, LOCK_DATA, PIPE_CHUNK, PIPE_DATA, ServerVariant
+from ..helpers import (
+    HOST,
+    LOCK_CHUNK,
+    LOCK_DATA,
+    PIPE_CHUNK,
+    PIPE_DATA,
+    RawServer,
+    ServerVariant,
+    raw_server,
+)
 from .support import LOOPBACK, RecordingStream
 
 PLAIN = ts.TLSMode.INSECURE_PLAINTEXT
@@ -345,3 +354,40 @@ async def test_the_reply_to_the_end_of_data_decides_the_outcome(
     assert error is not None and error.code == code
     assert isinstance(error, ts.SMTPServiceClosing) is (code == 421)
     assert error.outcome is ts.Outcome.REFUSED, error.outcome
+
+
+@pytest.mark.parametrize("where", ["mail", "data", "dot"])
+async def test_cancelled_session_is_broken_and_never_reused(
+    autojump_clock: trio.testing.MockClock, where: str, server_variant: ServerVariant
+) -> None:
+    async def script(srv: RawServer) -> None:
+        await srv.greet_and_ehlo(server_variant.ehlo())
+        await srv.expect(b"MAIL", b"" if where == "mail" else b"250 ok\r\n")
+        if where != "mail":
+            await srv.expect(b"RCPT", b"250 ok\r\n")
+            if not server_variant.chunking:
+                await srv.expect(b"DATA", b"354 go\r\n")
+        if where == "dot":  # the final dot, or BDAT LAST with the one chunk
+            await (srv.bdat() if server_variant.chunking else srv.data())
+        await trio.sleep_forever()
+
+    send, receive = trio.open_memory_channel[bytes](1)
+    await send.send(b"first chunk\r\n")
+    async with (
+        raw_server(script) as (stream, srv),
+        defaults.open_session(HOST, tls=PLAIN, stream=stream) as session,
+    ):
+        if where == "dot":
+            await send.aclose()
+        with trio.move_on_after(5):
+            await session.send("a@example.com", ["b@example.com"], receive)
+        assert not session.is_usable
+        assert session.outcome_unknown is (where == "dot")
+        with pytest.raises((ts.SMTPConnectionError, trio.ClosedResourceError)):
+            await session.send("a@example.com", ["b@example.com"], b"again")
+        rest = await srv.eof()
+        assert b"RSET" not in rest and b"again" not in rest and b"QUIT" not in rest
+    if where == "data":
+        # The producer learns that nobody reads any more.
+        with pytest.raises(trio.BrokenResourceError):
+            await send.send(b"more")

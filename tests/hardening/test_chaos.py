@@ -62,7 +62,7 @@ import trio
 import trio.lowlevel
 
 import trio_sendmail as ts
-from trio_sendmail.testing import TestCertificates, make_test_certificates
+from trio_sendmail.testing import TestCertificates
 
 from .chaos_server import VARIANTS, ChaosServer, Variant
 from .support import live_tasks, open_fds
@@ -661,11 +661,6 @@ async def run_bounded(run: Run, scenario: Callable[[Run], Awaitable[None]]) -> N
         nursery.start_soon(watchdog)
         await scenario(run)
         nursery.cancel_scope.cancel()
-
-
-@pytest.fixture(scope="module")
-def certs() -> TestCertificates:
-    return make_test_certificates()
 
 
 @pytest.mark.timeout(60)

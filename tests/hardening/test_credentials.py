@@ -39,6 +39,7 @@ from trio_sendmail._sasl import MECHANISMS, Mechanism, OAuth2Token, ScramSha256M
 from trio_sendmail.testing import FakeSMTPServer, TestCertificates, serve_fake_smtp
 
 from .. import defaults
+from ..helpers import tls_server
 from .support import LOOPBACK
 
 SECRET = "qZ7!vK2#Lm9$xR4%pW"
@@ -189,12 +190,8 @@ def credentials(mechanism: str | None, *, password: str = SECRET, token: str = T
 
 
 def make_server(certs: TestCertificates, **kwargs: Any) -> FakeSMTPServer:
-    return FakeSMTPServer(
-        ssl_context=certs.server_context,
-        users={USER: SECRET},
-        tokens={TOKEN: USER},
-        auth_mechanisms=ALL_MECHANISMS,
-        **kwargs,
+    return tls_server(
+        certs, users={USER: SECRET}, tokens={TOKEN: USER}, auth_mechanisms=ALL_MECHANISMS, **kwargs
     )
 
 

@@ -30,9 +30,10 @@ import trio.testing
 import trio_sendmail as ts
 
 from .. import defaults
+from ..helpers import Certificates
 from .hostile import IMPLICIT, PLAIN, STARTTLS, HostileServer
 from .scenarios import SCENARIOS, Scenario
-from .support import LOOPBACK, Certificates, describe, live_tasks, open_fds
+from .support import LOOPBACK, describe, live_tasks, open_fds
 
 ENTRY_POINTS = ("sendmail", "sendmail_with_starttls", "open_session", "pool", "send_bulk")
 _MODE_ORDER = {
@@ -82,13 +83,13 @@ class Observed:
 
 
 async def call(
-    entry: str, mode: ts.TLSMode, port: int, scenario: Scenario, certificates: Certificates
+    entry: str, mode: ts.TLSMode, port: int, scenario: Scenario, certs: Certificates
 ) -> Observed:
     """Send one message through *entry*; never raises an Exception (it is recorded)."""
     observed = Observed()
     auth = AUTH if scenario.authenticate else None
     timeouts = scenario.timeouts
-    context = certificates.client
+    context = certs.client_context
     insecure = scenario.insecure_auth and mode is PLAIN
     try:
         if entry == "sendmail":
@@ -148,18 +149,16 @@ async def test_hostile_server(
     scenario: Scenario,
     entry: str,
     mode: ts.TLSMode,
-    certificates: Certificates,
-    clock: trio.testing.MockClock,
+    certs: Certificates,
+    loopback_clock: trio.testing.MockClock,
 ) -> None:
     fds_before = open_fds()
     tasks_before = live_tasks()
-    server = HostileServer(
-        scenario.dialogue, mode, certificates.server_context(scenario.certificate)
-    )
+    server = HostileServer(scenario.dialogue, mode, certs.server(scenario.certificate))
     async with trio.open_nursery() as nursery:
         port = await nursery.start(server.serve)
         start = trio.current_time()
-        observed = await call(entry, mode, port, scenario, certificates)
+        observed = await call(entry, mode, port, scenario, certs)
         elapsed = trio.current_time() - start
         # The call is over: the client holds no descriptor any more.
         assert open_fds() == fds_before + server.open_fds(), "the client leaked a socket"
@@ -248,15 +247,15 @@ TIMEOUT_SCENARIOS = [s for s in SCENARIOS if s.expected_for(PLAIN) is ts.SMTPTim
 
 @pytest.mark.parametrize("scenario", TIMEOUT_SCENARIOS, ids=lambda s: s.name)
 async def test_a_timeout_message_says_once_what_timed_out(
-    scenario: Scenario, certificates: Certificates, clock: trio.testing.MockClock
+    scenario: Scenario, certs: Certificates, loopback_clock: trio.testing.MockClock
 ) -> None:
     """``SMTPTimeoutError`` states its bound once, in a sentence that reads right."""
     mode = mode_for("open_session", scenario)
     assert mode is not None
-    server = HostileServer(scenario.dialogue, mode, certificates.good)
+    server = HostileServer(scenario.dialogue, mode, certs.server_context)
     async with trio.open_nursery() as nursery:
         port = await nursery.start(server.serve)
-        observed = await call("open_session", mode, port, scenario, certificates)
+        observed = await call("open_session", mode, port, scenario, certs)
         nursery.cancel_scope.cancel()
     error = observed.error
     assert isinstance(error, ts.SMTPTimeoutError)

@@ -36,9 +36,10 @@ from hypothesis import strategies as st
 
 import trio_sendmail as ts
 from trio_sendmail._data import DataEncoder
-from trio_sendmail.testing import DEFAULT_EXTENSIONS, FakeSMTPServer
+from trio_sendmail.testing import FakeSMTPServer
 
 from .. import defaults
+from ..helpers import VARIANTS, ServerVariant
 from ..postfix_plugin import PostfixEnv
 from ..test_data import reference_normalize
 from .support import RecordingStream
@@ -224,42 +225,43 @@ def check_fake_server(
             assert on_wire.payload == message.data == normalise(body)
 
 
-def _fake_server(chunking: bool) -> FakeSMTPServer:
-    extensions = (*DEFAULT_EXTENSIONS, "CHUNKING") if chunking else DEFAULT_EXTENSIONS
-    return FakeSMTPServer(extensions=extensions)
+def _fake_server(variant: ServerVariant) -> FakeSMTPServer:
+    return FakeSMTPServer(extensions=variant.extensions())
 
 
-@pytest.mark.parametrize("chunking", [False, True], ids=["DATA", "BDAT"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=SHORT_BODIES)
-def test_fake_server_receives_exactly_the_normalised_body(body: bytes, chunking: bool) -> None:
+def test_fake_server_receives_exactly_the_normalised_body(
+    body: bytes, variant: ServerVariant
+) -> None:
     cases = list(splits(body))
-    server = _fake_server(chunking)
-    wire = trio.run(partial(send_all_splits, server, cases, chunking=chunking))
-    check_fake_server(server, wire, [body] * len(cases), "BDAT" if chunking else "DATA")
+    server = _fake_server(variant)
+    wire = trio.run(partial(send_all_splits, server, cases, chunking=variant.chunking))
+    check_fake_server(server, wire, [body] * len(cases), "BDAT" if variant.chunking else "DATA")
 
 
-@pytest.mark.parametrize("chunking", [False, True], ids=["DATA", "BDAT"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
 @pytest.mark.parametrize("body", TRICKY, ids=range(len(TRICKY)))
-async def test_fake_server_tricky_bodies(body: bytes, chunking: bool) -> None:
+async def test_fake_server_tricky_bodies(body: bytes, variant: ServerVariant) -> None:
     cases = list(splits(body) if len(body) < 200 else window_splits(body))
-    server = _fake_server(chunking)
-    wire = await send_all_splits(server, cases, chunking=chunking)
-    check_fake_server(server, wire, [body] * len(cases), "BDAT" if chunking else "DATA")
+    server = _fake_server(variant)
+    wire = await send_all_splits(server, cases, chunking=variant.chunking)
+    check_fake_server(server, wire, [body] * len(cases), "BDAT" if variant.chunking else "DATA")
 
 
-@pytest.mark.parametrize("chunking", [False, True], ids=["DATA", "BDAT"])
-async def test_a_line_longer_than_the_send_buffer(chunking: bool) -> None:
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+async def test_a_line_longer_than_the_send_buffer(variant: ServerVariant) -> None:
     """A 200 KiB line with smuggling sequences around the 64 KiB write boundaries."""
     body = bytearray(b"z" * (200 * 1024))
     for at in (65536 - 2, 2 * 65536 - 1, 3 * 65536 - 3):
         body[at : at + 3] = b"\n.\n"
     data = bytes(body)
     cases = [[data], *([data[:i], data[i:]] for i in (65534, 65535, 65536, 65537, 131071))]
-    server = _fake_server(chunking)
-    wire = await send_all_splits(server, cases, chunking=chunking)
-    check_fake_server(server, wire, [data] * len(cases), "BDAT" if chunking else "DATA")
-    if chunking:
+    server = _fake_server(variant)
+    wire = await send_all_splits(server, cases, chunking=variant.chunking)
+    check_fake_server(server, wire, [data] * len(cases), "BDAT" if variant.chunking else "DATA")
+    if variant.chunking:
         assert all(message.chunks > 1 for message in wire)
 
 

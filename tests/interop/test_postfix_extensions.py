@@ -1,6 +1,6 @@
 """ESMTP extensions against the real Postfix (started by tests/interop/postfix.sh).
 
-The same features as tests/test_extensions.py, this time against Postfix
+The same features as tests/test_plan.py, this time against Postfix
 3.7, which offers PIPELINING, SIZE, ENHANCEDSTATUSCODES, 8BITMIME, DSN,
 SMTPUTF8 and CHUNKING, but neither BINARYMIME nor REQUIRETLS:
 

@@ -10,12 +10,15 @@
 from __future__ import annotations
 
 import inspect
+import math
 import ssl
 from collections.abc import Callable
 from typing import Any, get_type_hints
 
 import attrs
 import pytest
+import trio
+import trio.testing
 
 import trio_sendmail as ts
 from trio_sendmail._settings import DEFAULT_TIMEOUTS
@@ -27,7 +30,15 @@ from trio_sendmail.testing import (
 )
 
 from . import defaults
-from .helpers import CLIENT_NAME, PASSWORD, USERS
+from .helpers import (
+    CLIENT_NAME,
+    HOST,
+    PASSWORD,
+    RawServer,
+    ServerVariant,
+    raw_server,
+    tls_server,
+)
 
 AUTH = ts.Authentication("alice", PASSWORD)
 SENDER = "a@example.com"
@@ -186,16 +197,13 @@ def test_one_default_timeouts() -> None:
 # Using it
 
 
-def tls_server(certs: TestCertificates, *extensions: str) -> FakeSMTPServer:
-    return FakeSMTPServer(
-        ssl_context=certs.server_context,
-        users=USERS,
-        extensions=(*DEFAULT_EXTENSIONS, *extensions),
-    )
+def server_offering(certs: TestCertificates, *extensions: str) -> FakeSMTPServer:
+    """The tests' fake server, offering *extensions* besides the default ones."""
+    return tls_server(certs, extensions=(*DEFAULT_EXTENSIONS, *extensions))
 
 
 async def test_open_session_takes_settings_and_options(certs: TestCertificates) -> None:
-    server = tls_server(certs)
+    server = server_offering(certs)
     async with serve_fake_smtp(server, implicit_tls=True) as port:
         settings = ts.ConnectionSettings(
             "localhost", port=port, ssl_context=certs.client_context, authentication=AUTH,
@@ -217,7 +225,7 @@ async def test_open_session_takes_settings_and_options(certs: TestCertificates) 
 
 
 async def test_bad_options_with_settings_fail_before_connecting(certs: TestCertificates) -> None:
-    server = tls_server(certs)
+    server = server_offering(certs)
     async with serve_fake_smtp(server, implicit_tls=True) as port:
         settings = ts.ConnectionSettings("localhost", port=port, ssl_context=certs.client_context)
         with pytest.raises(ts.SMTPInputError):
@@ -232,7 +240,7 @@ async def test_bad_options_with_settings_fail_before_connecting(certs: TestCerti
 
 
 async def test_open_pool_and_send_bulk_take_settings(certs: TestCertificates) -> None:
-    server = tls_server(certs)
+    server = server_offering(certs)
     async with serve_fake_smtp(server, implicit_tls=True) as port:
         settings = defaults.ConnectionSettings(
             "localhost", port=port, ssl_context=certs.client_context
@@ -263,7 +271,7 @@ SENDMAILS = pytest.mark.parametrize(
 async def test_sendmail_requiretls(
     certs: TestCertificates, function: Callable[..., Any], implicit: bool
 ) -> None:
-    server = tls_server(certs, "REQUIRETLS")
+    server = server_offering(certs, "REQUIRETLS")
     async with serve_fake_smtp(server, implicit_tls=implicit) as port:
         await function(
             hostname="localhost", port=port, sender=SENDER, recipients=RECIPIENTS, mail=b"x",
@@ -276,7 +284,7 @@ async def test_sendmail_requiretls(
 async def test_sendmail_requiretls_refused_before_mail_when_not_offered(
     certs: TestCertificates, function: Callable[..., Any], implicit: bool
 ) -> None:
-    server = tls_server(certs)
+    server = server_offering(certs)
     tracker = ts.OutcomeTracker()
     async with serve_fake_smtp(server, implicit_tls=implicit) as port:
         with pytest.raises(ts.SMTPNotSupportedError, match="REQUIRETLS"):
@@ -294,7 +302,7 @@ async def test_sendmail_requiretls_refused_before_mail_when_not_offered(
 async def test_sendmail_binary(
     certs: TestCertificates, function: Callable[..., Any], implicit: bool
 ) -> None:
-    server = tls_server(certs, "CHUNKING", "BINARYMIME")
+    server = server_offering(certs, "CHUNKING", "BINARYMIME")
     data = b"Subject: bin\r\n\r\n\x00\xff bare\nLF and a\r\n.dot\r\n"
     async with serve_fake_smtp(server, implicit_tls=implicit) as port:
         await function(
@@ -308,7 +316,7 @@ async def test_sendmail_binary(
 
 
 async def test_sendmail_binary_needs_binarymime(certs: TestCertificates) -> None:
-    server = tls_server(certs, "CHUNKING")
+    server = server_offering(certs, "CHUNKING")
     async with serve_fake_smtp(server, implicit_tls=True) as port:
         with pytest.raises(ts.SMTPNotSupportedError, match="BINARYMIME"):
             await defaults.sendmail(
@@ -322,7 +330,7 @@ async def test_sendmail_binary_needs_binarymime(certs: TestCertificates) -> None
 async def test_sendmail_dsn(
     certs: TestCertificates, function: Callable[..., Any], implicit: bool
 ) -> None:
-    server = tls_server(certs, "DSN")
+    server = server_offering(certs, "DSN")
     dsn = ts.DSN(ret=ts.DSNReturn.HEADERS, envid="job-1", notify=[ts.DSNNotify.FAILURE])
     async with serve_fake_smtp(server, implicit_tls=implicit) as port:
         await function(
@@ -343,7 +351,7 @@ async def test_sendmail_refuses_a_dsn_of_the_wrong_type_before_connecting() -> N
 
 
 async def test_bulk_message_options(certs: TestCertificates) -> None:
-    server = tls_server(certs, "REQUIRETLS", "CHUNKING", "BINARYMIME")
+    server = server_offering(certs, "REQUIRETLS", "CHUNKING", "BINARYMIME")
     async with serve_fake_smtp(server, implicit_tls=True) as port:
         messages = [
             ts.BulkMessage(SENDER, RECIPIENTS, b"plain\r\n", key=0),
@@ -365,7 +373,7 @@ async def test_bulk_message_options(certs: TestCertificates) -> None:
 async def test_bulk_message_requiretls_fails_alone_when_not_offered(
     certs: TestCertificates,
 ) -> None:
-    server = tls_server(certs)
+    server = server_offering(certs)
     async with serve_fake_smtp(server, implicit_tls=True) as port:
         messages = [
             ts.BulkMessage(SENDER, RECIPIENTS, b"req\r\n", key=0, requiretls=True),
@@ -379,3 +387,26 @@ async def test_bulk_message_requiretls_fails_alone_when_not_offered(
     (refused,) = [r for r in summary.results if r.message.key == 0]
     assert isinstance(refused.error, ts.SMTPNotSupportedError)
     assert [m.data for m in server.messages] == [b"plain\r\n"]
+
+
+async def test_every_phase_timeout_can_be_overridden(
+    autojump_clock: trio.testing.MockClock, server_variant: ServerVariant
+) -> None:
+    async def script(srv: RawServer) -> None:
+        await srv.greet_and_ehlo(server_variant.ehlo())
+        await trio.sleep_forever()
+
+    async with raw_server(script) as (stream, _):
+        timeouts = ts.Timeouts(mail=1.5, quit=0.5)
+        async with defaults.open_session(
+            HOST, tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=stream, timeouts=timeouts
+        ) as session:
+            start = trio.current_time()
+            with pytest.raises(ts.SMTPTimeoutError):
+                await session.send("a@example.com", ["b@example.com"], b"x")
+            assert trio.current_time() - start == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="positive"):
+        ts.Timeouts(mail=0)
+    with pytest.raises(ValueError, match="positive"):
+        ts.Timeouts(command=math.nan)
+    assert ts.Timeouts(data_end=math.inf).data_end == math.inf
