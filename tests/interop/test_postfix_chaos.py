@@ -12,9 +12,11 @@ Message-ID:
 * ``UNKNOWN`` (the end of data went out, its reply never came back): stored at
   most once.
 
-The run is done twice, with CHUNKING (``BDAT … LAST``) and with DATA, both
-pipelined. The proxy's seed is fixed (``TRIO_SENDMAIL_CHAOS_SEED`` overrides
-it), but where the cuts land also depends on timing, so runs differ.
+The run is done with CHUNKING (``BDAT … LAST``) and with DATA, each with
+PIPELINING and without it (the client then waits for every reply: other
+moments for the cuts to land in; those runs send half as many messages). The
+proxy's seed is fixed (``TRIO_SENDMAIL_CHAOS_SEED`` overrides it), but where
+the cuts land also depends on timing, so runs differ.
 Counts and every violation are printed (``-s``) and written as JSON under the
 test's tmp folder.
 
@@ -48,6 +50,7 @@ import trio
 
 import trio_sendmail as ts
 
+from ..helpers import VARIANTS, ServerVariant
 from ..postfix_plugin import PostfixEnv
 from .rst_proxy import CutPolicy, RstProxy, open_rst_proxy
 from .test_postfix import make_message, unique
@@ -132,8 +135,21 @@ def generate_messages(
         yield ts.BulkMessage(env.user, [rcpt], mail, key=message_id)
 
 
-def make_messages(env: PostfixEnv, rcpt: str, tag: str, seed: int) -> list[ts.BulkMessage]:
-    return list(generate_messages(env, rcpt, tag, seed, MESSAGES))
+def make_messages(
+    env: PostfixEnv, rcpt: str, tag: str, seed: int, count: int = MESSAGES
+) -> list[ts.BulkMessage]:
+    return list(generate_messages(env, rcpt, tag, seed, count))
+
+
+def message_count(variant: ServerVariant) -> int:
+    """Without PIPELINING every command waits for its reply: half the messages."""
+    return MESSAGES if variant.pipelining else MESSAGES // 2
+
+
+def variant_name(variant: ServerVariant) -> str:
+    return ("CHUNKING (BDAT)" if variant.chunking else "DATA") + (
+        ", PIPELINING" if variant.pipelining else ", no PIPELINING"
+    )
 
 
 # ---------------------------------------------------------------- maildir --
@@ -248,7 +264,7 @@ class Run:
 
 
 async def send_through_proxy(
-    proxy: RstProxy, messages: list[ts.BulkMessage], chunking: bool
+    proxy: RstProxy, messages: list[ts.BulkMessage], variant: ServerVariant
 ) -> Run:
     run = Run()
     limits = ts.PoolLimits(
@@ -265,8 +281,8 @@ async def send_through_proxy(
         tls=ts.TLSMode.INSECURE_PLAINTEXT,
         domain=CLIENT_NAME,
         timeouts=TIMEOUTS,
-        pipelining=True,
-        chunking=chunking,
+        pipelining=variant.pipelining,
+        chunking=variant.chunking,
         limits=limits,
     ) as pool:
         try:
@@ -394,22 +410,23 @@ def reconcile(
     return problems, unknown
 
 
-@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
 async def test_exact_outcomes_under_connection_resets(
-    postfix: PostfixEnv, tmp_path: Path, chunking: bool
+    postfix: PostfixEnv, tmp_path: Path, variant: ServerVariant
 ) -> None:
-    tag = "bdat" if chunking else "data"
-    seed = SEED + (0 if chunking else 1)
+    tag = variant.id
+    seed = SEED + VARIANTS.index(variant)
+    count = message_count(variant)
     local = unique(f"chaos-{tag}")
     rcpt = postfix.address(local)
-    messages = make_messages(postfix, rcpt, tag, seed)
-    assert len({m.key for m in messages}) == MESSAGES  # no Message-ID collision
+    messages = make_messages(postfix, rcpt, tag, seed, count)
+    assert len({m.key for m in messages}) == count  # no Message-ID collision
     log_offset = postfix.log_file.stat().st_size if postfix.log_file.exists() else 0
     index = MaildirIndex(postfix, local)
 
     started = time.perf_counter()
     async with open_rst_proxy(postfix.host, postfix.plain_port, seed=seed, policy=POLICY) as proxy:
-        run = await send_through_proxy(proxy, messages, chunking)
+        run = await send_through_proxy(proxy, messages, variant)
     accepted_ids = {str(r.message.key) for r in run.results if r.status is ACCEPTED}
     waited, quiet = await wait_for_quiet(postfix, index, rcpt, accepted_ids)
     total = time.perf_counter() - started
@@ -420,9 +437,9 @@ async def test_exact_outcomes_under_connection_resets(
     violations = describe_violations(postfix, log_offset, index, problems)
 
     report: dict[str, Any] = {
-        "variant": "CHUNKING (BDAT)" if chunking else "DATA",
+        "variant": variant_name(variant),
         "seed": seed,
-        "messages": MESSAGES,
+        "messages": count,
         "connections": CONNECTIONS,
         "max_retries": MAX_RETRIES,
         "counts": {s.name: statuses.get(s.name, 0) for s in ts.Outcome},
@@ -445,7 +462,7 @@ async def test_exact_outcomes_under_connection_resets(
     report_path.write_text(json.dumps(report, indent=2), encoding="utf-8")
     counts = " / ".join(f"{name} {n}" for name, n in report["counts"].items())
     summary = (
-        f"chaos {report['variant']}: {MESSAGES} messages over {CONNECTIONS} connections "
+        f"chaos {report['variant']}: {count} messages over {CONNECTIONS} connections "
         f"(seed {seed}): {counts}; {proxy.cuts} cuts in {proxy.connections} connections "
         f"{dict(proxy.phases)}; UNKNOWN delivered {unknown['delivered']}, not delivered "
         f"{unknown['not delivered']}; sending {run.send_seconds:.1f} s, delivery wait "
@@ -469,10 +486,10 @@ async def test_exact_outcomes_under_connection_resets(
         pytest.fail("\n  ".join(lines), pytrace=False)
     assert run.error is None, f"send_bulk raised: {describe_error(run.error)}"
     # The variant really used the command it is about (Postfix offers CHUNKING).
-    used, unused = ("BDAT", "DATA") if chunking else ("DATA", "BDAT")
+    used, unused = ("BDAT", "DATA") if variant.chunking else ("DATA", "BDAT")
     assert proxy.verbs[used] > 0 and proxy.verbs[unused] == 0, dict(proxy.verbs)
     assert quiet, f"Postfix still delivering after {DELIVERY_TIMEOUT} s (Maildir {index.new})"
-    assert len(run.results) == MESSAGES
+    assert len(run.results) == count
     assert proxy.cuts >= MIN_CUTS, f"only {proxy.cuts} cuts injected: the proxy did not work"
 
 
@@ -534,7 +551,7 @@ def is_cancelled(error: BaseException | None) -> bool:
 
 
 async def send_cancelled(
-    port: int, messages: Iterator[ts.BulkMessage], chunking: bool, run: CancelledRun
+    port: int, messages: Iterator[ts.BulkMessage], variant: ServerVariant, run: CancelledRun
 ) -> None:
     """send_bulk over a fresh pool of CONNECTIONS to *port*, cancelled from
     outside after ``run.delay`` seconds (unless it finished before)."""
@@ -552,8 +569,8 @@ async def send_cancelled(
         tls=ts.TLSMode.INSECURE_PLAINTEXT,
         domain=CLIENT_NAME,
         timeouts=TIMEOUTS,
-        pipelining=True,
-        chunking=chunking,
+        pipelining=variant.pipelining,
+        chunking=variant.chunking,
         limits=limits,
     ) as pool:
         with trio.move_on_after(run.delay) as scope:
@@ -571,16 +588,16 @@ async def send_cancelled(
     run.seconds = time.perf_counter() - start
 
 
-@pytest.mark.parametrize("chunking", [True, False], ids=["bdat", "data"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
 async def test_exact_outcomes_when_cancelled(
-    postfix: PostfixEnv, tmp_path: Path, chunking: bool
+    postfix: PostfixEnv, tmp_path: Path, variant: ServerVariant
 ) -> None:
     """send_bulk cancelled from outside at random moments, many messages waiting
     for the answer to their end of data: every message taken from the input gets
     one result, under the rules above (a cancel never makes a stored message
     NOT_SENT). Messages not taken yet get none, and are never sent."""
-    tag = "bdat" if chunking else "data"
-    seed = SEED + (10 if chunking else 11)
+    tag = variant.id
+    seed = SEED + 10 + VARIANTS.index(variant)
     rng = random.Random(seed)
     local = unique(f"cancel-{tag}")
     rcpt = postfix.address(local)
@@ -604,7 +621,7 @@ async def test_exact_outcomes_when_cancelled(
                 postfix, rcpt, f"{tag}{number}", rng.randrange(2**32), CANCEL_INPUT
             )
             port = postfix.plain_port if route == "direct" else proxy.port
-            await send_cancelled(port, messages, chunking, run)
+            await send_cancelled(port, messages, variant, run)
     sending = time.perf_counter() - started
     taken = [message for run in runs for message in run.taken]
     results = [result for run in runs for result in run.results]
@@ -637,7 +654,7 @@ async def test_exact_outcomes_when_cancelled(
     errors = [f"run {run.number}: {describe_error(run.error)}" for run in runs if run.error]
 
     report: dict[str, Any] = {
-        "variant": "CHUNKING (BDAT)" if chunking else "DATA",
+        "variant": variant_name(variant),
         "library": str(Path(ts.__file__).parent),
         "seed": seed,
         "runs": CANCEL_RUNS,
@@ -690,7 +707,7 @@ async def test_exact_outcomes_when_cancelled(
             lines.append(f"... and {len(violations) - MAX_LISTED} more (see the report)")
         pytest.fail("\n  ".join(lines), pytrace=False)
     assert not errors, errors
-    used, unused = ("BDAT", "DATA") if chunking else ("DATA", "BDAT")
+    used, unused = ("BDAT", "DATA") if variant.chunking else ("DATA", "BDAT")
     assert proxy.verbs[used] > 0 and proxy.verbs[unused] == 0, dict(proxy.verbs)
     assert quiet, f"Postfix still delivering after {DELIVERY_TIMEOUT} s (Maildir {index.new})"
     # Every run was cancelled mid-run, messages on the wire (else nothing was tested).
