@@ -26,14 +26,14 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package and the tests."""
-    session.install("-e", ".[typecheck]")
+    session.install("-e", ".[typecheck]", "--config-settings", "editable_mode=compat")
     session.run("mypy")
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The test suite with coverage (Postfix tests skip unless Postfix runs)."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test]", "--config-settings", "editable_mode=compat")
     session.run(
         "pytest",
         "--cov=trio_sendmail",
@@ -58,7 +58,7 @@ def interop(session: nox.Session) -> None:
     and left running. Otherwise this session starts one in a folder and on ports
     of its own, and stops it (and only it) at the end.
     """
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test]", "--config-settings", "editable_mode=compat")
     env = {"TRIO_SENDMAIL_REQUIRE_POSTFIX": "1"}
     state = os.environ.get("POSTFIX_STATE")
     running = bool(state) and (
@@ -74,12 +74,13 @@ def interop(session: nox.Session) -> None:
         return
     folder = tempfile.mkdtemp(prefix="trio_sendmail_nox_")
     os.chmod(folder, 0o755)  # noqa: S103 - Postfix's own users walk into the folder
-    plain, submission, smtps = _free_ports(3)
+    plain, submission, smtps, sasl = _free_ports(4)
     env.update(
         POSTFIX_STATE=os.path.join(folder, "postfix"),
         POSTFIX_PLAIN_PORT=str(plain),
         POSTFIX_SUBMISSION_PORT=str(submission),
         POSTFIX_SMTPS_PORT=str(smtps),
+        POSTFIX_SASL_PORT=str(sasl),
     )
     session.run("bash", "tests/interop/postfix.sh", "start", external=True, env=env)
     try:
@@ -104,7 +105,7 @@ def bench(session: nox.Session) -> None:
     """The benchmark suite: installs smtp-sink/smtp-source, stunnel and the peers,
     runs W1-W5 and writes bench/RESULTS.md (``-- --quick`` for a smoke run)."""
     session.run("bash", "bench/setup.sh", external=True)
-    session.install("-e", ".[bench]")
+    session.install("-e", ".[bench]", "--config-settings", "editable_mode=compat")
     session.run("python", "bench/run.py", *session.posargs)
 
 
@@ -117,6 +118,6 @@ def fuzz(session: nox.Session) -> None:
     Other arguments go to tests/fuzz/fuzz_reply.py and on to libFuzzer. A crash
     exits non-zero and leaves crash-<sha1> in the working folder.
     """
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test]", "--config-settings", "editable_mode=compat")
     session.install("atheris>=2.3")
     session.run("python", "tests/fuzz/fuzz_reply.py", *(session.posargs or ["--runs", "20000"]))

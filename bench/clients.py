@@ -1,11 +1,20 @@
 """One benchmark client run, in a process of its own.
 
-Usage: ``python bench/clients.py CLIENT WORKLOAD JSON-PARAMS``. Prints one JSON
-object: ``{"elapsed": seconds, "messages": n, "bytes": n, "rss_base": KiB,
-"rss_peak": KiB}``. Each run gets a fresh interpreter, so peak RSS is its own.
+Usage: ``python bench/clients.py CLIENT JSON-PARAMS``. Prints one JSON object:
+``{"elapsed": s, "cpu": s, "messages": n, "rss_base": KiB, "rss_peak": KiB}``.
+Each run gets a fresh interpreter, so peak RSS and CPU time are its own.
 
-Clients: ``trio_sendmail``, ``aiosmtplib``, ``smtplib``, ``raw_sslstream`` (W4's
-physical limit: the same bytes over a bare ``trio.SSLStream``).
+Before the clock starts, every client warms up on a connection of its own
+(``params["warmup"]`` messages, default 50): a process that has not sent
+anything yet runs some clients (aiosmtplib by about 30 %) slower for the whole
+run. ``cpu`` is the process's user + system time (``getrusage``) spent in the
+timed part only.
+
+Clients: ``trio_sendmail`` (``send_bulk`` over a pool), ``trio_sendmail_session``
+(``open_session`` and a ``send`` loop on one task per connection), ``ceiling``
+(``bench/ceiling.py``: a hand-written trio client, no library), ``aiosmtplib``,
+``aiosmtplib_uvloop``, ``smtplib``, ``raw_sslstream`` (W4's limit: the same
+bytes over a bare ``trio.SSLStream``).
 """
 
 from __future__ import annotations
@@ -15,8 +24,13 @@ import resource
 import ssl
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import ceiling
 
 SENDER = "bench@example.com"
 
@@ -27,10 +41,16 @@ def rss_now_kib() -> int:
     return pages * resource.getpagesize() // 1024
 
 
+def cpu_now() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def message(size: int) -> bytes:
-    """A 7-bit message of *size* bytes with CRLF lines (so no client rewrites it)."""
+    """A 7-bit message of *size* bytes with CRLF lines (so no client rewrites
+    it), made of sentences: the dots make a client look for lines to stuff."""
     head = b"From: bench@example.com\r\nTo: sink@example.com\r\nSubject: bench\r\n\r\n"
-    line = b"x" * 76 + b"\r\n"
+    line = b"Lorem ipsum dolor sit amet. Consectetur adipiscing elit, sed do eiusmod.\r\n"
     body = line * ((size - len(head)) // len(line) + 1)
     return (head + body)[: size - 2] + b"\r\n"
 
@@ -43,61 +63,107 @@ def client_context(params: dict[str, Any]) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=params["cafile"])
 
 
+def shares(n: int, connections: int) -> list[int]:
+    """*n* messages spread over *connections* (none empty)."""
+    return [c for c in (n // connections + (i < n % connections) for i in range(connections)) if c]
+
+
 # ------------------------------------------------------------------ trio_sendmail
 
 
-async def trio_sendmail_run(params: dict[str, Any]) -> int:
+def _ts_connection(params: dict[str, Any]) -> dict[str, Any]:
+    import trio_sendmail as ts
+
+    tls = params.get("tls", False)
+    return {
+        "port": params["port"],
+        "tls": ts.TLSMode.IMPLICIT if tls else ts.TLSMode.INSECURE_PLAINTEXT,
+        "ssl_context": client_context(params) if tls else None,
+        "domain": "bench.example.com",
+    }
+
+
+def _ts_host(params: dict[str, Any]) -> str:
+    host: str = params["tls_hostname"] if params.get("tls") else params["host"]
+    return host
+
+
+async def trio_sendmail_stream(params: dict[str, Any], n: int) -> int:
+    """W4: one message streamed from a memory channel (*n* is ignored)."""
     import trio
 
     import trio_sendmail as ts
 
-    tls = params.get("tls", False)
-    mode = ts.TLSMode.IMPLICIT if tls else ts.TLSMode.INSECURE_PLAINTEXT
-    context = client_context(params) if tls else None
-    host, port = params["host"], params["port"]
-    n, connections = params["messages"], params["connections"]
+    total = params["stream_bytes"]
+    chunk = message(65536)
+    send, receive = trio.open_memory_channel[bytes](4)
+
+    async def produce() -> None:
+        async with send:
+            for _ in range(total // len(chunk)):
+                await send.send(chunk)
+
+    host, options = _ts_host(params), _ts_connection(params)
+    async with ts.open_session(host, **options) as session, trio.open_nursery() as nursery:
+        nursery.start_soon(produce)
+        await session.send(SENDER, recipients(params["recipients"]), receive)
+    return 1
+
+
+async def trio_sendmail_run(params: dict[str, Any], n: int) -> int:
+    """``send_bulk`` over a pool of ``connections``: the way to move many messages."""
+    import trio_sendmail as ts
+
+    connections = params["connections"]
     rcpts = recipients(params["recipients"])
-    if params.get("stream_bytes"):
-        total = params["stream_bytes"]
-        chunk = message(65536)
-        send, receive = trio.open_memory_channel[bytes](4)
-
-        async def produce() -> None:
-            async with send:
-                for _ in range(total // len(chunk)):
-                    await send.send(chunk)
-
-        async with ts.open_session(
-            params["tls_hostname"], port=port, tls=mode, ssl_context=context,
-            domain="bench.example.com",
-        ) as session, trio.open_nursery() as nursery:  # fmt: skip
-            nursery.start_soon(produce)
-            await session.send(SENDER, rcpts, receive)
-        return 1
     body = message(params["size"])
-    # The way to move many messages: send_bulk over a pool, which pipelines each
-    # message's end of data with the next one's envelope on every connection.
-    limits = ts.PoolLimits(max_connections=connections, max_messages_per_connection=n)
-    async with ts.open_pool(
-        params["tls_hostname"] if tls else host, port=port, tls=mode, ssl_context=context,
-        domain="bench.example.com", limits=limits,
-    ) as pool:  # fmt: skip
+    limits = ts.PoolLimits(max_connections=connections, max_messages_per_connection=n + 1)
+    async with ts.open_pool(_ts_host(params), limits=limits, **_ts_connection(params)) as pool:
         messages = (ts.BulkMessage(SENDER, rcpts, body) for _ in range(n))
         summary = await ts.send_bulk(messages, pool=pool, on_result=lambda r: None)
         assert summary.accepted == n, summary
     return n
 
 
+async def trio_sendmail_session_run(params: dict[str, Any], n: int) -> int:
+    """``open_session`` and a loop of ``send`` on one task per connection: the
+    loop most callers write."""
+    import trio
+
+    import trio_sendmail as ts
+
+    rcpts = recipients(params["recipients"])
+    body = message(params["size"])
+    host, options = _ts_host(params), _ts_connection(params)
+
+    async def one(count: int) -> None:
+        async with ts.open_session(host, **options) as session:
+            for _ in range(count):
+                result = await session.send(SENDER, rcpts, body)
+                assert result.reply.code == 250, result
+
+    async with trio.open_nursery() as nursery:
+        for count in shares(n, params["connections"]):
+            nursery.start_soon(one, count)
+    return n
+
+
+async def ceiling_run(params: dict[str, Any], n: int) -> int:
+    """``bench/ceiling.py``: the same protocol work by hand, no library."""
+    body, rcpts = message(params["size"]), recipients(params["recipients"])
+    await ceiling.run(params, shares(n, params["connections"]), body, SENDER, rcpts)
+    return n
+
+
 # ------------------------------------------------------------------ aiosmtplib
 
 
-async def aiosmtplib_run(params: dict[str, Any]) -> int:
+async def aiosmtplib_run(params: dict[str, Any], n: int) -> int:
     import asyncio
 
     import aiosmtplib
 
     tls = params.get("tls", False)
-    n, connections = params["messages"], params["connections"]
     rcpts = recipients(params["recipients"])
     body = message(params["size"])
 
@@ -115,18 +181,16 @@ async def aiosmtplib_run(params: dict[str, Any]) -> int:
             await client.sendmail(SENDER, rcpts, body)
         await client.quit()
 
-    share = [n // connections + (1 if i < n % connections else 0) for i in range(connections)]
-    await asyncio.gather(*(one_client(count) for count in share))
+    await asyncio.gather(*(one_client(c) for c in shares(n, params["connections"])))
     return n
 
 
 # ------------------------------------------------------------------ smtplib
 
 
-def smtplib_run(params: dict[str, Any]) -> int:
+def smtplib_run(params: dict[str, Any], n: int) -> int:
     import smtplib
 
-    n = params["messages"]
     rcpts = recipients(params["recipients"])
     body = message(params["size"])
     with smtplib.SMTP(params["host"], params["port"], local_hostname="bench.example.com") as s:
@@ -138,8 +202,9 @@ def smtplib_run(params: dict[str, Any]) -> int:
 # ------------------------------------------------------------------ raw SSLStream
 
 
-async def raw_sslstream_run(params: dict[str, Any]) -> int:
-    """W4's limit: a minimal SMTP dialogue, then the same bytes over a bare SSLStream."""
+async def raw_sslstream_run(params: dict[str, Any], n: int) -> int:
+    """W4's limit: a minimal SMTP dialogue, then the same bytes over a bare
+    SSLStream (*n* is ignored: one message of ``stream_bytes``)."""
     import trio
 
     stream = await trio.open_tcp_stream(params["host"], params["port"])
@@ -162,8 +227,12 @@ async def raw_sslstream_run(params: dict[str, Any]) -> int:
             buffer += data
 
     await reply()
-    for command in (b"EHLO bench.example.com", b"MAIL FROM:<a@example.com>",
-                    b"RCPT TO:<b@example.com>", b"DATA"):  # fmt: skip
+    for command in (
+        b"EHLO bench.example.com",
+        b"MAIL FROM:<a@example.com>",
+        b"RCPT TO:<b@example.com>",
+        b"DATA",
+    ):
         await ssl_stream.send_all(command + b"\r\n")
         await reply()
     chunk = message(65536)
@@ -177,47 +246,65 @@ async def raw_sslstream_run(params: dict[str, Any]) -> int:
     return 1
 
 
-RUNNERS: dict[str, Callable[[dict[str, Any]], Any]] = {
-    "trio_sendmail": trio_sendmail_run,
-    "aiosmtplib": aiosmtplib_run,
-    "smtplib": smtplib_run,
-    "raw_sslstream": raw_sslstream_run,
+# ------------------------------------------------------------------ the harness
+
+#: client: (runner taking (params, messages), event loop)
+RUNNERS: dict[str, tuple[Callable[..., Any], str]] = {
+    "trio_sendmail": (trio_sendmail_run, "trio"),
+    "trio_sendmail_session": (trio_sendmail_session_run, "trio"),
+    "ceiling": (ceiling_run, "trio"),
+    "aiosmtplib": (aiosmtplib_run, "asyncio"),
+    "aiosmtplib_uvloop": (aiosmtplib_run, "uvloop"),
+    "smtplib": (smtplib_run, "sync"),
+    "raw_sslstream": (raw_sslstream_run, "trio"),
 }
 
 
-#: Modules each client needs, imported before the clock starts.
-PRELOAD = {
-    "trio_sendmail": ["trio", "trio_sendmail"],
-    "aiosmtplib": ["asyncio", "aiosmtplib"],
-    "smtplib": ["smtplib"],
-    "raw_sslstream": ["trio"],
-}
+def run(loop: str, function: Callable[..., Any], *args: Any) -> Any:
+    if loop == "sync":
+        return function(*args)
+    if loop == "trio":
+        import trio
+
+        return trio.run(function, *args)
+    import asyncio
+
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(function(*args))
+    return asyncio.run(function(*args))
 
 
 def main() -> None:
-    import importlib
-
     client, params = sys.argv[1], json.loads(sys.argv[2])
-    runner = RUNNERS[client]
-    for module in PRELOAD[client]:
-        importlib.import_module(module)
-    base = rss_now_kib()  # the interpreter's baseline, with the client's modules loaded
+    function, loop = RUNNERS[client]
+    if params.get("stream_bytes") and client == "trio_sendmail":
+        function = trio_sendmail_stream
+    if client.startswith("trio_sendmail"):
+        import trio_sendmail  # noqa: F401  (imported before the clock starts)
+    warmup = params.get("warmup", 50)
+    if warmup and not params.get("stream_bytes"):
+        # On a connection of its own (and the first connections' set-up).
+        run(loop, function, dict(params, connections=1), warmup)
+    base = rss_now_kib()  # the interpreter's baseline, warmed up
+    cpu = cpu_now()
     start = time.perf_counter()
-    if client == "aiosmtplib":
-        import asyncio
-
-        coroutine: Coroutine[Any, Any, int] = runner(params)
-        messages = asyncio.run(coroutine)
-    elif client == "smtplib":
-        messages = runner(params)
-    else:
-        import trio
-
-        messages = trio.run(runner, params)
+    messages = run(loop, function, params, params["messages"])
     elapsed = time.perf_counter() - start
+    cpu = cpu_now() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"elapsed": elapsed, "messages": messages, "rss_base": base,
-                      "rss_peak": peak}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "elapsed": elapsed,
+                "cpu": cpu,
+                "messages": messages,
+                "rss_base": base,
+                "rss_peak": peak,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

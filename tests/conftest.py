@@ -26,7 +26,9 @@ from .helpers import (
 )
 
 #: Postfix support (the ``postfix`` fixture), for tests/interop/ and tests/hardening/.
-pytest_plugins = ["tests.postfix_plugin"]
+pytest_plugins = [
+    "tests.postfix_plugin", "tests.proxies_plugin", "tests.postgres_plugin", "tests.dovecot_plugin"
+]  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import trio_sendmail as ts
@@ -790,6 +790,11 @@ def run_random_server(
     dot_actions=st.lists(st.sampled_from(DOT_ACTIONS), max_size=16),
     mail_actions=st.lists(st.sampled_from(MAIL_ACTIONS), max_size=12),
 )
+# Found by this test: the second MAIL of a lease gets 421, the message goes again on
+# a new connection and its end of data is never answered. The batch timer of the
+# closed connection, still armed, fired during that send, and the batch's scope
+# swallowed the cancellation: the message got no result at all.
+@example(n=2, concurrency=1, dot_actions=["250", "hang"], mail_actions=["421", "250", "421"])
 def test_each_message_once_and_accepted_iff_stored(
     variant: ServerVariant,
     n: int,

@@ -135,6 +135,10 @@ def awaiting(verb: Verb) -> ClientCore:
     elif verb is Verb.HELO:
         core = greeted()
         core.helo(DOMAIN)
+    elif verb is Verb.LHLO:
+        core = greeted()
+        core.lmtp = True
+        core.lhlo(DOMAIN)
     elif verb is Verb.STARTTLS:
         core = ready()
         core.starttls()

@@ -101,6 +101,15 @@ async def _chunks() -> AsyncIterator[bytes]:  # pragma: no cover - never read
     yield MESSAGE
 
 
+def _headers(*fields: str) -> email.message.EmailMessage:
+    message = email.message.EmailMessage()
+    for field in fields:
+        name, _, value = field.partition(": ")
+        message[name] = value
+    message.set_content("Hello.\n")
+    return message
+
+
 # (what is wrong, the arguments that replace the good ones, the error expected)
 BAD_INPUTS: list[tuple[str, dict[str, Any], type[Exception]]] = [
     ("no recipient", {"recipients": []}, SMTPInputError),
@@ -124,6 +133,23 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], type[Exception]]] = [
     ("authentication of the wrong type", {"authentication": ("alice", SECRET)}, TypeError),
     ("ssl_context of the wrong type", {"ssl_context": "CERT_NONE"}, TypeError),
     ("an invalid port", {"port": 70000}, SMTPInputError),
+    ("bytes and no recipients", {"recipients": None}, SMTPInputError),
+    ("bytes and no sender", {"sender": None}, SMTPInputError),
+    ("a stream and no recipients", {"recipients": None, "mail": _chunks()}, SMTPInputError),
+    ("a message naming no recipient", {"recipients": None, "mail": _headers("From: a@x.test")},
+     SMTPInputError),
+    ("a message with an unreadable To",
+     {"recipients": None, "mail": _headers("From: a@x.test", "To: b@x.test, <<<")},
+     SMTPInputError),
+    ("a message naming no sender", {"sender": None, "mail": _headers("To: b@x.test")},
+     SMTPInputError),
+    ("a message with a bad address in To",
+     {"recipients": None, "mail": _headers("From: a@x.test", "To: b@x..test")},
+     SMTPInputError),
+    ("a message with a sender that is no path",
+     {"sender": None, "mail": email.message_from_bytes(b"From: a@[bad\r\nTo: b@x.test\r\n\r\n")},
+     SMTPInputError),
+    ("an EHLO name that IDNA 2008 refuses", {"domain": "\u2603.example"}, SMTPInputError),
 ]  # fmt: skip
 
 
@@ -167,6 +193,10 @@ def test_ehlo_name_error_names_the_problem() -> None:
         ("client.example.test", "client.example.test"),
         ("Client.Example.TEST", "Client.Example.TEST"),
         ("bücher.example", "xn--bcher-kva.example"),
+        # IDNA 2008 (the idna package), not the stdlib's IDNA 2003 ("strasse.de").
+        ("straße.de", "xn--strae-oqa.de"),
+        ("Straße.DE", "xn--strae-oqa.de"),
+        ("faß.example", "xn--fa-hia.example"),
         ("ドメイン.テスト", "xn--eckwd4c7c.xn--zckzah"),
         ("[192.0.2.1]", "[192.0.2.1]"),
         ("192.0.2.1", "[192.0.2.1]"),

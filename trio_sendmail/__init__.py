@@ -5,11 +5,15 @@
 * :func:`open_session`: many messages over one connection, to a server given
   by its host name and keyword arguments or by a :class:`ConnectionSettings`.
 * :func:`open_pool` and :func:`send_bulk`: concurrent sending over many connections.
+* :mod:`trio_sendmail.proxy`: SOCKS5 and HTTP CONNECT proxies, for ``connect=``.
+* :mod:`trio_sendmail.blocking`: the same from threads, without async code.
 
 See :mod:`trio_sendmail.testing` for a fake server to use in tests.
 """
 
 from __future__ import annotations
+
+import logging
 
 from ._address import Domain, DomainKind, ForwardPath, Mailbox, ReversePath
 from ._api import sendmail, sendmail_with_starttls
@@ -51,9 +55,13 @@ from ._session import (
     open_session,
 )
 from ._settings import ConnectionOptions, ConnectionSettings
-from ._transaction import OutcomeTracker
+from ._transaction import OutcomeTracker, SMTPPartialDelivery
 
 __version__ = "0.1.0"
+
+# The library's loggers (``trio_sendmail.*``, see docs/logging.rst) stay
+# silent until the application configures logging (no "last resort" output).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "DSN",
@@ -89,6 +97,7 @@ __all__ = [
     "SMTPInputError",
     "SMTPMessageTooLarge",
     "SMTPNotSupportedError",
+    "SMTPPartialDelivery",
     "SMTPPermanentError",
     "SMTPProtocolError",
     "SMTPRecipientsRefused",

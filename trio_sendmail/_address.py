@@ -416,6 +416,8 @@ class ForwardPath(_PathBase):
     Attributes:
         mailbox: the recipient's mailbox, or ``None`` for the bare ``<Postmaster>`` of the
             server itself (no domain), which every SMTP server must accept.
+        unqualified_local_part: for a path made by :meth:`unqualified` (``<root>``), its
+            local part (then :attr:`mailbox` is ``None``); else ``None``.
 
     Raises:
         SMTPAddressError: the path would be longer than 256 octets.
@@ -423,13 +425,40 @@ class ForwardPath(_PathBase):
     """
 
     mailbox: Mailbox | None = attrs.field(validator=_validate_path_mailbox)
+    #: A local part sent without a domain (``<root>``), only from :meth:`unqualified`.
+    unqualified_local_part: str | None = attrs.field(default=None, kw_only=True)
     _text: str = attrs.field(init=False, repr=False, eq=False)
     _NULL_TEXT: ClassVar[str] = "<Postmaster>"
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        if self.unqualified_local_part is not None:
+            object.__setattr__(self, "_text", f"<{self.unqualified_local_part}>")
 
     @classmethod
     def postmaster(cls) -> ForwardPath:
         """The bare ``<Postmaster>`` forward path."""
         return cls(None)
+
+    @classmethod
+    def unqualified(cls, local_part: str) -> ForwardPath:
+        """A forward path without a domain, such as ``<root>``, for a submission server
+        that completes it with its own domain (RFC 6409 §6.2), as ``sendmail root`` does.
+
+        RFC 5321 §4.1.1.3 allows only ``<Postmaster>`` without a domain in SMTP relay:
+        use this only towards a submission server (or a local MTA) that accepts it.
+
+        Args:
+            local_part: a Dot-string or Quoted-string local part, e.g. ``"root"``.
+
+        Raises:
+            SMTPAddressError: *local_part* is malformed or too long.
+            TypeError: *local_part* is not a str.
+        """
+        _check_local_part(_check_type(local_part, "local part"))
+        if local_part.lower() == "postmaster":
+            return cls(None)
+        return cls(None, unqualified_local_part=local_part)
 
     @classmethod
     def parse(cls, text: str) -> ForwardPath:
@@ -483,7 +512,13 @@ class ForwardPath(_PathBase):
     @property
     def is_postmaster(self) -> bool:
         """Whether this is the bare ``<Postmaster>`` path (without a domain)."""
-        return self.mailbox is None
+        return self.mailbox is None and self.unqualified_local_part is None
+
+    @property
+    def needs_smtputf8(self) -> bool:
+        """Whether the path has non-ASCII characters, and so needs SMTPUTF8 (RFC 6531)."""
+        local = self.unqualified_local_part
+        return super().needs_smtputf8 or (local is not None and not local.isascii())
 
 
 # Bulk senders pass the same address strings over and over; the values are

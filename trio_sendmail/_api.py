@@ -24,12 +24,19 @@ import trio
 from ._address import Domain, ForwardPath, Mailbox, ReversePath
 from ._dsn import DSN
 from ._errors import Outcome, SMTPError
-from ._inputs import envelope, mail_body
+from ._inputs import envelope, mail_body, message_envelope
 from ._message import Mail
 from ._plan import Options, message_options
 from ._sasl import Authentication
 from ._session import _connect
-from ._settings import DEFAULT_TIMEOUTS, Buffers, ConnectionSettings, Timeouts, TLSMode
+from ._settings import (
+    DEFAULT_TIMEOUTS,
+    Buffers,
+    ConnectionSettings,
+    Connector,
+    Timeouts,
+    TLSMode,
+)
 from ._transaction import OutcomeTracker, SendResult, settle_error
 
 __all__ = ["sendmail", "sendmail_with_starttls"]
@@ -38,8 +45,8 @@ __all__ = ["sendmail", "sendmail_with_starttls"]
 async def sendmail(
     *,
     hostname: str,
-    sender: ReversePath | Mailbox | str | Address,
-    recipients: Iterable[ForwardPath | Mailbox | str | Address],
+    sender: ReversePath | Mailbox | str | Address | None = None,
+    recipients: Iterable[ForwardPath | Mailbox | str | Address] | None = None,
     mail: Mail,
     port: int = 465,
     domain: Domain | str | None = None,
@@ -52,6 +59,7 @@ async def sendmail(
     requiretls: bool = False,
     binary: bool = False,
     tracker: OutcomeTracker | None = None,
+    connect: Connector | None = None,
 ) -> SendResult:
     """Submit one message over implicit TLS (RFC 8314), port 465 by default.
 
@@ -65,10 +73,16 @@ async def sendmail(
     Args:
         hostname: the server's domain name or IP address.
         sender: the reverse-path: a :class:`ReversePath`, a ``str``, an
-            :class:`email.headerregistry.Address`, or ``""`` / ``"<>"`` for the null path.
+            :class:`email.headerregistry.Address`, or ``""`` / ``"<>"`` for the
+            null path. Omitted (``None``), it is read from *mail*'s ``Sender``
+            or ``From`` field (see :meth:`Session.send`).
         recipients: forward-paths (:class:`ForwardPath`, ``str`` or ``Address``);
             an iterable of them, not a single one. Duplicates are sent once.
-        mail: the message (see :meth:`Session.send`).
+            Omitted (``None``), they are read from *mail*'s ``To``, ``Cc`` and
+            ``Bcc`` fields (see :meth:`Session.send`).
+        mail: the message (see :meth:`Session.send`): an
+            :class:`email.message.EmailMessage` is sent without its ``Bcc``
+            fields; bytes and streams are sent as given.
         port: the server's port.
         domain: the EHLO name (default: the local FQDN, or an address literal).
         ssl_context: ``sendmail-lwt``'s *authenticator*; default
@@ -85,6 +99,10 @@ async def sendmail(
             (RFC 3030); the server must offer CHUNKING and BINARYMIME.
         tracker: an :class:`OutcomeTracker` that tells the message's outcome
             however this call ends, cancellation included.
+        connect: what opens the stream to the server, e.g. a proxy of
+            :mod:`trio_sendmail.proxy`; ``None`` for :func:`trio.open_tcp_stream`
+            (see :class:`ConnectionSettings`). TLS runs over that stream, for
+            *hostname*.
 
     Returns:
         :class:`SendResult`: the final reply and any refused recipients. Once
@@ -94,7 +112,9 @@ async def sendmail(
 
     Raises:
         SMTPInputError: a malformed hostname, port, sender, recipient or EHLO
-            name (one with no ASCII form), or no recipient, raised before any I/O.
+            name (one with no ASCII form), no recipient, or no sender or
+            recipients given with a *mail* that has no headers to read them
+            from (bytes or a stream), raised before any I/O.
         TypeError: *recipients* is a single address, *mail* is a ``str`` or
             not a message, or an argument is of the wrong type (raised before
             any I/O).
@@ -113,6 +133,7 @@ async def sendmail(
         authentication=authentication,
         timeouts=timeouts,
         pipelining=pipelining,
+        connect=connect,
     )
     options = message_options(dsn, requiretls, binary)
     return await _send_one(settings, sender, recipients, mail, options, buffers, tracker)
@@ -121,8 +142,8 @@ async def sendmail(
 async def sendmail_with_starttls(
     *,
     hostname: str,
-    sender: ReversePath | Mailbox | str | Address,
-    recipients: Iterable[ForwardPath | Mailbox | str | Address],
+    sender: ReversePath | Mailbox | str | Address | None = None,
+    recipients: Iterable[ForwardPath | Mailbox | str | Address] | None = None,
     mail: Mail,
     port: int = 587,
     domain: Domain | str | None = None,
@@ -135,6 +156,7 @@ async def sendmail_with_starttls(
     requiretls: bool = False,
     binary: bool = False,
     tracker: OutcomeTracker | None = None,
+    connect: Connector | None = None,
 ) -> SendResult:
     """Submit one message over plain TCP upgraded with STARTTLS, port 587 by default.
 
@@ -153,6 +175,7 @@ async def sendmail_with_starttls(
         authentication=authentication,
         timeouts=timeouts,
         pipelining=pipelining,
+        connect=connect,
     )
     options = message_options(dsn, requiretls, binary)
     return await _send_one(settings, sender, recipients, mail, options, buffers, tracker)
@@ -175,8 +198,8 @@ def _answered(exc: BaseException) -> bool:
 
 async def _send_one(
     config: ConnectionSettings,
-    sender: ReversePath | Mailbox | str | Address,
-    recipients: Iterable[ForwardPath | Mailbox | str | Address],
+    sender: ReversePath | Mailbox | str | Address | None,
+    recipients: Iterable[ForwardPath | Mailbox | str | Address] | None,
     mail: Mail,
     options: Options,
     buffers: Buffers | None,
@@ -185,6 +208,7 @@ async def _send_one(
     # 1. Every input check, before any I/O (ConnectionSettings checked its own).
     _check_types(buffers, options)
     try:
+        sender, recipients, mail = message_envelope(sender, recipients, mail)
         rpath, fpaths = envelope(sender, recipients)
     except SMTPError as exc:  # a bad address: the message was not sent
         settle_error(exc, None)

@@ -26,6 +26,9 @@ Each message ends in exactly one :class:`BulkResult`, handed to ``on_result``
 * ``REFUSED``: the server refused the message (a 4xx or 5xx reply to ``MAIL``,
   ``RCPT``, ``DATA``, ``BDAT`` or the end of data): permanently, or still after
   ``max_retries`` retries (``attempts`` says);
+* ``PARTIAL`` (LMTP only): the server delivered it to some recipients and
+  refused it for others (:class:`~trio_sendmail.SMTPPartialDelivery`); never
+  retried, since a retry would deliver it twice to the first ones;
 * ``UNKNOWN``: the end of the data went out but no reply came back. It is **not
   retried** by default: the server may have queued it, and a retry could
   deliver it twice (``retry_unknown=True`` changes that);
@@ -55,6 +58,7 @@ its message is ``NOT_SENT``.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import AsyncIterable, Callable, Iterable
 from typing import Unpack
@@ -79,6 +83,8 @@ from ._errors import (
     SMTPTimeoutError,
     SMTPTransientError,
 )
+from ._message import prepare_mail
+from ._plan import message_options
 from ._pool import DEFAULT_LIMITS, FATAL_CONNECT_ERRORS, Lease, Pool, open_pool
 from ._pool_limits import PoolLimits, RateLimiter
 from ._reply_errors import (
@@ -90,6 +96,12 @@ from ._settings import ConnectionOptions, ConnectionSettings
 from ._transaction import OutcomeTracker, SendResult, settle_error
 
 __all__ = ["BulkMessage", "BulkProgress", "BulkResult", "BulkSummary", "send_bulk"]
+
+#: A run's start and summary and each refused message (INFO), retries and
+#: messages not accepted for another reason (WARNING), a run ended by a fatal
+#: error (ERROR), back-off and rate-limit waits (DEBUG). Nothing is logged for
+#: an accepted message; nothing logged is a secret (keys, error texts, counts).
+logger = logging.getLogger("trio_sendmail.bulk")
 
 # Failures to open a connection that make every other send pointless: those the
 # pool never retries (bad credentials or TLS, a missing extension), and a
@@ -122,6 +134,28 @@ def _lost_error(error: BaseException, tracker: OutcomeTracker) -> SMTPError:
         )
     copy.__cause__ = error
     return settle_error(copy, tracker.transaction)
+
+
+def _log_result(result: BulkResult) -> None:
+    """Log a message that was not accepted: refused at INFO (the server's
+    answer, an everyday event), anything else at WARNING."""
+    status = result.status
+    level = logging.INFO if status is Outcome.REFUSED else logging.WARNING
+    if not logger.isEnabledFor(level):
+        return
+    if status is Outcome.UNKNOWN:
+        why = "outcome unknown (the server may have queued it; resending risks a duplicate)"
+    else:
+        why = status.value.replace("_", " ")
+    logger.log(
+        level,
+        "message %r: %s after %d attempt%s: %s",
+        result.message.key,
+        why,
+        result.attempts,
+        "" if result.attempts == 1 else "s",
+        result.error,
+    )
 
 
 def _refusal(tracker: OutcomeTracker) -> SMTPError:
@@ -248,8 +282,12 @@ class _Run:
             summary.refused += 1
         elif status is Outcome.UNKNOWN:
             summary.unknown += 1
+        elif status is Outcome.PARTIAL:
+            summary.partial += 1
         else:
             summary.not_sent += 1
+        if status is not Outcome.ACCEPTED:
+            _log_result(result)
         if job is not None:
             job.reported = True
             self.in_flight -= 1
@@ -273,6 +311,7 @@ class _Run:
                 retried=summary.retried,
                 in_flight=self.in_flight,
                 elapsed=trio.current_time() - self.started,
+                partial=summary.partial,
             )
         )
 
@@ -292,10 +331,23 @@ class _Run:
                 # Every send would fail the same way (bad credentials or TLS, or
                 # no connection after the pool's retries): the run ends.
                 self.fatal.append(exc)
+                logger.error("the bulk run stops: no connection can be opened: %s", exc)
                 return BulkResult(message, Outcome.NOT_SENT, error=exc, attempts=attempts)
+            if exc.outcome is Outcome.PARTIAL:  # LMTP: some recipients have it
+                status = Outcome.UNKNOWN if job.was_unknown else Outcome.PARTIAL
+                result = job.tracker.result
+                return BulkResult(message, status, result=result, error=exc, attempts=attempts)
             unknown = job.tracker.outcome is Outcome.UNKNOWN or exc.outcome is Outcome.UNKNOWN
             if attempts <= self.max_retries and self._retryable(job, exc, unknown):
                 job.was_unknown |= unknown
+                logger.warning(
+                    "message %r: attempt %d of %d failed%s, to be retried: %s",
+                    message.key,
+                    attempts,
+                    self.max_retries + 1,
+                    " with an unknown outcome" if unknown else "",
+                    exc,
+                )
                 return None
             # After an attempt that may have been accepted, no later refusal
             # proves the message was not delivered.
@@ -327,11 +379,11 @@ class _Run:
         tracker = job.tracker
         outcome = tracker.outcome
         result = None
-        if outcome is Outcome.ACCEPTED:
+        if outcome is Outcome.ACCEPTED or outcome is Outcome.PARTIAL:
             result = tracker.result
         elif job.was_unknown:
             outcome = Outcome.UNKNOWN
-        error = None if result is not None else exc
+        error = None if outcome is Outcome.ACCEPTED else exc
         self.report(BulkResult(job.message, outcome, result=result, error=error,
                                attempts=job.attempts), job)  # fmt: skip
 
@@ -356,10 +408,15 @@ class _Run:
                     self.summary.retried += 1
                     self.notify()
                     ceiling = min(300.0, self.retry_backoff * 2.0 ** (job.attempts - 1))
-                    await trio.sleep(random.uniform(0, ceiling))
+                    delay = random.uniform(0, ceiling)
+                    logger.debug("message %r: retry in %.2f s", message.key, delay)
+                    await trio.sleep(delay)
                 backoff = True
                 tracker = job.attempt()
-                await self.limiter.wait()
+                if self.rate is None:
+                    await self.limiter.wait()
+                else:
+                    await self._rate_wait(message)
                 connected = False
                 try:
                     async with self.pool.lease() as lease:
@@ -382,6 +439,13 @@ class _Run:
         except BaseException as exc:
             self.interrupted(job, exc)
             raise
+
+    async def _rate_wait(self, message: BulkMessage) -> None:
+        started = trio.current_time()
+        await self.limiter.wait()
+        waited = trio.current_time() - started
+        if waited > 0 and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("message %r: waited %.3f s for the rate limit", message.key, waited)
 
     # ---------------------------------------------------------- pipelined
 
@@ -408,10 +472,15 @@ class _Run:
                         first = False
                         message = current.message
                         try:
-                            out = await lease.send(
-                                message.sender, message.recipients, current.body(),
-                                dsn=message.dsn, requiretls=message.requiretls,
-                                binary=message.binary, tracker=current.tracker, defer=True,
+                            # Lease.send without its wrapper: a BulkMessage
+                            # always holds its envelope (read from the headers
+                            # when it was made), and one frame less is one less
+                            # to pass through at every wait.
+                            out = await lease._send(
+                                message.sender, message.recipients,
+                                prepare_mail(current.body()),
+                                message_options(message.dsn, message.requiretls, message.binary),
+                                tracker=current.tracker, defer=True,
                             )  # fmt: skip
                         except (SMTPError, TypeError, ValueError) as exc:
                             if pending is not None:
@@ -533,6 +602,12 @@ class _Run:
         self, messages: Iterable[BulkMessage] | AsyncIterable[BulkMessage], concurrency: int
     ) -> None:
         source = Source(self.report, messages)
+        logger.info(
+            "bulk run started: concurrency %d, max_retries %d, rate %s",
+            concurrency,
+            self.max_retries,
+            "unlimited" if self.rate is None else f"{self.rate:g}/s",
+        )
         try:
             async with trio.open_nursery() as nursery:
                 source.start(nursery)
@@ -547,3 +622,15 @@ class _Run:
             raise
         finally:
             source.close()
+            summary = self.summary
+            logger.info(
+                "bulk run ended after %.1f s: %d accepted, %d refused, %d unknown, "
+                "%d not sent, %d retries%s",
+                trio.current_time() - self.started,
+                summary.accepted,
+                summary.refused,
+                summary.unknown,
+                summary.not_sent,
+                summary.retried,
+                f", {summary.partial} partial" if summary.partial else "",
+            )

@@ -22,15 +22,13 @@ from __future__ import annotations
 import email.message
 import enum
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
-from email.headerregistry import Address
 
 import attrs
 import trio
 
-from ._address import ForwardPath, Mailbox, ReversePath
 from ._dsn import DSN
 from ._errors import Outcome
-from ._inputs import check_recipients
+from ._inputs import Recipient, Sender, check_recipients, message_envelope
 from ._message import Mail, OneShotStream, close_early, prepare_mail
 from ._transaction import OutcomeTracker, SendResult
 
@@ -47,37 +45,61 @@ __all__ = [
 ]
 
 
-_Recipient = ForwardPath | Mailbox | str | Address
-
-
-def _recipients(value: Iterable[_Recipient]) -> tuple[_Recipient, ...]:
+def _recipients(value: Iterable[Recipient]) -> tuple[Recipient, ...]:
     return tuple(check_recipients(value))
 
 
-@attrs.frozen
+@attrs.frozen(init=False)
 class BulkMessage:
     """One message of a bulk run: its envelope, its content, and your key.
 
     Args:
-        sender: the reverse-path.
-        recipients: the forward-paths.
+        sender: the reverse-path. Omitted (``None``) when *mail* is an
+            :class:`email.message.Message`: its ``Sender`` field, else the one
+            mailbox of its ``From`` field (see :meth:`Session.send`).
+        recipients: the forward-paths. Omitted (``None``) when *mail* is an
+            :class:`email.message.Message`: the addresses of its ``To``,
+            ``Cc`` and ``Bcc`` fields.
         mail: the message (bytes or an :class:`email.message.EmailMessage` can be
-            retried; a stream only until its first chunk was read).
+            retried; a stream only until its first chunk was read). A message
+            object is sent without its ``Bcc`` fields; bytes and streams as given.
         key: anything that identifies the message for you (returned in its result).
         dsn: DSN options for this message.
         requiretls: ask for REQUIRETLS (RFC 8689) for this message.
         binary: send this message unaltered as ``BODY=BINARYMIME`` (RFC 3030).
 
     ``dsn``, ``requiretls`` and ``binary`` are the options of :meth:`Session.send`.
+    The sender and recipients read from the headers are read here, once, so
+    :attr:`sender` and :attr:`recipients` always hold the envelope. (One
+    signature, not overloads as on :meth:`Session.send`, so that
+    :func:`attrs.evolve` type-checks.)
+
+    Raises:
+        SMTPInputError: the sender or recipients are omitted and *mail* is not
+            an :class:`email.message.Message`, or its header fields name none.
+        TypeError: *recipients* is a single address, or *mail* is missing.
     """
 
-    sender: ReversePath | Mailbox | str | Address
-    recipients: tuple[_Recipient, ...] = attrs.field(converter=_recipients)
+    sender: Sender
+    recipients: tuple[Recipient, ...] = attrs.field(converter=_recipients)
     mail: Mail = attrs.field(repr=False)
     key: object = None
     dsn: DSN | None = None
     requiretls: bool = False
     binary: bool = False
+
+    def __init__(
+        self,
+        sender: Sender | None = None,
+        recipients: Iterable[Recipient] | None = None,
+        mail: Mail | None = None,
+        key: object = None,
+        dsn: DSN | None = None,
+        requiretls: bool = False,
+        binary: bool = False,
+    ) -> None:
+        sender, recipients, mail = message_envelope(sender, recipients, mail)
+        self.__attrs_init__(sender, recipients, mail, key, dsn, requiretls, binary)
 
 
 @attrs.frozen
@@ -95,8 +117,13 @@ class BulkResult:
             out; a connection lost or timed out still after the retries; or the
             run stopped first), so sending it again cannot duplicate it;
             ``UNKNOWN``, its end of data went out and no reply proves it was
-            not accepted. ``error`` tells why.
-        result: the server's final reply and refused recipients, when accepted.
+            not accepted; ``PARTIAL`` (LMTP only), the server delivered it to
+            some recipients and refused it for others (never retried: the
+            :class:`~trio_sendmail.SMTPPartialDelivery` in ``error`` says
+            who has it). ``error`` tells why.
+        result: the server's final reply and refused recipients, when accepted
+            or partly delivered (its ``final_replies`` has each recipient's
+            reply to the end of data).
         error: the last error, when not accepted.
         attempts: how many times it was tried.
     """
@@ -119,11 +146,13 @@ class BulkProgress:
     retried: int
     in_flight: int
     elapsed: float
+    #: LMTP: messages delivered to some recipients and refused for others.
+    partial: int = 0
 
     @property
     def done(self) -> int:
         """Messages with a final result."""
-        return self.accepted + self.refused + self.unknown + self.not_sent
+        return self.accepted + self.refused + self.unknown + self.not_sent + self.partial
 
     @property
     def rate(self) -> float:
@@ -140,6 +169,8 @@ class BulkSummary:
     unknown: int = 0
     not_sent: int = 0
     retried: int = 0
+    #: LMTP: messages delivered to some recipients and refused for others.
+    partial: int = 0
     #: Every result, in completion order, when no ``on_result`` was given.
     results: list[BulkResult] = attrs.field(factory=list)
 

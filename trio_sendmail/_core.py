@@ -41,6 +41,13 @@ driver moves the bytes.
   adds ``CRLF.CRLF``; with CHUNKING (RFC 3030 §2), :meth:`ClientCore.begin_bdat`
   switches the same two calls to ``BDAT n`` chunks of at most *chunk_size*
   octets, the last one sent as ``BDAT n LAST``.
+* **LMTP** (RFC 2033): with :attr:`ClientCore.lmtp`, :meth:`ClientCore.lhlo`
+  greets instead of EHLO (§4.1), and the end of data (the final dot, or
+  ``BDAT … LAST``) gets one reply per recipient accepted at RCPT, in RCPT order
+  (§4.2, §4.3 for BDAT). That command stays at the head of the FIFO until the
+  last of them, so pipelined replies still pair by order; each is recorded
+  against its recipient, and the transaction ends with the last one. With no
+  recipient accepted, the end of data gets its one refusal as under SMTP.
 * **Outcomes.** :meth:`ClientCore.mail` opens a
   :class:`~trio_sendmail._transaction.Transaction`. The core records in it every
   reply to the transaction's commands, and when :meth:`ClientCore.take_output`
@@ -68,6 +75,9 @@ from ._table import ILLEGAL, SAME, TABLE, Rule, State, Verb
 from ._transaction import Transaction
 
 __all__ = ["TABLE", "ClientCore", "Event", "Rule", "State", "Verb"]
+
+_END_OF_DATA = (Verb.END_DATA, Verb.BDAT_LAST)
+_HELLOS = (Verb.EHLO, Verb.HELO, Verb.LHLO)
 
 
 class Event(NamedTuple):
@@ -113,6 +123,8 @@ class ClientCore(CommandPipeline):
         self.authenticated = False
         #: The greeting, once received.
         self.greeting: Reply | None = None
+        #: Speak LMTP (RFC 2033): one reply per recipient after the end of data.
+        self.lmtp = False
         #: The current (latest) mail transaction.
         self._txn: Transaction | None = None
         # Body framing: BDAT (with its chunk size and encoder) or DATA.
@@ -140,6 +152,10 @@ class ClientCore(CommandPipeline):
     def ehlo(self, domain: Domain) -> None:
         """Queue ``EHLO domain`` (a U-label name is sent as A-labels)."""
         self._issue(Verb.EHLO, f"EHLO {ehlo_ascii(domain)}")
+
+    def lhlo(self, domain: Domain) -> None:
+        """Queue ``LHLO domain`` (LMTP's EHLO, RFC 2033 §4.1)."""
+        self._issue(Verb.LHLO, f"LHLO {ehlo_ascii(domain)}")
 
     def helo(self, domain: Domain) -> None:
         """Queue ``HELO domain`` (for servers that refuse EHLO)."""
@@ -185,7 +201,7 @@ class ClientCore(CommandPipeline):
         line = "MAIL FROM:" + text
         if params:
             line = " ".join((line, *params))
-        txn = Transaction()
+        txn = Transaction(lmtp=self.lmtp)
         offset = len(self._out)
         self._issue(Verb.MAIL, line, subject=path, utf8=utf8, txn=txn)
         self._marks.append((offset, txn, MARK_ENVELOPE))
@@ -424,6 +440,11 @@ class ClientCore(CommandPipeline):
                 self.broken()
                 return Event(Verb.END_DATA, reply, None, txn)
             raise SMTPProtocolError(f"unsolicited reply: {reply}")
+        if self.lmtp:
+            first = self._inflight[0]
+            txn = first.txn
+            if txn is not None and txn.accepted and first.verb in _END_OF_DATA:
+                return self._recipient_reply(first, txn, reply)
         command = self._inflight.popleft()
         verb = command.verb
         if reply.code == 421:
@@ -462,6 +483,45 @@ class ClientCore(CommandPipeline):
             )
         return Event(verb, reply, command.subject, command.txn)
 
+    def _recipient_reply(self, command: Command, txn: Transaction, reply: Reply) -> Event:
+        """LMTP: one of the replies to the end of data, for the next accepted
+        recipient in RCPT order (RFC 2033 §4.2); the last ends the transaction."""
+        verb = command.verb
+        if reply.code // 100 not in (2, 4, 5):
+            raise SMTPProtocolError(f"unexpected reply to {verb.value}: {reply}")
+        replies = txn.recipient_replies
+        assert replies is not None
+        accepted = txn.accepted
+        path = accepted[len(replies)]
+        replies[path] = reply
+        complete = len(replies) == len(accepted)
+        if complete:
+            positive = [r for r in replies.values() if r.is_positive]
+            txn.final_reply = positive[0] if positive else replies[accepted[0]]
+        if reply.code == 421:
+            # RFC 5321 §3.8: the server closes; the recipients not answered
+            # yet may or may not have the message. (The 421 may be a shutdown
+            # notice rather than this recipient's reply: the error it raises
+            # leaves a partial delivery UNKNOWN, see failure_outcome.)
+            self._inflight.popleft()
+            self.state = self._tail = State.CLOSED
+            self._drop_queued()
+            return Event(verb, reply, path, txn)
+        if not complete:
+            return Event(verb, reply, path, txn)
+        self._inflight.popleft()
+        # The transaction is over, whatever the replies (also after BDAT LAST).
+        self.state = State.READY
+        if self._inflight:
+            return Event(verb, reply, path, txn)
+        self._tail = State.READY
+        ahead = self._parser.peek(3)
+        if ahead and not b"421".startswith(ahead):
+            raise SMTPProtocolError(
+                f"the server sent more replies than recipients (after: {path} {reply})"
+            )
+        return Event(verb, reply, path, txn)
+
     @staticmethod
     def _record(command: Command, reply: Reply) -> None:
         """Write a reply to a transaction's command into its record."""
@@ -495,11 +555,11 @@ class ClientCore(CommandPipeline):
                 # 2xx first means the replies and the commands are out of step.
                 raise SMTPProtocolError(f"the greeting is not 220: {reply}")
             self.greeting = reply
-        elif (verb is Verb.EHLO or verb is Verb.HELO) and positive and reply.code != 250:
+        elif verb in _HELLOS and positive and reply.code != 250:
             # RFC 5321 §4.3.2: EHLO and HELO succeed with 250; another 2xx (a
             # late greeting, say) means the replies and the commands are out of step.
             raise SMTPProtocolError(f"unexpected reply to {verb.value}: {reply}")
-        elif verb is Verb.EHLO and positive:
+        elif (verb is Verb.EHLO or verb is Verb.LHLO) and positive:
             self.capabilities = Capabilities.from_reply(reply)
         elif verb is Verb.HELO and positive:
             self.capabilities = Capabilities(reply.lines[0].split(" ", 1)[0], {})

@@ -97,8 +97,10 @@ class DataEncoder:
         if not clean:
             data = _normalize(data)
         if self.stuff:
-            # Every LF is part of a CRLF now; a three-octet needle is found faster.
-            if b"\r\n." in data:
+            # Every LF is part of a CRLF now; a three-octet needle is found
+            # faster, and a chunk without any dot (base64, say) needs no search
+            # for one (a one-octet search runs at memchr speed).
+            if b"." in data and b"\r\n." in data:
                 data = data.replace(b"\r\n.", b"\r\n..")
             if self._at_line_start and data[0] == _DOT:
                 data = b"." + data

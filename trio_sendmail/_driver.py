@@ -40,6 +40,7 @@ import logging
 import select
 import ssl
 from collections.abc import Iterator
+from types import TracebackType
 
 import trio
 
@@ -93,6 +94,35 @@ def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     return None
 
 
+class _Timed:
+    """:meth:`Driver.timed`: one cancel scope, installed as the driver's timer."""
+
+    __slots__ = ("_driver", "_scope")
+
+    def __init__(self, driver: Driver) -> None:
+        self._driver = driver
+        self._scope = trio.CancelScope()
+
+    def __enter__(self) -> None:
+        driver = self._driver
+        assert driver.timer is None, "timed() inside a timed operation"
+        driver.timer = self._scope.__enter__()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        driver = self._driver
+        driver.timer = None
+        scope = self._scope
+        swallowed = scope.__exit__(exc_type, exc, traceback)
+        if scope.cancelled_caught:
+            raise driver.timeout_error() from None
+        return swallowed
+
+
 class Driver:
     """Moves the core's bytes over one stream (see the module's docstring)."""
 
@@ -117,6 +147,9 @@ class Driver:
             out_buffer=buffers.command_buffer,
         )
         self.timer: trio.CancelScope | None = None
+        self._clock = trio.lowlevel.current_clock()  # fixed for the whole run
+        self._poller: select.poll | None = None
+        self._poll_fd = -1
         self.phase = ""
         self.waiting_for = ""
         self.timeout = 0.0
@@ -134,17 +167,14 @@ class Driver:
 
     # ------------------------------------------------------------- timing
 
-    @contextlib.contextmanager
-    def timed(self) -> Iterator[None]:
+    def timed(self) -> _Timed:
         """Bound one operation's I/O with a single cancel scope, armed with
         each I/O's phase bound (:meth:`arm`). Between two I/Os the last bound
         still runs: a message source slower than the data-block bound ends the
         send, as the server would end it. A timeout is raised as
-        :class:`SMTPTimeoutError`."""
-        with self.timer_scope("timed()") as scope:
-            yield
-        if scope.cancelled_caught:
-            raise self.timeout_error()
+        :class:`SMTPTimeoutError`. (A plain class, not a generator: it runs
+        once per message.)"""
+        return _Timed(self)
 
     @contextlib.contextmanager
     def timer_scope(self, what: str) -> Iterator[trio.CancelScope]:
@@ -172,7 +202,7 @@ class Driver:
         self.phase = phase
         self.waiting_for = waiting_for
         self.timeout = timeout
-        deadline = trio.current_time() + timeout
+        deadline = self._clock.current_time() + timeout
         # Moving a deadline costs a heap update: keep one that is already
         # within a thousandth of the bound (consecutive I/Os of one message).
         if not deadline - timeout / 1000 <= timer.deadline <= deadline:
@@ -223,14 +253,37 @@ class Driver:
         if event is None:
             phase, timeout = phase_timeout(self.timeouts, core.oldest)
             if core.has_output:
-                # Writing the end of data is bounded like any block of data.
-                bound = self.timeouts.data_block if phase == "data_end" else timeout
-                await self.write(phase, bound)
+                if phase == "data_end":
+                    # Writing the end of data is a write of data like any other
+                    # (RFC 5321 §4.5.3.2.5); the wait for its reply is data_end.
+                    await self.write("data_block", self.timeouts.data_block)
+                else:
+                    await self.write(phase, timeout)
             event = await self._receive(phase, timeout)
         if event.reply.code == 421:
             await self.fail()
             raise SMTPServiceClosing.from_reply(event.reply, event.verb.value)
         return event
+
+    async def drain(self) -> None:
+        """Read the reply of every command in flight (the core records each
+        one), as :meth:`event` would one by one; a reply that has already
+        arrived is taken without a call of its own (four per message under
+        PIPELINING)."""
+        core = self.core
+        while core.awaiting_reply:
+            event = None
+            if not core.has_output:
+                try:
+                    event = core.next_event()
+                except SMTPError:
+                    await self.fail()
+                    raise
+            if event is None:
+                await self.event()  # writes what is queued, then waits
+            elif event.reply.code == 421:
+                await self.fail()
+                raise SMTPServiceClosing.from_reply(event.reply, event.verb.value)
 
     def ready_event(self) -> Event | None:
         """A reply that has already arrived, or ``None`` (never waits)."""
@@ -303,10 +356,17 @@ class Driver:
                 return True
             stream = stream.transport_stream
         sock = _socket_of(stream)
-        if sock is None or sock.fileno() < 0:
+        if sock is None:
             return False
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        fd = sock.fileno()
+        if fd < 0:
+            return False
+        # One poll object per socket, registered once (this runs per message).
+        poller = self._poller
+        if poller is None or self._poll_fd != fd:
+            poller = self._poller = select.poll()
+            poller.register(fd, select.POLLIN | select.POLLPRI)
+            self._poll_fd = fd
         return bool(poller.poll(0))
 
     async def _probe(self) -> None:

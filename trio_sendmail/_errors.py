@@ -62,14 +62,39 @@ class Outcome(enum.Enum):
     #: connection, cancellation): the server may or may not have queued it.
     #: Resending risks a duplicate.
     UNKNOWN = "unknown"
+    #: LMTP (RFC 2033 §4.2) only: the server answered the end of the data once
+    #: per recipient, accepting the message for some and refusing it for
+    #: others. It is not accepted: see
+    #: :class:`~trio_sendmail.SMTPPartialDelivery` for who has it. Resending
+    #: the whole message duplicates it for the recipients that have it.
+    PARTIAL = "partial"
 
 
 class SMTPError(Exception):
-    """Base class of every error raised by trio_sendmail."""
+    """Base class of every error raised by trio_sendmail.
+
+    Every one can be pickled with all its attributes (its outcome, reply, phase
+    …), so that it can cross processes, as a Celery task's error does.
+    """
 
     #: For errors raised while sending a message: whether the message can
     #: have been accepted. ``None`` when no message was involved.
     outcome: Outcome | None = None
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Subclasses take keyword-only arguments (phase=, reply…), which the
+        # default reduction (type(self)(*self.args)) would drop: rebuild the
+        # error from its args and attributes instead.
+        return (_restore_error, (type(self), self.args, self.__dict__))
+
+
+def _restore_error(
+    kind: type[SMTPError], args: tuple[object, ...], state: dict[str, object]
+) -> SMTPError:
+    error = kind.__new__(kind)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class SMTPInputError(SMTPError, ValueError):

@@ -11,15 +11,18 @@ the one-shot functions all call it, so it must sit below them.
 
 from __future__ import annotations
 
+import email.message
 import ipaddress
 import re
 from collections.abc import Iterable
 from email.headerregistry import Address
-from typing import Final, TypeVar
+from typing import Final, TypeAlias, TypeVar
+
+import idna
 
 from ._address import Domain, ForwardPath, Mailbox, ReversePath, domain, forward_path, reverse_path
-from ._errors import SMTPInputError
-from ._message import Mail, MailBody, prepare_mail
+from ._errors import Outcome, SMTPInputError
+from ._message import Mail, MailBody, header_recipients, header_sender, prepare_mail
 
 __all__ = [
     "check_argument",
@@ -28,7 +31,13 @@ __all__ = [
     "envelope",
     "is_single_address",
     "mail_body",
+    "message_envelope",
 ]
+
+#: What a sender can be given as.
+Sender: TypeAlias = ReversePath | Mailbox | str | Address
+#: What one recipient can be given as.
+Recipient: TypeAlias = ForwardPath | Mailbox | str | Address
 
 #: What no command argument may hold (the same set as ``_core.check_argument``):
 #: C0 and C1 controls, DEL, the Unicode line and paragraph separators, and BOM.
@@ -95,6 +104,40 @@ def envelope(
     return rpath, fpaths
 
 
+def message_envelope(
+    sender: Sender | None, recipients: Iterable[Recipient] | None, mail: Mail | None
+) -> tuple[Sender, Iterable[Recipient], Mail]:
+    """The sender, recipients and message of a send: the sender and recipients
+    given, or, for each one that is ``None``, the one that *mail*'s header
+    fields name (see ``_message.py``).
+
+    Raises:
+        TypeError: *mail* is missing.
+        SMTPInputError: the sender or the recipients are missing and *mail* is
+            not an :class:`email.message.Message` (bytes and streams are sent as
+            they are, their headers are never read), or its headers name none.
+            The error's outcome is :attr:`Outcome.NOT_SENT`.
+    """
+    if mail is None:
+        raise TypeError("a message is required (mail=)")
+    if sender is not None and recipients is not None:
+        return sender, recipients, mail
+    if not isinstance(mail, email.message.Message):
+        given = (("sender", sender), ("recipients", recipients))
+        missing = " and ".join(name for name, value in given if value is None)
+        error = SMTPInputError(
+            f"{missing} must be given: only an email.message.Message has header fields "
+            f"to take them from, and mail is a {type(mail).__name__}"
+        )
+        error.outcome = Outcome.NOT_SENT
+        raise error
+    if recipients is None:
+        recipients = header_recipients(mail)
+    if sender is None:
+        sender = header_sender(mail)
+    return sender, recipients, mail
+
+
 def mail_body(mail: Mail) -> Mail:
     """Check *mail* and return it in the form to send: ``bytes`` for a whole
     message (an :class:`email.message.Message` is serialised here, once), or
@@ -114,8 +157,11 @@ def ehlo_ascii(name: Domain | str | ipaddress.IPv4Address | ipaddress.IPv6Addres
     """The EHLO (or HELO) argument in ASCII.
 
     Whether the server speaks SMTPUTF8 is not known before EHLO, so U-labels
-    become A-labels (RFC 5890; RFC 6531 §3.7.1). Address literals and ASCII
-    names are returned as they are.
+    become A-labels (RFC 5890; RFC 6531 §3.7.1), with IDNA 2008 (the ``idna``
+    package, after UTS #46 case mapping): ``straße.de`` is
+    ``xn--strae-oqa.de``, where the standard library's IDNA 2003 codec would
+    give ``strasse.de``, another domain. Address literals and ASCII names are
+    returned as they are.
 
     Args:
         name: the EHLO name: a :class:`Domain`, or anything :func:`domain` accepts.
@@ -134,8 +180,8 @@ def ehlo_ascii(name: Domain | str | ipaddress.IPv4Address | ipaddress.IPv6Addres
     if text.isascii():
         return text
     try:
-        return text.encode("idna").decode("ascii")
-    except UnicodeError:
+        return idna.encode(text, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
         pass
     # Raised outside the handler: the codec's error adds nothing for the caller.
     raise SMTPInputError(f"cannot convert the EHLO domain {text!r} to A-labels")

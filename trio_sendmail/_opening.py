@@ -5,7 +5,8 @@ Theory of operation
 After the connection (and, for implicit TLS, the handshake; RFC 8314 §3.3):
 
 1. the 220 greeting (RFC 5321 §4.3.1), then EHLO (§4.1.1.1), falling back to
-   HELO only when the server does not know EHLO (500 or 502);
+   HELO only when the server does not know EHLO (500 or 502); under LMTP,
+   LHLO instead, with no fallback (RFC 2033 §4.1);
 2. with :attr:`TLSMode.STARTTLS`, STARTTLS is required (RFC 3207 §4): the same
    stream is upgraded in place, the certificate and host name are checked
    (with SNI), every capability learned before is forgotten, and EHLO is sent
@@ -36,6 +37,7 @@ __all__ = ["open_steps"]
 async def open_steps(driver: Driver, config: ConnectionSettings) -> None:
     """Greet, secure and authenticate over *driver* (under its timer)."""
     core = driver.core
+    core.lmtp = config.protocol == "lmtp"
     tls_mode = config.tls
     ssl_context = config.ssl_context
     if tls_mode is not TLSMode.INSECURE_PLAINTEXT and ssl_context is None:
@@ -70,7 +72,14 @@ async def open_steps(driver: Driver, config: ConnectionSettings) -> None:
 
 
 async def _ehlo(driver: Driver, name: Domain) -> None:
-    driver.core.ehlo(name)
+    core = driver.core
+    if core.lmtp:
+        core.lhlo(name)
+        event = await driver.event()
+        if event.reply.is_positive:
+            return
+        raise SMTPResponseError.from_reply(event.reply, event.verb.value)
+    core.ehlo(name)
     event = await driver.event()
     if event.reply.is_positive:
         return

@@ -15,6 +15,11 @@ each command means and what each reply changes is the core's business.
   <trio_sendmail._table.Rule.success>`); the confirmed state follows the
   replies. Nothing is queued after a command that must end a pipelined group
   (EHLO, DATA, NOOP, QUIT, STARTTLS, AUTH) until its reply is in.
+* **Several replies to one command** (LMTP, RFC 2033 §4.2): the end of data
+  is answered once per recipient accepted at RCPT. Its :class:`Command` stays
+  at the head of the FIFO until the last of those replies (the core pairs each
+  with its recipient), so the commands pipelined behind it still get theirs in
+  order.
 * **A failure is sticky.** A broken pipeline refuses every later command
   (:class:`~trio_sendmail.SMTPUsageError`: issuing it is the caller's mistake),
   and whatever was still queued is dropped: it must never go out.

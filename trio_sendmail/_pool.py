@@ -40,12 +40,14 @@ ones), so that no task of the pool outlives its ``async with`` block.
 from __future__ import annotations
 
 import contextlib
+import email.message
+import logging
 import math
 import random
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from email.headerregistry import Address
-from typing import Unpack
+from typing import Unpack, overload
 
 import attrs
 import trio
@@ -60,7 +62,7 @@ from ._errors import (
     SMTPProtocolError,
     SMTPTLSError,
 )
-from ._inputs import is_single_address
+from ._inputs import Recipient, Sender, is_single_address, message_envelope
 from ._message import Mail, MailBody, OneShotStream, prepare_mail
 from ._plan import Options, message_options
 from ._pool_limits import PoolLimits, PoolStatistics, RateLimiter
@@ -68,8 +70,14 @@ from ._reply_errors import SMTPAuthenticationError, SMTPServiceClosing
 from ._session import Session, _connect
 from ._settings import ConnectionOptions, ConnectionSettings, connection_settings
 from ._transaction import OutcomeTracker, SendResult
+from .proxy import SMTPProxyAuthenticationError
 
 __all__ = ["Lease", "Pool", "PoolLimits", "PoolStatistics", "RateLimiter", "open_pool"]
+
+#: Connections opened and closed (INFO), back-off and unknown outcomes
+#: (WARNING), connections that cannot be opened (ERROR). Never per message on
+#: the success path; never a secret (host, port, session number, error text).
+logger = logging.getLogger("trio_sendmail.pool")
 
 
 @attrs.define(eq=False)
@@ -89,7 +97,13 @@ _STALE = (SMTPConnectionError, SMTPServiceClosing, SMTPProtocolError)
 # connection works. The one definition of what is fatal when opening: the bulk
 # sender (_bulk.py) ends its run on these and on the SMTPConnectionError the
 # pool raises once its retries are spent.
-FATAL_CONNECT_ERRORS = (SMTPAuthenticationError, SMTPTLSError, SMTPNotSupportedError)
+FATAL_CONNECT_ERRORS = (
+    SMTPAuthenticationError,
+    SMTPTLSError,
+    SMTPNotSupportedError,
+    # The proxy refused our credentials: every attempt would fail the same way.
+    SMTPProxyAuthenticationError,
+)
 
 
 def _stale(exc: SMTPError, tracker: OutcomeTracker, stream: OneShotStream | None) -> bool:
@@ -157,11 +171,39 @@ class Lease:
         connection.last_used = now = trio.current_time()
         return bool(pool._lot) or pool._retire(connection, now) or pool._closed
 
+    @overload
     async def send(
         self,
-        sender: ReversePath | Mailbox | str | Address,
-        recipients: Iterable[ForwardPath | Mailbox | str | Address],
+        sender: Sender,
+        recipients: Iterable[Recipient],
         mail: Mail,
+        *,
+        dsn: DSN | None = None,
+        requiretls: bool = False,
+        binary: bool = False,
+        tracker: OutcomeTracker | None = None,
+        defer: bool = False,
+    ) -> SendResult | None: ...
+
+    @overload
+    async def send(
+        self,
+        sender: Sender | None = None,
+        recipients: Iterable[Recipient] | None = None,
+        *,
+        mail: email.message.Message,
+        dsn: DSN | None = None,
+        requiretls: bool = False,
+        binary: bool = False,
+        tracker: OutcomeTracker | None = None,
+        defer: bool = False,
+    ) -> SendResult | None: ...
+
+    async def send(
+        self,
+        sender: Sender | None = None,
+        recipients: Iterable[Recipient] | None = None,
+        mail: Mail | None = None,
         *,
         dsn: DSN | None = None,
         requiretls: bool = False,
@@ -180,6 +222,7 @@ class Lease:
         connection when the server had closed the first one before it took any
         of the message.
         """
+        sender, recipients, mail = message_envelope(sender, recipients, mail)
         options = message_options(dsn, requiretls, binary)
         return await self._send(
             sender, recipients, prepare_mail(mail), options, tracker=tracker, defer=defer
@@ -198,8 +241,8 @@ class Lease:
         pool = self._pool
         if tracker is None:
             tracker = OutcomeTracker()
-        if not is_single_address(recipients):  # one address fails in envelope()
-            recipients = list(recipients)  # it may be needed twice
+        if not isinstance(recipients, list | tuple) and not is_single_address(recipients):
+            recipients = list(recipients)  # needed twice; one address fails in envelope()
         stream: OneShotStream | None = None
         if body.chunks is not None:
             stream = OneShotStream(body.chunks)
@@ -216,9 +259,22 @@ class Lease:
                 self._count_pending()
                 if first and _stale(exc, tracker, stream) and not pool._closed:
                     pool._retries += 1
+                    logger.info(
+                        "connection #%d had been closed by the server (%s); sending the "
+                        "message again on another connection",
+                        connection.session._driver.session_id,
+                        exc,
+                    )
                     await self._replace()
                     continue
                 pool._failures += 1
+                if exc.outcome is Outcome.UNKNOWN:
+                    logger.warning(
+                        "connection #%d: the message's outcome is unknown (the server may "
+                        "have queued it; resending risks a duplicate): %s",
+                        connection.session._driver.session_id,
+                        exc,
+                    )
                 raise
             except BaseException:
                 pool._failures += 1
@@ -259,6 +315,13 @@ class Lease:
         """Swap a connection the server had closed for another one."""
         pool = self._pool
         dead = self._held()
+        batch = dead.session._driver.timer
+        if batch is not None:
+            # Inside batch(): that scope belongs to the dead connection and was
+            # armed by its last I/O. Left armed, it would fire during a send on
+            # the new connection (which times its sends itself), and its `with`
+            # block would swallow that cancellation with the message unreported.
+            batch.deadline = math.inf
         self._connection = None
         await pool._release(dead)
         self._connection = await pool._acquire()
@@ -353,11 +416,37 @@ class Pool(trio.abc.AsyncResource):
         finally:
             await lease._end()
 
+    @overload
     async def send(
         self,
-        sender: ReversePath | Mailbox | str | Address,
-        recipients: Iterable[ForwardPath | Mailbox | str | Address],
+        sender: Sender,
+        recipients: Iterable[Recipient],
         mail: Mail,
+        *,
+        dsn: DSN | None = None,
+        requiretls: bool = False,
+        binary: bool = False,
+        tracker: OutcomeTracker | None = None,
+    ) -> SendResult: ...
+
+    @overload
+    async def send(
+        self,
+        sender: Sender | None = None,
+        recipients: Iterable[Recipient] | None = None,
+        *,
+        mail: email.message.Message,
+        dsn: DSN | None = None,
+        requiretls: bool = False,
+        binary: bool = False,
+        tracker: OutcomeTracker | None = None,
+    ) -> SendResult: ...
+
+    async def send(
+        self,
+        sender: Sender | None = None,
+        recipients: Iterable[Recipient] | None = None,
+        mail: Mail | None = None,
         *,
         dsn: DSN | None = None,
         requiretls: bool = False,
@@ -366,7 +455,9 @@ class Pool(trio.abc.AsyncResource):
     ) -> SendResult:
         """Send one message over a pooled connection; safe from any number of tasks.
 
-        Arguments and errors are those of :meth:`Session.send`, plus the
+        Arguments and errors are those of :meth:`Session.send` (the sender
+        and recipients may be omitted for an :class:`email.message.Message`,
+        and are then read from its header fields), plus the
         connection errors of :func:`open_session` when no connection can be
         opened (no message was involved: their ``outcome`` is ``None``, and
         *tracker* says :attr:`Outcome.NOT_SENT`). A message is
@@ -378,8 +469,10 @@ class Pool(trio.abc.AsyncResource):
         """
         if tracker is None:
             tracker = OutcomeTracker()
+        # The envelope and message are checked before a connection is taken.
+        sender, recipients, mail = message_envelope(sender, recipients, mail)
         options = message_options(dsn, requiretls, binary)
-        body = prepare_mail(mail)  # a bad message fails before a connection is taken
+        body = prepare_mail(mail)
         async with self.lease() as lease:
             result = await lease._send(sender, recipients, body, options, tracker=tracker)
         assert result is not None
@@ -439,10 +532,12 @@ class Pool(trio.abc.AsyncResource):
         failure: SMTPError | None = None
         self._opening += 1
         try:
-            await self._connect_limiter.wait()
+            if self._limits.max_connect_rate is not None:
+                await self._rate_wait()
             session = await _connect(self._config)
-        except FATAL_CONNECT_ERRORS:
+        except FATAL_CONNECT_ERRORS as exc:
             self._connection_failures += 1
+            logger.error("cannot open a connection to %s: %s", self._where(), exc)
             raise
         except SMTPError as exc:
             failure = exc
@@ -457,17 +552,68 @@ class Pool(trio.abc.AsyncResource):
             self._last_refusal = trio.current_time()
             working = self._open_count()
             if working == 0 and self._connect_failures >= self._limits.connect_retries:
+                logger.error(
+                    "cannot open a connection to %s after %d attempts: %s",
+                    self._where(),
+                    self._connect_failures,
+                    failure,
+                )
                 self._connect_failures = 0
                 raise failure
             # Shrink to what works, and back off before the next attempt.
             self._target = max(1, working)
-            await trio.sleep(self._backoff())
+            delay = self._backoff()
+            logger.warning(
+                "opening a connection to %s failed (%s); %d open, target size %d, "
+                "next attempt in %.2f s",
+                self._where(),
+                failure,
+                working,
+                self._target,
+                delay,
+            )
+            await trio.sleep(delay)
             return None
         self._connect_failures = 0
         now = trio.current_time()
         connection = _Connection(session, created=now, last_used=now)
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "opened connection #%d to %s (%d open, %s%s)",
+                session._driver.session_id,
+                self._where(),
+                len(self._idle) + len(self._busy) + 1,  # established, with this one
+                "TLS" if session.tls else "no TLS",
+                ", authenticated" if session.authenticated else "",
+            )
         self._busy.add(connection)
         return connection
+
+    async def _rate_wait(self) -> None:
+        started = trio.current_time()
+        await self._connect_limiter.wait()
+        waited = trio.current_time() - started
+        if waited > 0 and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("waited %.3f s for max_connect_rate before connecting", waited)
+
+    def _where(self) -> str:
+        config = self._config
+        return f"{config.hostname} port {config.resolved_port}"
+
+    def _why(self, connection: _Connection, now: float) -> str:
+        """Why *connection* is closed (for the log; the checks of :meth:`_retire`)."""
+        limits = self._limits
+        if self._closed:
+            return "the pool is closing"
+        if not connection.session.is_usable:
+            return "it is not usable any more"
+        if connection.messages >= limits.max_messages_per_connection:
+            return f"it sent {connection.messages} messages (max_messages_per_connection)"
+        if now - connection.created >= limits.max_age:
+            return f"it is {now - connection.created:.0f} s old (max_age)"
+        if now - connection.last_used >= limits.max_idle:
+            return f"it was idle {now - connection.last_used:.0f} s (max_idle)"
+        return "its health check failed"
 
     def _backoff(self) -> float:
         base = min(10.0, 0.1 * 2.0 ** min(self._connect_failures, 10))
@@ -497,6 +643,13 @@ class Pool(trio.abc.AsyncResource):
         self._lot.unpark()
 
     async def _close(self, connection: _Connection) -> None:
+        if logger.isEnabledFor(logging.INFO):
+            logger.info(
+                "closing connection #%d to %s: %s",
+                connection.session._driver.session_id,
+                self._where(),
+                self._why(connection, trio.current_time()),
+            )
         with trio.CancelScope(shield=True):
             await connection.session.aclose()
 

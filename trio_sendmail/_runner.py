@@ -24,6 +24,11 @@ what to send next and which error to raise.
   message is ended so that the server refuses it, RFC 2920 §3.1), so the
   session stays usable. Anything else that interrupts a transaction is left
   to the session's error boundary, which drops the connection.
+* **LMTP** (RFC 2033 §4.2): the end of data gets one reply per accepted
+  recipient; the runner reads them all (the core records each), then returns
+  when every one is 2xx, raises :class:`~trio_sendmail.SMTPPartialDelivery`
+  when some are, and the refusal when none is. The end of data is never
+  deferred under LMTP.
 * **Deferred end of data**: for the bulk sender, a small message sent with
   DATA may stop after queuing its body and final dot; they go out with the
   next message's envelope, and the first reply read answers them.
@@ -38,12 +43,12 @@ from typing import NoReturn
 from ._address import ForwardPath, ReversePath
 from ._core import State, Verb
 from ._driver import Driver
-from ._errors import SMTPError, SMTPNotSupportedError, SMTPProtocolError
+from ._errors import Outcome, SMTPError, SMTPNotSupportedError, SMTPProtocolError
 from ._message import MailBody, close_early
 from ._plan import Plan
 from ._reply import Reply
 from ._reply_errors import SMTPRecipientsRefused, SMTPResponseError, SMTPSenderRefused
-from ._transaction import OutcomeTracker, SendResult, Transaction
+from ._transaction import OutcomeTracker, SendResult, SMTPPartialDelivery, Transaction
 
 __all__ = ["BDAT_WINDOW", "PIPELINE_BATCH", "run_transaction"]
 
@@ -123,6 +128,8 @@ async def run_transaction(
             core.end_data(whole, clean=plan.clean)
             return None
         final = await _send_data(driver, body, plan)
+    if txn.recipient_replies:
+        return _lmtp_result(txn, "BDAT" if plan.chunking else ".")
     if not final.is_positive:
         error = SMTPResponseError.from_reply(final, "BDAT" if plan.chunking else ".")
         if plan.chunking:  # a refused BDAT leaves the transaction open
@@ -131,12 +138,27 @@ async def run_transaction(
     return SendResult(final, tuple(txn.accepted), txn.refused)
 
 
+def _lmtp_result(txn: Transaction, command: str) -> SendResult:
+    """Under LMTP, once every recipient has its reply to the end of data: the
+    result when all are 2xx, else the error (RFC 2033 §4.2)."""
+    replies = txn.recipient_replies
+    assert replies
+    result = txn.result()
+    outcome = txn.outcome
+    if outcome is Outcome.ACCEPTED:
+        return result
+    if outcome is Outcome.PARTIAL:
+        raise SMTPPartialDelivery(result)
+    # Refused for every recipient: the first permanent refusal, if any, says why.
+    refusals = list(replies.values())
+    reply = next((r for r in refusals if not r.is_transient), refusals[0])
+    raise SMTPResponseError.from_reply(reply, command)
+
+
 async def _drain(driver: Driver) -> None:
     """Read the reply of every command in flight (the core records them; one
     may answer a message whose end of data was deferred)."""
-    core = driver.core
-    while core.awaiting_reply:
-        await driver.event()
+    await driver.drain()
 
 
 async def _send_data(driver: Driver, body: MailBody, plan: Plan) -> Reply:
@@ -154,6 +176,12 @@ async def _send_data(driver: Driver, body: MailBody, plan: Plan) -> Reply:
                 await driver.write_data()
         core.end_body()
     event = await driver.event()
+    if core.lmtp:  # one reply per accepted recipient (RFC 2033 §4.2)
+        while core.awaiting_reply:
+            await driver.event()
+        txn = core.transaction
+        assert txn is not None and txn.final_reply is not None
+        return txn.final_reply
     return event.reply
 
 

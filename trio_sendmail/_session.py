@@ -31,12 +31,13 @@ go out.
 from __future__ import annotations
 
 import contextlib
+import email.message
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager
 from email.headerregistry import Address
-from typing import Unpack
+from typing import Unpack, overload
 
 import attrs
 import trio
@@ -53,7 +54,7 @@ from ._errors import (
     SMTPTimeoutError,
     SMTPUsageError,
 )
-from ._inputs import envelope
+from ._inputs import Recipient, Sender, envelope, message_envelope
 from ._message import Mail, MailBody, prepare_mail
 from ._opening import open_steps
 from ._plan import Options, message_options, plan
@@ -63,6 +64,7 @@ from ._settings import (
     Buffers,
     ConnectionOptions,
     ConnectionSettings,
+    Connector,
     Timeouts,
     TLSMode,
     connection_settings,
@@ -122,6 +124,7 @@ class Session(trio.abc.AsyncResource):
         #: send raised (a reply the session could not trust is no answer).
         self._last: Transaction | None = None
         self._last_raised = False
+        self._last_error: Outcome | None = None  # the outcome of the error it raised
         #: A message whose end of data is queued or written, not answered yet.
         self._pending: Transaction | None = None
 
@@ -173,7 +176,9 @@ class Session(trio.abc.AsyncResource):
         last = self._last
         if last is None:
             return False
-        return (last.failure_outcome if self._last_raised else last.outcome) is Outcome.UNKNOWN
+        if self._last_raised:
+            return (self._last_error or last.failure_outcome) is Outcome.UNKNOWN
+        return last.outcome is Outcome.UNKNOWN
 
     @property
     def greeting(self) -> Reply | None:
@@ -204,11 +209,37 @@ class Session(trio.abc.AsyncResource):
 
     # ------------------------------------------------------------ sending
 
+    @overload
     async def send(
         self,
-        sender: ReversePath | Mailbox | str | Address,
-        recipients: Iterable[ForwardPath | Mailbox | str | Address],
+        sender: Sender,
+        recipients: Iterable[Recipient],
         mail: Mail,
+        *,
+        dsn: DSN | None = None,
+        requiretls: bool = False,
+        binary: bool = False,
+        tracker: OutcomeTracker | None = None,
+    ) -> SendResult: ...
+
+    @overload
+    async def send(
+        self,
+        sender: Sender | None = None,
+        recipients: Iterable[Recipient] | None = None,
+        *,
+        mail: email.message.Message,
+        dsn: DSN | None = None,
+        requiretls: bool = False,
+        binary: bool = False,
+        tracker: OutcomeTracker | None = None,
+    ) -> SendResult: ...
+
+    async def send(
+        self,
+        sender: Sender | None = None,
+        recipients: Iterable[Recipient] | None = None,
+        mail: Mail | None = None,
         *,
         dsn: DSN | None = None,
         requiretls: bool = False,
@@ -219,12 +250,21 @@ class Session(trio.abc.AsyncResource):
 
         Args:
             sender: the reverse-path (``""`` or ``"<>"`` for the null path).
-            recipients: the forward-paths; duplicates are sent once.
+                ``None`` (or omitted) with an :class:`email.message.Message`:
+                its ``Sender`` field, else the one mailbox of its ``From``
+                field (``Resent-Sender``/``Resent-From`` in a resent message).
+            recipients: the forward-paths; duplicates are sent once. ``None``
+                (or omitted) with an :class:`email.message.Message`: the
+                addresses of its ``To``, ``Cc`` and ``Bcc`` fields (the
+                ``Resent-`` ones in a resent message), as
+                :meth:`smtplib.SMTP.send_message` does.
             mail: the message: bytes, an :class:`email.message.EmailMessage`, a
                 :class:`trio.MemoryReceiveChannel` of bytes or any async iterable
                 of bytes-like chunks. Line endings are normalised to CRLF and
                 lines starting with ``.`` are stuffed, whatever the chunk
-                boundaries.
+                boundaries. A message object is sent without its ``Bcc`` and
+                ``Resent-Bcc`` fields (your object is not changed); bytes and
+                streams are sent exactly as given, headers included.
             dsn: delivery status notification options (RFC 3461); the server
                 must offer DSN.
             requiretls: ask for REQUIRETLS (RFC 8689): every hop must use TLS.
@@ -238,7 +278,8 @@ class Session(trio.abc.AsyncResource):
             The server's final reply, with the recipients accepted and refused.
 
         Raises:
-            SMTPInputError: a bad address or argument (nothing was sent).
+            SMTPInputError: a bad address or argument, or no sender or
+                recipients given with bytes or a stream (nothing was sent).
             SMTPUsageError: the session cannot take a message now (nothing was sent).
             TypeError: *mail* or one of its chunks is not bytes-like.
             SMTPNotSupportedError: the message needs SMTPUTF8 or 8BITMIME and the
@@ -247,8 +288,11 @@ class Session(trio.abc.AsyncResource):
                 session is still usable.
             SMTPRecipientsRefused: every recipient was refused; the transaction
                 was reset and the session is still usable.
-            SMTPResponseError: DATA or the message was refused. The session is
-                still usable.
+            SMTPResponseError: DATA or the message was refused (under LMTP:
+                for every recipient). The session is still usable.
+            SMTPPartialDelivery: LMTP only: the message was delivered to some
+                recipients and refused for others (:attr:`Outcome.PARTIAL`);
+                the error tells which. The session is still usable.
             SMTPServiceClosing: the server answered 421; the session is closed.
             SMTPConnectionError, SMTPTimeoutError, SMTPProtocolError: the session
                 is broken and closed. :attr:`SMTPError.outcome` tells whether
@@ -262,6 +306,7 @@ class Session(trio.abc.AsyncResource):
         """
         if self._pending is not None:
             raise trio.BusyResourceError("a pipelined send is in progress on this session")
+        sender, recipients, mail = message_envelope(sender, recipients, mail)
         options = message_options(dsn, requiretls, binary)
         result = await self._send_op(sender, recipients, mail, options, tracker=tracker)
         assert result is not None
@@ -293,6 +338,8 @@ class Session(trio.abc.AsyncResource):
         opened = tracker.transaction
         driver = self._driver
         core = self._core
+        # LMTP answers each recipient after the end of data: no deferring it.
+        defer = defer and not core.lmtp
         self._busy = True
         self._last = None
         # Format transcript lines only when someone reads them.
@@ -333,6 +380,7 @@ class Session(trio.abc.AsyncResource):
             if txn is not None:
                 self._last = txn
                 self._last_raised = True
+                self._last_error = exc.outcome if isinstance(exc, SMTPError) else None
                 if not self._clean():
                     await driver.fail()
             raise
@@ -456,12 +504,13 @@ async def open_session(
             :class:`ConnectionSettings` that says everything about the connection.
         buffers: reusable I/O buffers; a new pair is made when ``None``.
         stream: an already-connected stream to use instead of opening a TCP
-            connection (for tests, proxies, or Unix sockets); the host name is
-            then only used for the certificate check.
+            connection (for tests or Unix sockets); the host name is then only
+            used for the certificate check. To go through a proxy, pass
+            ``connect`` instead (it also works for pools).
         options: the keyword arguments of :class:`ConnectionSettings`
             (:class:`ConnectionOptions`: ``port``, ``tls``, ``ssl_context``,
             ``domain``, ``authentication``, ``insecure_auth_over_plaintext``,
-            ``timeouts``, ``pipelining``, ``chunking``); given with a
+            ``timeouts``, ``pipelining``, ``chunking``, ``connect``); given with a
             :class:`ConnectionSettings`, they replace its values.
 
     Raises:
@@ -485,6 +534,18 @@ async def open_session(
         yield session
 
 
+def _unix_connector(path: str) -> Connector:
+    """A connector to the Unix-domain socket at *path* (host and port unused)."""
+
+    async def connect(_hostname: str, _port: int) -> trio.abc.Stream:
+        try:
+            return await trio.open_unix_socket(path)
+        except OSError as exc:
+            raise OSError(exc.errno, f"Unix socket {path}: {exc.strerror or exc}") from exc
+
+    return connect
+
+
 async def _connect(
     config: ConnectionSettings,
     *,
@@ -498,19 +559,29 @@ async def _connect(
     hostname, port, timeouts = config.hostname, config.resolved_port, config.timeouts
     try:
         if stream is None:
+            # A proxy (config.connect) returns the tunnel; the library still
+            # does TLS over it, for *hostname*. Looked up at each call, so
+            # that a patched trio.open_tcp_stream is honoured.
+            connect = config.connect or trio.open_tcp_stream
+            if config.unix_socket is not None:
+                connect = _unix_connector(config.unix_socket)
             try:
                 with trio.fail_after(timeouts.connect):
-                    stream = await trio.open_tcp_stream(hostname, port)
+                    stream = await connect(hostname, port)
             except trio.TooSlowError as exc:
                 raise SMTPTimeoutError(
                     f"connecting to {hostname} port {port} took longer than "
                     f"{timeouts.connect:g} s",
                     phase="connect",
                 ) from exc
-            except OSError as exc:
+            except (OSError, trio.BrokenResourceError) as exc:
                 raise SMTPConnectionError(
                     f"cannot connect to {hostname} port {port}: {exc}"
                 ) from exc
+            if not isinstance(stream, trio.abc.Stream):
+                raise TypeError(
+                    f"connect returned a {type(stream).__name__}, not a trio.abc.Stream"
+                )
     except BaseException:
         buffers._release()
         raise

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 import ssl
-from collections.abc import Callable
-from typing import Any, TypedDict
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypedDict
 
 import attrs
 import trio
@@ -26,12 +27,15 @@ from ._sasl import Authentication
 
 __all__ = [
     "DEFAULT_TIMEOUTS",
+    "LMTP_PORT",
     "SMTP_PORT",
     "SUBMISSIONS_PORT",
     "SUBMISSION_PORT",
     "Buffers",
     "ConnectionOptions",
     "ConnectionSettings",
+    "Connector",
+    "MailProtocol",
     "TLSMode",
     "Timeouts",
     "connection_settings",
@@ -44,6 +48,12 @@ SUBMISSIONS_PORT = 465
 SUBMISSION_PORT = 587
 #: RFC 5321 §4.5.4.2: relay between MTAs (a local relay listens here).
 SMTP_PORT = 25
+#: LMTP over TCP (RFC 2033 §5 forbids port 25; 24, "any private mail
+#: system", is what LMTP servers such as Dovecot and Cyrus listen on).
+LMTP_PORT = 24
+
+#: The protocol a connection speaks: SMTP (RFC 5321) or LMTP (RFC 2033).
+MailProtocol = Literal["smtp", "lmtp"]
 
 
 class TLSMode(enum.Enum):
@@ -67,7 +77,8 @@ class Timeouts:
     The caller's own cancel scopes apply on top of these.
     """
 
-    #: Opening the TCP connection (not set by the RFC).
+    #: Opening the connection (not set by the RFC): TCP, or the whole of a
+    #: ``connect`` callable, such as a proxy's handshake.
     connect: float = 60.0
     #: The TLS handshake, implicit or after STARTTLS (not set by the RFC).
     tls_handshake: float = 60.0
@@ -196,6 +207,39 @@ def _check_port(_instance: object, _attribute: object, value: int | None) -> Non
 
 _Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
 
+#: What opens the byte stream to the server: an async callable taking the
+#: server's host name and port, like :func:`trio.open_tcp_stream` (the default),
+#: or a proxy from :mod:`trio_sendmail.proxy`.
+Connector = Callable[[str, int], Awaitable[trio.abc.Stream]]
+
+
+def _check_connect(_instance: object, _attribute: object, value: Connector | None) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"connect must be an async callable or None, not {type(value).__name__}")
+
+
+def _check_protocol(_instance: object, _attribute: object, value: object) -> None:
+    if value not in ("smtp", "lmtp"):
+        raise SMTPInputError(f'protocol must be "smtp" or "lmtp", not {value!r}')
+
+
+def _socket_path(value: str | os.PathLike[str] | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | os.PathLike):
+        raise TypeError(f"unix_socket must be a path or None, not {type(value).__name__}")
+    path = os.fspath(value)
+    if not isinstance(path, str) or not path or "\x00" in path:
+        raise SMTPInputError(f"invalid Unix socket path {value!r}")
+    return path
+
+
+def _check_unix_socket(
+    instance: ConnectionSettings, _attribute: object, value: str | None
+) -> None:
+    if value is not None and instance.connect is not None:
+        raise SMTPInputError("unix_socket and connect cannot be used together")
+
 
 def _check_type(kind: type, text: str, *, optional: bool = True) -> _Validator:
     def check(_instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -241,6 +285,26 @@ class ConnectionSettings:
         chunking: send messages with BDAT (CHUNKING, RFC 3030) when the server
             offers it: no dot-stuffing, and a small message costs one round
             trip with pipelining.
+        connect: what opens the byte stream to the server: ``None`` (the
+            default) for :func:`trio.open_tcp_stream`, or an async callable
+            ``connect(hostname, port) -> trio.abc.Stream`` such as a proxy of
+            :mod:`trio_sendmail.proxy` (:class:`~trio_sendmail.proxy.SOCKS5Proxy`,
+            :class:`~trio_sendmail.proxy.HTTPConnectProxy`). TLS and STARTTLS
+            still happen over the stream it returns, with *hostname* for SNI
+            and the certificate check. It runs under ``Timeouts.connect``; an
+            :class:`OSError` or a broken stream it raises becomes
+            :class:`~trio_sendmail.SMTPConnectionError`. Not in the repr.
+        protocol: ``"smtp"`` (the default) or ``"lmtp"``: LMTP (RFC 2033)
+            greets with ``LHLO`` and gets one reply per recipient after the
+            end of data, reported in :attr:`SendResult.final_replies
+            <trio_sendmail.SendResult.final_replies>`; a message delivered to
+            some recipients only raises
+            :class:`~trio_sendmail.SMTPPartialDelivery`. With LMTP, the
+            default port is 24.
+        unix_socket: the path of a Unix-domain socket to connect to instead
+            of TCP (an LMTP server's usual home); *hostname* then only names
+            the server (for TLS, if any) and *port* is not used. Not with
+            *connect*.
     """
 
     hostname: str = attrs.field(validator=_check_hostname_field)
@@ -265,15 +329,25 @@ class ConnectionSettings:
     )  # fmt: skip
     pipelining: bool = attrs.field(default=True, kw_only=True)
     chunking: bool = attrs.field(default=True, kw_only=True)
+    connect: Connector | None = attrs.field(
+        default=None, kw_only=True, repr=False, validator=_check_connect
+    )
+    protocol: MailProtocol = attrs.field(default="smtp", kw_only=True, validator=_check_protocol)
+    unix_socket: str | None = attrs.field(
+        default=None, kw_only=True, converter=_socket_path, validator=_check_unix_socket
+    )
 
     @property
     def resolved_port(self) -> int:
-        """:attr:`port`, or the default port of :attr:`tls` when it is ``None``.
+        """:attr:`port`, or the default port of :attr:`tls` when it is ``None``
+        (24 for LMTP).
 
         The port is resolved when it is used, not when the value is made, so
         that ``attrs.evolve(settings, tls=TLSMode.STARTTLS)`` moves to port 587.
         """
-        return self.port if self.port is not None else _default_port(self.tls)
+        if self.port is not None:
+            return self.port
+        return LMTP_PORT if self.protocol == "lmtp" else _default_port(self.tls)
 
 
 class ConnectionOptions(TypedDict, total=False):
@@ -282,9 +356,10 @@ class ConnectionOptions(TypedDict, total=False):
     :func:`~trio_sendmail.send_bulk` take after the server, for
     ``**options: Unpack[ConnectionOptions]``: ``port``, ``tls``,
     ``ssl_context``, ``domain``, ``authentication``,
-    ``insecure_auth_over_plaintext``, ``timeouts``, ``pipelining`` and
-    ``chunking``. See :class:`ConnectionSettings` for their meaning and
-    defaults."""
+    ``insecure_auth_over_plaintext``, ``timeouts``, ``pipelining``,
+    ``chunking``, ``connect``, ``protocol`` and ``unix_socket``. See
+    :class:`ConnectionSettings` for their
+    meaning and defaults."""
 
     port: int | None
     tls: TLSMode
@@ -295,6 +370,9 @@ class ConnectionOptions(TypedDict, total=False):
     timeouts: Timeouts
     pipelining: bool
     chunking: bool
+    connect: Connector | None
+    protocol: MailProtocol
+    unix_socket: str | os.PathLike[str] | None
 
 
 def connection_settings(

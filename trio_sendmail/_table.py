@@ -6,9 +6,12 @@ Theory of operation
 :data:`TABLE` states, for every command, the states in which it may be issued,
 and the state each reply class (2xx … 5xx) leads to (RFC 5321 §4.1.4
 sequencing, §4.2 reply classes, §4.3.2 replies per command; RFC 3207 for
-STARTTLS, RFC 4954 for AUTH). A reply class the table does not list for that
-command breaks the protocol; a ``421`` answer to any command closes the session
-(RFC 5321 §3.8), whatever the table says.
+STARTTLS, RFC 4954 for AUTH, RFC 2033 §4.1 for LMTP's LHLO). A reply class the
+table does not list for that command breaks the protocol; a ``421`` answer to
+any command closes the session (RFC 5321 §3.8), whatever the table says. Under
+LMTP the end of data gets one reply per accepted recipient (RFC 2033 §4.2): the
+core keeps that command at the head of the FIFO until the last one, and the
+table's rule applies to each.
 
 Each :class:`Rule` also states what pipelining needs (RFC 2920 §3.1): the state
 the session will be in once the command succeeds, so that a command can be
@@ -44,6 +47,10 @@ class State(enum.Enum):
     CLOSED = "closed"  #: QUIT answered, or the server said 421
     BROKEN = "broken"  #: a protocol error or an interrupted command: never reuse
 
+    # Members are singletons compared by identity: hash them in C (Enum's own
+    # __hash__ is Python code, called for every table and set lookup).
+    __hash__ = object.__hash__
+
 
 class Verb(enum.Enum):
     """The commands the core can issue (plus the greeting and the end of data)."""
@@ -51,6 +58,7 @@ class Verb(enum.Enum):
     CONNECT = "CONNECT"  #: pseudo-command: the greeting answers the connection
     EHLO = "EHLO"
     HELO = "HELO"
+    LHLO = "LHLO"  #: LMTP's EHLO (RFC 2033 §4.1)
     STARTTLS = "STARTTLS"
     AUTH = "AUTH"
     AUTH_RESPONSE = "AUTH-RESPONSE"  #: a response line to a 334 challenge
@@ -63,6 +71,8 @@ class Verb(enum.Enum):
     RSET = "RSET"
     NOOP = "NOOP"
     QUIT = "QUIT"
+
+    __hash__ = object.__hash__  # as State's
 
 
 #: In a rule's reply map, "stay in the state you are in".
@@ -100,14 +110,14 @@ _IDLE = frozenset({S.GREETED, S.READY, S.MAIL, S.RCPT})
 # Nothing may be sent after these until their reply is in (RFC 2920 §3.1 for
 # EHLO, DATA, NOOP and QUIT; RFC 3207 STARTTLS; RFC 4954 AUTH; and the greeting).
 _LAST_IN_GROUP: Final = frozenset(
-    {Verb.CONNECT, Verb.EHLO, Verb.HELO, Verb.STARTTLS, Verb.AUTH, Verb.AUTH_RESPONSE,
-     Verb.DATA, Verb.NOOP, Verb.QUIT}
+    {Verb.CONNECT, Verb.EHLO, Verb.HELO, Verb.LHLO, Verb.STARTTLS, Verb.AUTH,
+     Verb.AUTH_RESPONSE, Verb.DATA, Verb.NOOP, Verb.QUIT}
 )  # fmt: skip
 
 # Replies that change more than the state are handled apart (a flag on the
 # rule keeps that test off the path of MAIL, RCPT, DATA and the end of data).
 _SPECIAL: Final = frozenset(
-    {Verb.CONNECT, Verb.EHLO, Verb.HELO, Verb.STARTTLS, Verb.AUTH, Verb.AUTH_RESPONSE}
+    {Verb.CONNECT, Verb.EHLO, Verb.HELO, Verb.LHLO, Verb.STARTTLS, Verb.AUTH, Verb.AUTH_RESPONSE}
 )
 
 
@@ -134,6 +144,7 @@ TABLE: Mapping[Verb, Rule] = dict([
     _rule(Verb.CONNECT,       {S.CONNECTED}, S.GREETED, {2: S.GREETED, **_FAIL_GREETED}),
     _rule(Verb.EHLO,          {S.GREETED, S.READY}, S.READY, {2: S.READY, **_FAIL_GREETED}),
     _rule(Verb.HELO,          {S.GREETED, S.READY}, S.READY, {2: S.READY, **_FAIL_GREETED}),
+    _rule(Verb.LHLO,          {S.GREETED, S.READY}, S.READY, {2: S.READY, **_FAIL_GREETED}),
     _rule(Verb.STARTTLS,      {S.READY}, S.TLS, {2: S.TLS, **_FAIL_SAME}),
     _rule(Verb.AUTH,          {S.READY}, S.READY, {2: S.READY, 3: S.AUTH, **_FAIL_READY}),
     _rule(Verb.AUTH_RESPONSE, {S.AUTH}, S.READY, {2: S.READY, 3: S.AUTH, **_FAIL_READY}),

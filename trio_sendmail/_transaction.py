@@ -21,6 +21,14 @@ Every message gets exactly one outcome, and it is derived from the wire alone
   end of data (RFC 5321 §3.8: the server closes and reads nothing after it;
   replies come in order, RFC 2920 §3.1). Then it is :attr:`~Outcome.NOT_SENT`.
 
+Under LMTP (RFC 2033 §4.2) the end of data gets one reply per recipient
+accepted at RCPT, in RCPT order, recorded in
+:attr:`Transaction.recipient_replies`. Once every one is in, the message is
+:attr:`~Outcome.ACCEPTED` when all are 2xx, :attr:`~Outcome.REFUSED` when none
+is, and :attr:`~Outcome.PARTIAL` otherwise (never "accepted"). While some are
+missing it is :attr:`~Outcome.UNKNOWN`: the recipients answered 2xx have it,
+those not answered may.
+
 Only the sans-io core writes a :class:`Transaction`: it creates one with MAIL,
 notes when the bytes holding the end of data are handed to the transport
 (:meth:`Transaction.end_sent`), and records every reply paired with one of the
@@ -31,18 +39,19 @@ nothing from trio.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
 import attrs
 
 from ._address import ForwardPath
-from ._errors import Outcome
+from ._errors import Outcome, SMTPError
 from ._reply import Reply
 
-if TYPE_CHECKING:
-    from ._errors import SMTPError
+__all__ = ["OutcomeTracker", "SMTPPartialDelivery", "SendResult", "Transaction", "settle_error"]
 
-__all__ = ["OutcomeTracker", "SendResult", "Transaction", "settle_error"]
+
+def _one_reply_each(result: SendResult) -> dict[ForwardPath, Reply]:
+    return dict.fromkeys(result.accepted, result.reply)
 
 
 @attrs.frozen(hash=False)
@@ -50,15 +59,61 @@ class SendResult:
     """The outcome of a message the server accepted.
 
     Attributes:
-        reply: the server's reply to the end of data (``250 2.0.0 Ok: queued as …``).
-        accepted: the recipients the server accepted.
-        refused: the recipients the server refused, each with its reply (the
-            message went to the others).
+        reply: the server's reply to the end of data (``250 2.0.0 Ok: queued as …``);
+            under LMTP, the reply for the first recipient the server delivered to.
+        accepted: the recipients the server accepted (at RCPT).
+        refused: the recipients the server refused at RCPT, each with its reply
+            (the message went to the others).
+        final_replies: each accepted recipient's reply to the end of data, in
+            RCPT order. Under SMTP that is :attr:`reply` for every one; under
+            LMTP (RFC 2033 §4.2) the server answers for each recipient.
     """
 
     reply: Reply
     accepted: tuple[ForwardPath, ...]
     refused: dict[ForwardPath, Reply] = attrs.field(factory=dict)
+    final_replies: Mapping[ForwardPath, Reply] = attrs.field(
+        default=attrs.Factory(_one_reply_each, takes_self=True), kw_only=True
+    )
+
+
+class SMTPPartialDelivery(SMTPError):
+    """LMTP only (RFC 2033 §4.2): after the end of data the server accepted the
+    message for some recipients and refused it for others.
+
+    The message is not "accepted": its :attr:`~SMTPError.outcome` is
+    :attr:`Outcome.PARTIAL <trio_sendmail.Outcome.PARTIAL>`. The session stays
+    usable (the transaction is over). Resending the whole message would
+    duplicate it for the recipients in :attr:`delivered`: resend it, if at
+    all, to those in :attr:`refused` only.
+
+    Attributes:
+        result: the :class:`SendResult`, whose
+            :attr:`~SendResult.final_replies` holds every recipient's reply.
+    """
+
+    def __init__(self, result: SendResult) -> None:
+        self.result = result
+        detail = "; ".join(f"{path}: {reply}" for path, reply in self.refused.items())
+        super().__init__(
+            f"delivered to {len(self.delivered)} of {len(result.final_replies)} "
+            f"recipients; refused: {detail}"
+        )
+
+    @property
+    def delivered(self) -> tuple[ForwardPath, ...]:
+        """The recipients whose reply to the end of data was 2xx: they have the message."""
+        return tuple(p for p, reply in self.result.final_replies.items() if reply.is_positive)
+
+    @property
+    def refused(self) -> dict[ForwardPath, Reply]:
+        """The recipients whose reply to the end of data was 4xx or 5xx, with it."""
+        return {p: r for p, r in self.result.final_replies.items() if not r.is_positive}
+
+    @property
+    def is_transient(self) -> bool:
+        """True when every refusal was temporary (4xx): a retry to :attr:`refused` may work."""
+        return all(reply.is_transient for reply in self.refused.values())
 
 
 class Transaction:
@@ -75,11 +130,12 @@ class Transaction:
         "final_reply",
         "rcpt_answered",
         "rcpt_sent",
+        "recipient_replies",
         "refused",
         "sender_reply",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, lmtp: bool = False) -> None:
         #: The reply to MAIL, once read.
         self.sender_reply: Reply | None = None
         #: The recipients the server accepted, in order.
@@ -104,6 +160,9 @@ class Transaction:
         #: A 421 answered a command of this transaction (or an earlier one in
         #: the same pipelined group) before its end of data was answered.
         self.closed_early = False
+        #: LMTP (RFC 2033 §4.2): each accepted recipient's reply to the end of
+        #: data, in RCPT order, as they come; ``None`` under SMTP.
+        self.recipient_replies: dict[ForwardPath, Reply] | None = {} if lmtp else None
 
     def __repr__(self) -> str:
         return f"<Transaction {self.outcome.name}>"
@@ -124,6 +183,9 @@ class Transaction:
     @property
     def outcome(self) -> Outcome:
         """The message's outcome, as far as the wire tells it now."""
+        replies = self.recipient_replies
+        if replies:
+            return self._lmtp_outcome(replies)
         final = self.final_reply
         if final is not None and final.is_positive:
             return Outcome.ACCEPTED
@@ -135,15 +197,39 @@ class Transaction:
             return Outcome.REFUSED
         return Outcome.UNKNOWN if self.end_written else Outcome.NOT_SENT
 
+    def _lmtp_outcome(self, replies: dict[ForwardPath, Reply]) -> Outcome:
+        if len(replies) < len(self.accepted):
+            # The end of data was answered for some recipients only: those
+            # answered 2xx have the message, the others may.
+            return Outcome.UNKNOWN
+        positive = sum(1 for reply in replies.values() if reply.is_positive)
+        if positive == len(replies):
+            return Outcome.ACCEPTED
+        return Outcome.PARTIAL if positive else Outcome.REFUSED
+
     @property
     def failure_outcome(self) -> Outcome:
         """The outcome to report with an error raised while sending.
 
         An error after a 2xx to the end of data means the server's word cannot
-        be trusted (it accepted what it had refused part of): unknown.
+        be trusted (it accepted what it had refused part of): unknown. So is
+        an error after a partial delivery (LMTP), unless that is the error.
         """
         outcome = self.outcome
-        return Outcome.UNKNOWN if outcome is Outcome.ACCEPTED else outcome
+        return Outcome.UNKNOWN if outcome in _TAKEN else outcome
+
+    def result(self) -> SendResult:
+        """The :class:`SendResult` once the end of data was answered."""
+        final = self.final_reply
+        assert final is not None
+        replies = self.recipient_replies
+        if replies:
+            return SendResult(final, tuple(self.accepted), dict(self.refused),
+                              final_replies=dict(replies))  # fmt: skip
+        return SendResult(final, tuple(self.accepted), dict(self.refused))
+
+
+_TAKEN = (Outcome.ACCEPTED, Outcome.PARTIAL)
 
 
 def settle_error(
@@ -154,9 +240,15 @@ def settle_error(
 
     The one place where an error learns what became of its message.
     """
-    error.outcome = Outcome.NOT_SENT if transaction is None else transaction.failure_outcome
+    if transaction is None:
+        outcome = Outcome.NOT_SENT
+    elif isinstance(error, SMTPPartialDelivery) and transaction.outcome is Outcome.PARTIAL:
+        outcome = Outcome.PARTIAL  # the error that reports the partial delivery
+    else:
+        outcome = transaction.failure_outcome
+    error.outcome = outcome
     if tracker is not None and tracker._transaction is transaction:
-        tracker._raised = True
+        tracker._raised = outcome
     return error
 
 
@@ -184,9 +276,9 @@ class OutcomeTracker:
 
     def __init__(self) -> None:
         self._transaction: Transaction | None = None
-        # The send raised an SMTPError: a 2xx to the end of data that came
-        # with a protocol error is no proof (the error's outcome is UNKNOWN).
-        self._raised = False
+        # The outcome given to the SMTPError the send raised: a 2xx to the end
+        # of data that came with a protocol error is no proof (UNKNOWN).
+        self._raised: Outcome | None = None
         #: Transactions begun for this message (1 unless a pool sent it again).
         self.attempts = 0
 
@@ -195,7 +287,7 @@ class OutcomeTracker:
 
     def _follow(self, transaction: Transaction) -> None:
         self._transaction = transaction
-        self._raised = False
+        self._raised = None
         self.attempts += 1
 
     @property
@@ -209,7 +301,8 @@ class OutcomeTracker:
         transaction = self._transaction
         if transaction is None:
             return Outcome.NOT_SENT
-        return transaction.failure_outcome if self._raised else transaction.outcome
+        raised = self._raised
+        return raised if raised is not None else transaction.outcome
 
     @property
     def final_reply(self) -> Reply | None:
@@ -219,11 +312,9 @@ class OutcomeTracker:
 
     @property
     def result(self) -> SendResult | None:
-        """The result when the message was accepted, else ``None``."""
+        """The result when the message was accepted (or, under LMTP, partly
+        delivered: :attr:`Outcome.PARTIAL`), else ``None``."""
         transaction = self._transaction
-        if transaction is None or self.outcome is not Outcome.ACCEPTED:
+        if transaction is None or self.outcome not in _TAKEN:
             return None
-        assert transaction.final_reply is not None
-        return SendResult(
-            transaction.final_reply, tuple(transaction.accepted), dict(transaction.refused)
-        )
+        return transaction.result()

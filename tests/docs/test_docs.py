@@ -18,6 +18,10 @@ is executed here against fake servers, so that no example can go stale:
 * An example that sends mail must have delivered at least one message to the
   fake servers (unless it brings its own ``FakeSMTPServer``), with no protocol
   violation recorded, and must not have tried to reach an unknown server.
+* Examples may import what the ``test`` extra installs: the DKIM how-to signs
+  with ``dkimpy`` (and a throw-away key made with ``cryptography``, which
+  ``trustme`` brings), the templates how-to renders with Jinja2 (which Sphinx
+  brings). trio_sendmail itself depends on none of them.
 
 The docs are also built with ``-W`` (warnings are errors), and the links of the
 built HTML are checked offline: every internal link must resolve (file and
@@ -55,6 +59,9 @@ from trio_sendmail.testing import (
     make_test_certificates,
     serve_fake_smtp,
 )
+
+from ..proxies_plugin import FakeProxy
+from ..proxies_plugin import serve as serve_proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -175,7 +182,11 @@ ENDPOINTS: dict[tuple[str, int], tuple[str, bool]] = {
     ("smtp.example.com", 587): ("example", False),
     ("localhost", 25): ("relay", False),
     ("127.0.0.1", 25): ("relay", False),
+    ("lmtp.example.com", 24): ("lmtp", False),
 }
+#: (host name, port) of the proxies in docs/howto-proxy.rst -> their kind.
+PROXY_ENDPOINTS = {("proxy.example.com", 1080): "socks5", ("proxy.example.com", 3128): "http"}
+PROXY_CREDENTIALS = ("me", "proxy password")
 CERTIFICATE_NAMES = sorted({host for host, _ in ENDPOINTS} | {"::1"})
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
@@ -231,6 +242,12 @@ def make_servers(certs: TestCertificates) -> dict[str, FakeSMTPServer]:
             extensions=("PIPELINING", "SIZE 10240000", "ENHANCEDSTATUSCODES", "8BITMIME"),
             users=RELAY_USERS,
             auth_requires_tls=False,
+        ),
+        "lmtp": FakeSMTPServer(
+            hostname="lmtp.example.com",
+            lmtp=True,
+            extensions=("PIPELINING", "ENHANCEDSTATUSCODES", "8BITMIME", "CHUNKING"),
+            lmtp_replies={"carol@example.com": (552, "5.2.2 <carol@example.com> Mailbox is full")},
         ),
     }
 
@@ -338,6 +355,10 @@ async def test_example_runs(
             ports[host, port] = await stack.enter_async_context(
                 serve_fake_smtp(servers[name], implicit_tls=implicit_tls)
             )
+        # The proxies of docs/howto-proxy.rst, tunnelling to those servers.
+        for (host, port), kind in PROXY_ENDPOINTS.items():
+            proxy = FakeProxy(kind, ports, credentials=PROXY_CREDENTIALS)
+            ports[host, port] = await stack.enter_async_context(serve_proxy(proxy.handle))
         monkeypatch.setattr(trio, "open_tcp_stream", open_tcp_stream)
         # The default SSLContext trusts the fake servers' CA (and only it).
         monkeypatch.setenv("SSL_CERT_FILE", str(doc_ca_file))
@@ -361,7 +382,17 @@ async def test_example_runs(
 
 def test_examples_are_found() -> None:
     pages = {example.path.name for example in EXAMPLES}
-    for page in ("index.rst", "tutorial.rst", "usage.rst", "howto.rst", "bulk.rst", "scaling.rst"):
+    for page in (
+        "index.rst",
+        "tutorial.rst",
+        "usage.rst",
+        "messages.rst",
+        "howto.rst",
+        "webapp.rst",
+        "bulk.rst",
+        "scaling.rst",
+        "logging.rst",
+    ):
         assert page in pages, f"no Python example found in {page}"
     assert len(EXAMPLES) >= 15
 

@@ -281,6 +281,7 @@ def public_objects(evidence: Evidence) -> None:
         ts.SMTPRecipientsRefused.from_replies({path: reply}),
         ts.SMTPMessageTooLarge("too large", size=2, limit=1),
         ts.SMTPTimeoutError("timed out", phase="data_end"),
+        ts.SMTPPartialDelivery(ts.SendResult(reply, (path,), final_replies={path: reply})),
     ]  # fmt: skip
     for name in ts.__all__:
         value = getattr(ts, name)
@@ -288,7 +289,7 @@ def public_objects(evidence: Evidence) -> None:
             if issubclass(value, ts.SMTPResponseError):
                 values.append(value.from_reply(reply, "AUTH"))
             elif value not in (ts.SMTPRecipientsRefused, ts.SMTPMessageTooLarge,
-                               ts.SMTPTimeoutError):  # fmt: skip
+                               ts.SMTPTimeoutError, ts.SMTPPartialDelivery):  # fmt: skip
                 values.append(value("a message"))
         elif not isinstance(value, type):
             evidence.text(f"repr({name})", repr(value))  # functions

@@ -33,7 +33,10 @@ SUBMISSION_PORT=${POSTFIX_SUBMISSION_PORT:-$(saved_setting SUBMISSION_PORT)}
 SUBMISSION_PORT=${SUBMISSION_PORT:-10587}
 SMTPS_PORT=${POSTFIX_SMTPS_PORT:-$(saved_setting SMTPS_PORT)}
 SMTPS_PORT=${SMTPS_PORT:-10465}
-for port in "$PLAIN_PORT" "$SUBMISSION_PORT" "$SMTPS_PORT"; do
+# Submission with the challenge-response mechanisms (CRAM-MD5, SCRAM-SHA-256).
+SASL_PORT=${POSTFIX_SASL_PORT:-$(saved_setting SASL_PORT)}
+SASL_PORT=${SASL_PORT:-10588}
+for port in "$PLAIN_PORT" "$SUBMISSION_PORT" "$SMTPS_PORT" "$SASL_PORT"; do
     if ! [[ $port =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then
         echo "postfix.sh: bad port number: $port" >&2
         exit 2
@@ -356,6 +359,15 @@ $SUBMISSION_PORT   inet  n       -      n      -      -       smtpd
   -o smtpd_sasl_auth_enable=yes
   -o smtpd_sender_restrictions=check_sender_access,regexp:$CONF/sender_access.regexp,permit_sasl_authenticated,check_sender_access,regexp:$CONF/need_auth.regexp
   -o smtpd_relay_restrictions=permit_sasl_authenticated,reject_unauth_destination
+# Submission offering AUTH SCRAM-SHA-256 CRAM-MD5 (Cyrus "smtpd-strong" config).
+$SASL_PORT   inet  n       -      n      -      -       smtpd
+  -o syslog_name=postfix-trio-test/sasl
+  -o smtpd_tls_security_level=encrypt
+  -o smtpd_tls_auth_only=yes
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_sasl_path=smtpd-strong
+  -o smtpd_sender_restrictions=check_sender_access,regexp:$CONF/sender_access.regexp,permit_sasl_authenticated,check_sender_access,regexp:$CONF/need_auth.regexp
+  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject_unauth_destination
 # Implicit TLS ("smtps"), same AUTH rules as submission.
 $SMTPS_PORT   inet  n       -      n      -      -       smtpd
   -o syslog_name=postfix-trio-test/smtps
@@ -462,6 +474,11 @@ mech_list: PLAIN LOGIN
 log_level: 3
 EOF
     chmod 644 "$SASLDIR/smtpd.conf"
+    # The challenge-response mechanisms need the secrets themselves, which the
+    # sasldb keeps (saslpasswd2 also stores the SCRAM verifiers).
+    sed 's/^mech_list: .*/mech_list: SCRAM-SHA-256 CRAM-MD5/' "$SASLDIR/smtpd.conf" \
+        >"$SASLDIR/smtpd-strong.conf"
+    chmod 644 "$SASLDIR/smtpd-strong.conf"
     rm -f "$SASLDIR"/sasldb2*
     add_sasl_user "$AUTH_USER" "$AUTH_PASSWORD"
     add_sasl_user "$UTF8_AUTH_USER" "$UTF8_AUTH_PASSWORD"
@@ -501,6 +518,7 @@ TLS_HOSTNAME	tls_hostname	$TLS_HOSTNAME	str
 PLAIN_PORT	plain_port	$PLAIN_PORT	int
 SUBMISSION_PORT	submission_port	$SUBMISSION_PORT	int
 SMTPS_PORT	smtps_port	$SMTPS_PORT	int
+SASL_PORT	sasl_port	$SASL_PORT	int
 CA_FILE	ca_file	$TLSDIR/ca.pem	str
 DOMAIN	domain	$DOMAIN	str
 MAILDIR_BASE	maildir_base	$MAILDIRS	str
@@ -585,6 +603,7 @@ wait_ready() {
         [[ $(plain_greeting "$PLAIN_PORT") == 220* ]] || ok=0
         ((ok)) && { [[ $(plain_greeting "$SUBMISSION_PORT") == 220* ]] || ok=0; }
         ((ok)) && { [[ $(tls_greeting "$SMTPS_PORT") == 220* ]] || ok=0; }
+        ((ok)) && { [[ $(plain_greeting "$SASL_PORT") == 220* ]] || ok=0; }
         ((ok)) && return 0
         is_running || return 1
         sleep 0.2
@@ -598,7 +617,8 @@ print_status() {
         pid=$(sed -n '1{s/ //g;p}' "$QUEUE/pid/master.pid" 2>/dev/null || true)
         echo "postfix test instance: running (master pid ${pid:-?}), state $STATE"
         local p
-        for p in "plain:$PLAIN_PORT" "submission:$SUBMISSION_PORT" "smtps:$SMTPS_PORT"; do
+        for p in "plain:$PLAIN_PORT" "submission:$SUBMISSION_PORT" "smtps:$SMTPS_PORT" \
+            "sasl:$SASL_PORT"; do
             if port_open "${p#*:}"; then
                 echo "  ${p%%:*} $HOST:${p#*:} accepting"
             else
@@ -625,7 +645,7 @@ cmd_start() {
         return 0
     fi
     local p
-    for p in "$PLAIN_PORT" "$SUBMISSION_PORT" "$SMTPS_PORT"; do
+    for p in "$PLAIN_PORT" "$SUBMISSION_PORT" "$SMTPS_PORT" "$SASL_PORT"; do
         if port_open "$p"; then
             if command -v ss >/dev/null; then ss -ltnp "sport = :$p" >&2 || true; fi
             die "port $HOST:$p is already in use by another program (set POSTFIX_*_PORT to move)"
@@ -670,7 +690,7 @@ cmd_stop() {
     local deadline=$((SECONDS + 10)) p busy
     while ((SECONDS < deadline)); do
         busy=0
-        for p in "$PLAIN_PORT" "$SUBMISSION_PORT" "$SMTPS_PORT"; do
+        for p in "$PLAIN_PORT" "$SUBMISSION_PORT" "$SMTPS_PORT" "$SASL_PORT"; do
             port_open "$p" && busy=1
         done
         ((busy)) || break

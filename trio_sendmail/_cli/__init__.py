@@ -3,17 +3,20 @@
 Commands:
 
 * ``trio-sendmail [send] [options] [RECIPIENT ...]``: submit one RFC 5322
-  message read from stdin (or ``--message FILE``), like ``sendmail(8)``
-  (:mod:`._send`);
+  message read from stdin (or ``--message FILE``), like ``sendmail(8)``, with
+  the flags mutt and cron pass (:mod:`._send`); ``--serverinfo``
+  (:mod:`._serverinfo`), ``--pretend``, ``--version``;
 * ``trio-sendmail bulk [options] SOURCE``: send a folder of ``.eml`` files or an
   mbox concurrently, with a progress display and a report (:mod:`._bulk`);
 * ``trio-sendmail demo``: the README's demo over an embedded loopback server.
 
 What the commands share (the sysexits codes, the usage parser, the connection
-options, :func:`~._common.exit_status`) is in :mod:`._common`; the profile file
-and passwords in :mod:`._config`; reading a message in :mod:`._message`.
+options, :func:`~._common.exit_status`) is in :mod:`._common`; the settings
+and passwords in :mod:`._config`; reading a message in :mod:`._message`; the
+send log in :mod:`._log`.
 :mod:`._common` and :mod:`._message` import no other module of the command line,
-:mod:`._config` only :mod:`._common`; no module imports this one (which holds
+:mod:`._profiles` (the profile files) and :mod:`._log` only :mod:`._common`,
+:mod:`._config` only those; no module imports this one (which holds
 :func:`main`), so there is no import cycle.
 """
 
@@ -41,7 +44,7 @@ from ._send import run_send, send_parser
 
 __all__ = ["main"]
 
-COMMANDS = ("send", "bulk", "demo")
+COMMANDS = ("send", "bulk", "outbox", "demo")
 
 _PASSWORD_FLAGS = ("--password", "--passwd", "--pass", "-p")
 
@@ -111,12 +114,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(arguments[1:])
     if command == "bulk":
         return _guarded(run_bulk, bulk_parser().parse_args(arguments[1:]))
+    if command == "outbox":
+        from ._outbox import outbox_parser, run_outbox
+
+        return _guarded(run_outbox, outbox_parser().parse_args(arguments[1:]))
     if command == "send":
         arguments = arguments[1:]
-    elif command is not None and not command.startswith("-") and "@" not in command:
-        send_parser().error(
-            f"unknown command {command!r}: use send, bulk or demo (a recipient needs a domain)"
-        )
-    # sendmail's -oi (same as -i) is not an argparse-style option.
-    arguments = ["-i" if arg == "-oi" else arg for arg in arguments]
-    return _guarded(run_send, send_parser().parse_args(arguments))
+    if arguments == ["-h"]:  # -h N is sendmail's hop count; -h alone asks for help
+        arguments = ["--help"]
+    if _queue_request(arguments):
+        # sendmail -q (run the queue, as cron jobs do) and -bp (list it): mail is
+        # handed to the server at once, so there is never a queue to run or list.
+        print(f"{PROG}: no mail queue (mail is handed to the server at once): nothing to do")
+        return EX_OK
+    # Any other first word is a recipient, as for sendmail (``trio-sendmail root``).
+    return _guarded(run_send, send_parser().parse_args(sendmail_arguments(arguments)))
+
+
+def _queue_request(arguments: Sequence[str]) -> bool:
+    """``-q``, ``-q30m``, ``-qf`` … or ``-bp`` as the first argument (``sendmail -q``,
+    as cron jobs call it): a request about the queue. Elsewhere such a word may be
+    an option's value (``-F -quentin``), so only the first one counts."""
+    if not arguments:
+        return False
+    first = arguments[0]
+    return first == "-bp" or (first.startswith("-q") and not first.startswith("--"))
+
+
+def sendmail_arguments(arguments: Sequence[str]) -> list[str]:
+    """The arguments of ``send`` with sendmail's spellings that argparse cannot parse
+    made plain: ``-oi`` is ``-i`` (read up to end of file; there is no other way)."""
+    translated: list[str] = []
+    for index, arg in enumerate(arguments):
+        if arg == "--":
+            return translated + list(arguments[index:])
+        translated.append("-i" if arg == "-oi" else arg)
+    return translated

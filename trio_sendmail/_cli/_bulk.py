@@ -30,6 +30,7 @@ from .. import (
     Outcome,
     PoolLimits,
     Reply,
+    SMTPInputError,
     SMTPRecipientsRefused,
     SMTPResponseError,
     open_pool,
@@ -44,16 +45,20 @@ from ._common import (
     EX_TEMPFAIL,
     EX_UNAVAILABLE,
     EX_USAGE,
+    NO_HINTS,
     PROG,
+    TLS_CHOICES,
     CLIError,
+    Hints,
     UsageParser,
     add_connection_options,
     exit_status,
     refusals,
     transcript_to,
 )
-from ._config import Settings, resolve_settings
-from ._message import parse_message
+from ._config import Settings, describe, resolve_settings
+from ._log import append_log
+from ._message import forward_paths, parse_message, qualify, unique
 
 __all__ = ["ProgressView", "bulk_exit_status", "bulk_parser", "run_bulk"]
 
@@ -192,7 +197,18 @@ class _Row:
         return {name: getattr(self, name) for name in REPORT_FIELDS}
 
 
-def _fill_row(row: _Row, result: BulkResult) -> None:
+#: What an interrupted message's outcome means, for its row.
+_INTERRUPTED = {
+    Outcome.NOT_SENT: "interrupted before its end of data was sent: not sent",
+    Outcome.UNKNOWN: "interrupted after its end of data was sent, before the reply: "
+    "it may have been delivered (check before sending it again)",
+    Outcome.REFUSED: "interrupted: refused",
+    Outcome.ACCEPTED: "interrupted: accepted",
+    Outcome.PARTIAL: "interrupted: delivered to some recipients only (LMTP)",
+}
+
+
+def _fill_row(row: _Row, result: BulkResult, hints: Hints = NO_HINTS) -> None:
     row.status = result.status.value
     row.attempts = result.attempts
     refused: Mapping[ForwardPath, Reply] = {}
@@ -213,12 +229,36 @@ def _fill_row(row: _Row, result: BulkResult) -> None:
             first = next(iter(refused.values()))
             row.code = first.code
             row.enhanced_status = str(first.enhanced_status or "")
-        status, row.detail = exit_status(error)
+        status, row.detail = exit_status(error, hints)
+        if not isinstance(error, Exception):  # Ctrl-C, or the run cancelled
+            row.detail = _INTERRUPTED[result.status]
         if result.status is Outcome.UNKNOWN or not isinstance(error, Exception):
             row.exit = EX_TEMPFAIL  # perhaps delivered, or the run was cut short
         else:  # refused, or not sent for good: as the error of a single message
             row.exit = status
     row.refused = "; ".join(refusals(refused))
+
+
+def _log_row(settings: Settings, row: _Row) -> None:
+    """One line of the send log for *row* (``--log``)."""
+    tls_names = {mode: name for name, mode in TLS_CHOICES.items()}
+    reply = f"{row.detail}; refused: {row.refused}" if row.refused else row.detail
+    assert settings.log is not None
+    append_log(
+        settings.log,
+        [
+            ("host", settings.host),
+            ("tls", tls_names[settings.tls]),
+            ("account", settings.profile.name or "-"),
+            ("source", row.source),
+            ("message_id", row.message_id or "-"),
+            ("from", row.sender),
+            ("recipients", ",".join(row.recipients.split())),
+            ("outcome", row.status),
+            ("exitcode", str(row.exit)),
+            ("reply", reply),
+        ],
+    )
 
 
 def bulk_exit_status(codes: set[int]) -> int:
@@ -401,7 +441,10 @@ def _messages(
         parsed = parse_message(raw)
         row.message_id = parsed.message_id
         recipients = list(args.recipients) or list(parsed.recipients)
+        recipients = unique([qualify(address, settings.domain) for address in recipients])
         sender = settings.sender if settings.sender is not None else parsed.sender
+        if sender is not None:
+            sender = qualify(sender, settings.domain)
         row.sender = sender or ""
         row.recipients = " ".join(recipients)
         if not recipients:
@@ -410,7 +453,13 @@ def _messages(
         if sender is None:
             fail(row, "no sender: give -f, or a From header with one address")
             continue
-        yield BulkMessage(sender, recipients, parsed.data, key=row.index, dsn=settings.dsn)
+        try:
+            paths = forward_paths(recipients)
+            message = BulkMessage(sender, paths, parsed.data, key=row.index, dsn=settings.dsn)
+        except SMTPInputError as exc:  # a malformed address: this message only
+            fail(row, f"bad address: {exc}")
+            continue
+        yield message
 
 
 async def _run(
@@ -447,7 +496,14 @@ def _run_bulk(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
                        "--retry-backoff >= 0")  # fmt: skip
     if args.rate is not None and not args.rate > 0:
         raise CLIError(EX_USAGE, "--rate must be a positive number of messages per second")
-    settings = resolve_settings(args)
+    if args.pretend:
+        settings = resolve_settings(args, args.sender, secrets=False)
+        described = describe(settings)
+        width = max(len(name) for name, _ in described)
+        for name, value in described:
+            print(f"{name:<{width}}  {value}")
+        return EX_OK
+    settings = resolve_settings(args, args.sender)
     sources = _sources(args.source, cleanup)
     report = _open_report(args.report)
     rows = [_Row(index, source.name) for index, source in enumerate(sources, 1)]
@@ -460,7 +516,9 @@ def _run_bulk(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
         key = result.message.key
         assert isinstance(key, int)
         row = rows[key - 1]
-        _fill_row(row, result)
+        _fill_row(row, result, settings.hints)
+        if settings.log is not None:
+            _log_row(settings, row)
         if result.status is Outcome.ACCEPTED and not row.refused:
             if mode == "lines":
                 view.message(f"sent     {row.source}: {row.detail}")
@@ -475,10 +533,14 @@ def _run_bulk(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> int:
                      on_result, view)  # fmt: skip
         status = bulk_exit_status({row.exit for row in rows})
     except BaseException as exc:  # stopped early: every message gets a row all the same
-        status = exit_status(exc)[0] if isinstance(exc, Exception) else EX_INTERRUPTED
+        status, text = exit_status(exc, settings.hints)
+        if not isinstance(exc, Exception):
+            status = EX_INTERRUPTED
         for row in rows:
             if row.status == Outcome.NOT_SENT.value and not row.detail:
                 row.detail = "not sent: the run stopped"
+        if isinstance(exc, Exception) and not isinstance(exc, CLIError):
+            raise CLIError(status, text) from exc
         raise
     finally:
         view.finish()

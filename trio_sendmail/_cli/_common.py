@@ -14,9 +14,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import ssl
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import NoReturn
+
+import attrs
+import trio
 
 from .. import (
     ForwardPath,
@@ -50,14 +54,18 @@ __all__ = [
     "EX_TEMPFAIL",
     "EX_UNAVAILABLE",
     "EX_USAGE",
+    "NO_HINTS",
     "PROG",
     "TLS_CHOICES",
     "CLIError",
+    "Hints",
     "UsageParser",
     "add_connection_options",
+    "cli_words",
     "exit_status",
     "refusals",
     "transcript_to",
+    "version_text",
 ]
 
 PROG = "trio-sendmail"
@@ -97,6 +105,37 @@ class CLIError(Exception):
         self.message = message
 
 
+@attrs.frozen
+class Hints:
+    """What an error message may suggest, from the settings in use."""
+
+    #: The CA file given, if any (then ``--cafile`` is not suggested again).
+    cafile: str | None = None
+    tls: TLSMode | None = None
+    #: Not implicit TLS, on a port that looks like implicit TLS (465).
+    implicit_port: bool = False
+
+
+NO_HINTS = Hints()
+
+#: The library's Python names, as the command line's flags (messages speak CLI).
+_CLI_WORDS = (
+    ("pass insecure_auth_over_plaintext=True", "use --insecure-plaintext-auth"),
+    ("insecure_auth_over_plaintext=True", "--insecure-plaintext-auth"),
+    ("TLSMode.INSECURE_PLAINTEXT", "--tls none"),
+    ("TLSMode.STARTTLS", "--tls starttls"),
+    ("TLSMode.IMPLICIT", "--tls implicit"),
+    ("ssl_context", "--cafile"),
+)
+
+
+def cli_words(text: str) -> str:
+    """*text* with the library's Python names replaced by the flags that set them."""
+    for python, flag in _CLI_WORDS:
+        text = text.replace(python, flag)
+    return text
+
+
 class UsageParser(argparse.ArgumentParser):
     """An argument parser whose errors exit with EX_USAGE (64), not 2."""
 
@@ -112,29 +151,49 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def _certificate_problem(exc: BaseException) -> str | None:
-    """The verification message of an SSLCertVerificationError in *exc*'s causes."""
-    import ssl
-
+def _causes(exc: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _certificate_problem(exc: BaseException) -> str | None:
+    """The verification message of an SSLCertVerificationError in *exc*'s causes."""
+    for current in _causes(exc):
         if isinstance(current, ssl.SSLCertVerificationError):
             return str(current.verify_message or current.reason or current)
-        current = current.__cause__ or current.__context__
     return None
 
 
-def exit_status(exc: BaseException) -> tuple[int, str]:
+def _not_tls(exc: BaseException) -> bool:
+    """Whether the server answered the TLS handshake with something that is not TLS
+    (an SMTP greeting in plain text: ``wrong version number``)."""
+    return any(
+        isinstance(current, ssl.SSLError) and current.reason == "WRONG_VERSION_NUMBER"
+        for current in _causes(exc)
+    )
+
+
+def exit_status(exc: BaseException, hints: Hints = NO_HINTS) -> tuple[int, str]:
     """The sysexits.h status for *exc*, and a one-line message for a person.
 
     The order matters: the first matching line of the table in docs/cli.rst wins.
+    *hints* says what the message may suggest (no ``--cafile`` when one was given).
     """
+    status, message = _exit_status(exc, hints)
+    return status, cli_words(message)
+
+
+def _exit_status(exc: BaseException, hints: Hints) -> tuple[int, str]:
     if isinstance(exc, CLIError):
         return exc.code, exc.message
     if isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        return exit_status(exc.exceptions[0])
+        return _exit_status(exc.exceptions[0], hints)
+    if isinstance(exc, trio.Cancelled | KeyboardInterrupt):
+        return EX_INTERRUPTED, "interrupted"
     text = _one_line(str(exc)) or type(exc).__name__
     if isinstance(exc, SMTPAuthenticationError):
         return EX_NOPERM, f"authentication failed: {_detail(exc)}"
@@ -151,14 +210,31 @@ def exit_status(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, SMTPTransientError):
         return EX_TEMPFAIL, f"temporary failure, try again later: {text}"
     if isinstance(exc, SMTPTimeoutError):
+        if exc.phase == "greeting" and hints.implicit_port:
+            # Not 75: trying again later would wait in silence just the same.
+            return (
+                EX_UNAVAILABLE,
+                f"no greeting from the server ({text}): this port looks like implicit TLS, "
+                "where the server waits for a TLS handshake; try --tls implicit",
+            )
         return EX_TEMPFAIL, f"timed out: {text}"
     if isinstance(exc, SMTPTLSError):
         problem = _certificate_problem(exc)
         if problem is not None:
+            advice = (
+                f"the certificate is not signed by a CA in {hints.cafile}"
+                if hints.cafile is not None
+                else "use --cafile to trust a private CA"
+            )
             return (
                 EX_UNAVAILABLE,
-                f"TLS certificate verification failed: {_one_line(problem)} "
-                "(use --cafile to trust a private CA)",
+                f"TLS certificate verification failed: {_one_line(problem)} ({advice})",
+            )
+        if hints.tls is TLSMode.IMPLICIT and _not_tls(exc):
+            return (
+                EX_UNAVAILABLE,
+                f"TLS failed: {text} (the server answered in plain text: this port does "
+                "not speak implicit TLS; try --tls starttls)",
             )
         return EX_UNAVAILABLE, f"TLS failed: {text}"
     if isinstance(exc, SMTPConnectionError):
@@ -245,6 +321,18 @@ def transcript_to(enabled: bool) -> Iterator[None]:
 # ------------------------------------------------------------------ options
 
 
+def version_text() -> str:
+    """``trio-sendmail 0.1.0 (trio 0.27.0, Python 3.11.2, OpenSSL 3.0.x)``."""
+    import platform
+
+    from .. import __version__
+
+    return (
+        f"{PROG} {__version__} (trio {trio.__version__}, Python {platform.python_version()}, "
+        f"{ssl.OPENSSL_VERSION})"
+    )
+
+
 def add_connection_options(parser: argparse.ArgumentParser) -> None:
     """The options shared by ``send`` and ``bulk``."""
     server = parser.add_argument_group("server")
@@ -255,13 +343,19 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     server.add_argument(
         "--tls",
         choices=list(TLS_CHOICES),
-        help="implicit TLS, required STARTTLS, or none (default: implicit, or "
-        "starttls when --port is not 465)",
+        help="implicit TLS, required STARTTLS, or none (default: from the port: implicit "
+        "for 465 or no port, starttls for 587, 25 and any other port)",
     )
     server.add_argument(
         "--cafile", metavar="FILE", help="trust only the CA certificates in this PEM file"
     )
     server.add_argument("--helo", metavar="NAME", help="the EHLO name (default: this host's FQDN)")
+    server.add_argument(
+        "--domain",
+        metavar="DOMAIN",
+        help="qualify bare local addresses (root becomes root@DOMAIN); "
+        "default: none, they are sent as <root>",
+    )
     server.add_argument(
         "--timeout",
         type=float,
@@ -285,7 +379,8 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     auth.add_argument(
         "--password-command",
         metavar="CMD",
-        help="run CMD (no shell) and use the first line of its output as the password",
+        help="run CMD with /bin/sh -c (like msmtp's passwordeval) and use the first line "
+        "of its output as the password",
     )
     auth.add_argument("--netrc-file", metavar="FILE", help="netrc file (default: ~/.netrc)")
     auth.add_argument(
@@ -295,11 +390,19 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     )
     profile = parser.add_argument_group("profiles")
     profile.add_argument(
+        "-C",
         "--config",
         metavar="FILE",
-        help="profile file (default: ~/.config/trio-sendmail/config.toml)",
+        help="profile file (default: ~/.config/trio-sendmail/config.toml; "
+        "/etc/trio-sendmail.toml is read before it)",
     )
-    profile.add_argument("--account", metavar="NAME", help="use this account of the profile file")
+    profile.add_argument(
+        "-a",
+        "--account",
+        metavar="NAME",
+        help="use this account of the profile file (default: the account whose 'from' is "
+        "the sender, else the default account)",
+    )
     dsn = parser.add_argument_group("delivery status notifications (RFC 3461)")
     dsn.add_argument(
         "-N",
@@ -310,7 +413,9 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
     dsn.add_argument(
         "-R", "--dsn-return", metavar="WHAT", help="full or hdrs: what a bounce carries"
     )
-    dsn.add_argument("--dsn-envid", metavar="ID", help="envelope identifier returned in reports")
+    dsn.add_argument(
+        "-V", "--dsn-envid", metavar="ID", help="envelope identifier returned in reports"
+    )
     dsn.add_argument("--dsn-orcpt", action="store_true", help="send each recipient as ORCPT")
     output = parser.add_argument_group("output")
     output.add_argument(
@@ -319,3 +424,15 @@ def add_connection_options(parser: argparse.ArgumentParser) -> None:
         help="print the SMTP dialogue to stderr (credentials redacted)",
     )
     output.add_argument("--debug", action="store_true", help="print the traceback of an error")
+    output.add_argument(
+        "--log",
+        metavar="FILE",
+        help="append one line per message to FILE: time, message id, recipients, outcome, "
+        "reply (like msmtp's logfile)",
+    )
+    output.add_argument(
+        "--pretend",
+        action="store_true",
+        help="print the effective settings (secrets masked) and send nothing",
+    )
+    output.add_argument("--version", action="version", version=version_text())

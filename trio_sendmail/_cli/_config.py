@@ -1,11 +1,11 @@
-"""The command line's settings: the TOML profile file, and where passwords come from.
+"""The command line's settings, and where passwords come from.
 
 Settings are resolved in one order, whatever the command: a flag on the command
-line, then the chosen account of the profile file, then its ``[defaults]`` table,
-then the built-in default. Passwords never come from a flag: they come from a
-command (``--password-command``, msmtp's ``passwordeval``), the account's
-``password`` (only in a file no one else can read), an environment variable, or
-``~/.netrc``.
+line, then the chosen account of the profile files (:mod:`._profiles`), then
+their ``[defaults]`` tables, then the built-in default. Passwords never come from
+a flag: they come from a command (``--password-command``, msmtp's
+``passwordeval``, run by ``/bin/sh -c``), the account's ``password`` (only in a
+file no one else can read), an environment variable, or ``~/.netrc``.
 """
 
 from __future__ import annotations
@@ -14,11 +14,8 @@ import ast
 import netrc
 import os
 import re
-import shlex
 import ssl
-import stat
 import subprocess
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,12 +33,21 @@ from .. import (
 )
 from .._sasl import OAUTH_MECHANISMS
 from .._settings import DEFAULT_TIMEOUTS
-from ._common import EX_CONFIG, EX_NOINPUT, EX_NOPERM, EX_USAGE, TLS_CHOICES, CLIError
+from ._common import (
+    EX_CONFIG,
+    EX_NOINPUT,
+    EX_NOPERM,
+    EX_USAGE,
+    TLS_CHOICES,
+    CLIError,
+    Hints,
+)
+from ._profiles import Profile, check_private, load_account, read_file
 
 __all__ = [
     "Settings",
-    "default_config_path",
-    "load_account",
+    "describe",
+    "looks_like_implicit_tls",
     "resolve_settings",
     "run_password_command",
 ]
@@ -52,140 +58,27 @@ DEFAULT_PASSWORD_ENV = "TRIO_SENDMAIL_PASSWORD"  # noqa: S105 (a variable name)
 DATA_END_TIMEOUT = 600.0
 #: How long a password command may take.
 PASSWORD_COMMAND_TIMEOUT = 120.0
-
-# ---------------------------------------------------------------- the profile file
-
-#: Keys an account (or ``[defaults]``) may hold, with their type.
-ACCOUNT_KEYS: Mapping[str, type | tuple[type, ...]] = {
-    "host": str,
-    "port": int,
-    "tls": str,
-    "cafile": str,
-    "helo": str,
-    "from": str,
-    "user": str,
-    "auth": str,
-    "password": str,
-    "password_command": str,
-    "password_env": str,
-    "netrc_file": str,
-    "timeout": (int, float),
-    "insecure_plaintext_auth": bool,
-    "dsn_notify": str,
-    "dsn_return": str,
-}
-
-
-def default_config_path() -> Path:
-    """``$XDG_CONFIG_HOME/trio-sendmail/config.toml``, else ``~/.config/…``."""
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "trio-sendmail" / "config.toml"
-
-
-def _check_private(path: Path, st: os.stat_result, what: str) -> None:
-    """Refuse a file holding secrets that others can read or that someone else owns."""
-    if os.name != "posix":  # pragma: no cover - POSIX permissions only
-        return
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        raise CLIError(
-            EX_CONFIG,
-            f"{what} {path} contains a password but is accessible by group/others "
-            f"(mode {mode:04o}); run: chmod 600 {shlex.quote(str(path))}",
-        )
-    if st.st_uid != os.getuid():
-        raise CLIError(EX_CONFIG, f"{what} {path} contains a password but is not owned by you")
-
-
-def _read_file(path: Path, what: str) -> tuple[bytes, os.stat_result]:
-    """The bytes of *path* and the status of the very file they were read from."""
-    try:
-        with open(path, "rb") as file:
-            st = os.fstat(file.fileno())
-            return file.read(), st
-    except OSError as exc:
-        raise CLIError(EX_CONFIG, f"cannot read {what} {path}: {exc.strerror or exc}") from exc
-
-
-def _contains_password(document: Mapping[str, Any]) -> bool:
-    tables = [document.get("defaults")]
-    accounts = document.get("accounts")
-    if isinstance(accounts, Mapping):
-        tables.extend(accounts.values())
-    return any(isinstance(table, Mapping) and "password" in table for table in tables)
-
-
-def _check_table(table: object, where: str, path: Path) -> dict[str, Any]:
-    if not isinstance(table, Mapping):
-        raise CLIError(EX_CONFIG, f"{path}: {where} must be a table")
-    for key, value in table.items():
-        expected = ACCOUNT_KEYS.get(key)
-        if expected is None:
-            known = ", ".join(ACCOUNT_KEYS)
-            raise CLIError(EX_CONFIG, f"{path}: unknown key {key!r} in {where} (known: {known})")
-        wrong_bool = isinstance(value, bool) and expected is not bool
-        if not isinstance(value, expected) or wrong_bool:
-            raise CLIError(EX_CONFIG, f"{path}: {key} in {where} has the wrong type")
-    if "tls" in table and table["tls"] not in TLS_CHOICES:
-        raise CLIError(
-            EX_CONFIG, f"{path}: tls in {where} must be one of {', '.join(TLS_CHOICES)}"
-        )
-    return dict(table)
-
-
-def load_account(path: Path | None, account: str | None) -> dict[str, Any]:
-    """Read the profile file and return the chosen account merged over ``[defaults]``.
-
-    *path* ``None`` means the default location, which may be missing (then there
-    are no profiles). An explicit file must exist.
-    """
-    explicit = path is not None
-    if path is None:
-        path = default_config_path()
-        if not path.exists():
-            if account is not None:
-                raise CLIError(EX_CONFIG, f"no account {account!r}: {path} does not exist")
-            return {}
-    raw, st = _read_file(path, "config file")
-    try:
-        document = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise CLIError(EX_CONFIG, f"{path}: invalid TOML: {exc}") from exc
-    if _contains_password(document):
-        _check_private(path, st, "config file")
-    unknown = set(document) - {"default", "defaults", "accounts"}
-    if unknown:
-        raise CLIError(
-            EX_CONFIG, f"{path}: unknown top-level key(s): {', '.join(sorted(unknown))}"
-        )
-    defaults = _check_table(document.get("defaults", {}), "[defaults]", path)
-    accounts = document.get("accounts", {})
-    if not isinstance(accounts, Mapping):
-        raise CLIError(EX_CONFIG, f"{path}: accounts must be a table of tables")
-    checked = {
-        str(name): _check_table(table, f"[accounts.{name}]", path)
-        for name, table in accounts.items()
-    }
-    default_name = document.get("default")
-    if default_name is not None and not isinstance(default_name, str):
-        raise CLIError(EX_CONFIG, f"{path}: default must be the name of an account")
-    name = account
-    if name is None:
-        name = default_name if default_name is not None else "default"
-        if name not in checked:
-            if default_name is not None:
-                raise CLIError(EX_CONFIG, f"{path}: default account {name!r} is not defined")
-            return defaults
-    if name not in checked:
-        names = ", ".join(sorted(checked)) or "none"
-        where = str(path) if explicit else f"{path} (default location)"
-        raise CLIError(EX_CONFIG, f"no account {name!r} in {where}; accounts: {names}")
-    merged = dict(defaults)
-    merged.update(checked[name])
-    return merged
-
+#: The shell that runs the password command (``sh -c``, as msmtp's passwordeval).
+PASSWORD_COMMAND_SHELL = "/bin/sh"  # noqa: S105 (a program, not a password)
 
 # ---------------------------------------------------------------- resolved settings
+
+
+#: Ports where the server speaks TLS from the first byte (RFC 8314 §3.3: 465).
+IMPLICIT_TLS_PORTS = frozenset({465})
+#: The TLS mode of a well-known port when none is given (RFC 8314 §3.3, RFC 6409 §3.1,
+#: RFC 5321 §4.5.4 with STARTTLS required, never plaintext).
+PORT_TLS = {465: "implicit", 587: "starttls", 25: "starttls"}
+#: The port of each TLS mode when none is given (as the library chooses it).
+PORT_BY_TLS = {TLSMode.IMPLICIT: 465, TLSMode.STARTTLS: 587, TLSMode.INSECURE_PLAINTEXT: 25}
+#: Seconds to wait for the greeting without TLS on a port that looks like implicit TLS,
+#: where a TLS server says nothing until it gets a ClientHello.
+IMPLICIT_PROBE_TIMEOUT = 10.0
+
+
+def looks_like_implicit_tls(port: int | None) -> bool:
+    """465, or a port that ends in 465 (such as 10465), as test and private setups use."""
+    return port is not None and (port in IMPLICIT_TLS_PORTS or str(port).endswith("465"))
 
 
 @attrs.frozen
@@ -202,9 +95,35 @@ class Settings:
     insecure_plaintext_auth: bool
     timeouts: Timeouts
     dsn: DSN | None
+    #: The domain that qualifies bare local addresses (``root``).
+    domain: str | None = None
+    #: The send log (``--log``), one line per message.
+    log: str | None = None
+    #: The account used, and the files read.
+    profile: Profile = attrs.field(factory=lambda: Profile({}, None, ()))
+    #: The CA file given (``--cafile`` or ``cafile``), for messages.
+    cafile: str | None = None
+    #: The user, and where the password comes from, for ``--pretend``.
+    user: str | None = None
+    password_source: str | None = None
+
+    @property
+    def hints(self) -> Hints:
+        """What error messages may suggest."""
+        port = self.port if self.port is not None else PORT_BY_TLS[self.tls]
+        return Hints(
+            cafile=self.cafile,
+            tls=self.tls,
+            implicit_port=self.tls is not TLSMode.IMPLICIT and looks_like_implicit_tls(port),
+        )
 
     def connection(self) -> ConnectionSettings:
         """How to connect to :attr:`host`: ``open_session(settings.connection())``."""
+        timeouts = self.timeouts
+        if self.hints.implicit_port:  # fail fast: a TLS server waits for us in silence
+            timeouts = attrs.evolve(
+                timeouts, greeting=min(timeouts.greeting, IMPLICIT_PROBE_TIMEOUT)
+            )
         return ConnectionSettings(
             self.host,
             port=self.port,
@@ -213,7 +132,7 @@ class Settings:
             domain=self.helo,
             authentication=self.authentication,
             insecure_auth_over_plaintext=self.insecure_plaintext_auth,
-            timeouts=self.timeouts,
+            timeouts=timeouts,
         )
 
 
@@ -274,36 +193,36 @@ def _dsn(notify: str | None, ret: str | None, envid: str | None, orcpt: bool) ->
 
 
 def run_password_command(command: str) -> str:
-    """Run *command* without a shell; the first line of its output is the password."""
-    try:
-        argv = shlex.split(command)
-    except ValueError as exc:
-        raise CLIError(EX_CONFIG, f"cannot parse the password command: {exc}") from exc
-    if not argv:
+    """Run *command* with ``/bin/sh -c`` (as msmtp's ``passwordeval``); the first line
+    of its output is the password."""
+    if not command.strip():
         raise CLIError(EX_CONFIG, "the password command is empty")
     try:
-        # shell=False: the words of the command are run as given, nothing is expanded.
-        done = subprocess.run(  # noqa: S603
-            argv,
-            shell=False,
+        # Through the shell on purpose, like msmtp's passwordeval: pipes, variables
+        # and ~ work, so migrated configurations keep working. The command comes from
+        # the user's own flag or from a file no one else can write (_check_not_writable).
+        done = subprocess.run(  # noqa: S602
+            command,
+            shell=True,
+            executable=PASSWORD_COMMAND_SHELL,
             stdin=subprocess.DEVNULL,  # stdin may be the message being sent
             stdout=subprocess.PIPE,
             check=False,
             timeout=PASSWORD_COMMAND_TIMEOUT,
         )
     except (OSError, subprocess.SubprocessError) as exc:
-        raise CLIError(EX_CONFIG, f"cannot run the password command {argv[0]!r}: {exc}") from exc
-    if done.returncode != 0:
         raise CLIError(
-            EX_CONFIG, f"the password command {argv[0]!r} failed with status {done.returncode}"
-        )
+            EX_CONFIG, f"cannot run the password command: {type(exc).__name__}"
+        ) from exc
+    if done.returncode != 0:
+        raise CLIError(EX_CONFIG, f"the password command failed with status {done.returncode}")
     # Not "replace": a password with bytes that are not UTF-8 would be silently
     # changed (and refused by the server); _checked() reports it instead.
     text = done.stdout.decode("utf-8", "surrogateescape")
     password = text.splitlines()[0] if text else ""
     if not password:
-        raise CLIError(EX_CONFIG, f"the password command {argv[0]!r} printed no password")
-    return _checked(password, f"the password command {argv[0]!r}")
+        raise CLIError(EX_CONFIG, "the password command printed no password")
+    return _checked(password, "the password command")
 
 
 def _checked(secret: str, source: str) -> str:
@@ -371,8 +290,8 @@ def _netrc_password(host: str, user: str, netrc_file: str | None) -> str | None:
         if netrc_file is not None:
             raise CLIError(EX_CONFIG, f"cannot read netrc file {path}: it does not exist")
         return None
-    raw, st = _read_file(path, "netrc file")
-    _check_private(path, st, "netrc file")
+    raw, st = read_file(path, "netrc file")
+    check_private(path, st, "netrc file")
     entry = _parse_netrc(path, raw).authenticators(host)
     if entry is None:
         return None
@@ -456,32 +375,93 @@ def _authentication(args: Any, account: Mapping[str, Any], host: str) -> Authent
         raise CLIError(EX_USAGE, str(exc)) from exc
 
 
-def resolve_settings(args: Any) -> Settings:
-    """Merge the flags in *args* with the profile file; find the credentials."""
-    account = load_account(
-        None if args.config is None else Path(os.path.expanduser(args.config)), args.account
+def _program(command: str) -> str:
+    """The program a password command runs, without its arguments (which often
+    hold a secret: ``echo hunter2``, ``gpg --passphrase …``)."""
+    words = command.split(maxsplit=1)
+    return repr(words[0] if words else "")
+
+
+def _password_source(args: Any, account: Mapping[str, Any], host: str) -> str:
+    """Where :func:`_password` would look first, without running or reading anything."""
+    if args.password_command is not None:
+        command = _program(args.password_command)
+        return f"--password-command {command} (not run; arguments not shown)"
+    if args.password_env is not None:
+        return f"--password-env {args.password_env}"
+    if "password_command" in account:
+        command = _program(str(account["password_command"]))
+        return f"password_command {command} (not run; arguments not shown)"
+    if "password" in account:
+        return "password in the config file (not shown)"
+    if "password_env" in account:
+        return f"password_env {account['password_env']}"
+    if os.environ.get(DEFAULT_PASSWORD_ENV):
+        return f"environment variable {DEFAULT_PASSWORD_ENV} (set, not shown)"
+    netrc_file = _pick(args, account, "netrc_file") or "~/.netrc"
+    return f"netrc file {netrc_file}, entry for {host}"
+
+
+def _sender(args: Any, account: Mapping[str, Any]) -> str | None:
+    """``-f``, else the account's ``from`` unless it is a pattern (``*@example.com``
+    chooses the account; the address then comes from the message)."""
+    sender: str | None = getattr(args, "sender", None)
+    if sender is not None:
+        return sender
+    address = account.get("from")
+    if address is None or any(char in address for char in "*?["):
+        return None
+    return str(address)
+
+
+def resolve_settings(args: Any, sender: str | None = None, *, secrets: bool = True) -> Settings:
+    """Merge the flags in *args* with the profile file; find the credentials.
+
+    *sender* (the ``-f`` address, or the message's ``From``) picks the account when
+    none is named. With *secrets* false (``--pretend``), no password is looked up:
+    :attr:`Settings.password_source` says where it would come from.
+    """
+    profile = load_account(
+        None if args.config is None else Path(os.path.expanduser(args.config)),
+        args.account,
+        sender,
     )
+    account = profile.values
     host = _pick(args, account, "host")
     if host is None:
         raise CLIError(EX_USAGE, "no SMTP server: give --host, or an account in the config file")
     tls_name = _pick(args, account, "tls")
     port = _pick(args, account, "port")
-    if tls_name is None:
-        # Implicit TLS (RFC 8314) unless another port says otherwise; never plaintext.
-        tls_name = "implicit" if port in (None, 465) else "starttls"
-    tls = TLS_CHOICES[tls_name]
     if port is not None and not 0 < port < 65536:
         raise CLIError(EX_USAGE, f"invalid port {port}")
+    if tls_name is None:
+        # From the port: 465 implicit TLS (RFC 8314), 587 and 25 STARTTLS (required);
+        # implicit TLS without a port; never plaintext unless asked for.
+        tls_name = "implicit" if port is None else PORT_TLS.get(port, "starttls")
+    tls = TLS_CHOICES[tls_name]
     timeout = _pick(args, account, "timeout")
     insecure = bool(args.insecure_plaintext_auth or account.get("insecure_plaintext_auth"))
+    cafile = _pick(args, account, "cafile")
+    user = _pick(args, account, "user")
+    if secrets:
+        authentication = _authentication(args, account, host)
+        source = None
+    else:
+        authentication = None
+        source = None if user is None else _password_source(args, account, host)
+    domain = _pick(args, account, "domain")
+    if domain is not None:
+        domain = domain.strip().lstrip("@")
+        if not domain or any(char.isspace() or char in "@<>" for char in domain):
+            raise CLIError(EX_USAGE, f"--domain must be a domain name, not {domain!r}")
     return Settings(
         host=host,
         port=port,
         tls=tls,
-        ssl_context=_ssl_context(_pick(args, account, "cafile"), tls),
+        ssl_context=_ssl_context(cafile, tls),
         helo=_pick(args, account, "helo"),
-        sender=_pick(args, account, "sender", "from"),
-        authentication=_authentication(args, account, host),
+        sender=_sender(args, account),
+        authentication=authentication,
         insecure_plaintext_auth=insecure,
         timeouts=_timeouts(None if timeout is None else float(timeout)),
         dsn=_dsn(
@@ -490,4 +470,49 @@ def resolve_settings(args: Any) -> Settings:
             args.dsn_envid,
             args.dsn_orcpt,
         ),
+        domain=domain,
+        log=_pick(args, account, "log"),
+        profile=profile,
+        cafile=None if cafile is None or tls is TLSMode.INSECURE_PLAINTEXT else cafile,
+        user=user,
+        password_source=source,
     )
+
+
+def describe(settings: Settings) -> list[tuple[str, str]]:
+    """The effective settings, for ``--pretend``: no secret, only where each comes from."""
+    profile = settings.profile
+    files = ", ".join(str(path) for path in profile.files) or "none"
+    account = "none ([defaults] only)" if profile.name is None else profile.name
+    if profile.name is not None and profile.reason:
+        account += f" (chosen by {profile.reason})"
+    tls_names = {mode: name for name, mode in TLS_CHOICES.items()}
+    port = settings.connection().resolved_port
+    dsn = settings.dsn
+    plaintext = settings.tls is TLSMode.INSECURE_PLAINTEXT
+    rows = [
+        ("config files", files),
+        ("account", account),
+        ("host", settings.host),
+        ("port", str(port)),
+        ("tls", tls_names[settings.tls]),
+        ("cafile", "-" if plaintext else settings.cafile or "the system's trust store"),
+        ("helo", settings.helo or "this host's name"),
+        ("from", settings.sender or "the message's From header"),
+        ("domain", settings.domain or "none (bare local names are sent as they are)"),
+        ("user", settings.user or "none (no authentication)"),
+    ]
+    if settings.user is not None:
+        rows.append(("password", settings.password_source or "-"))
+    rows += [
+        ("insecure plaintext auth", "yes" if settings.insecure_plaintext_auth else "no"),
+        (
+            "timeouts",
+            f"greeting {settings.connection().timeouts.greeting:g} s, "
+            f"command {settings.timeouts.command:g} s, "
+            f"after the final dot {settings.timeouts.data_end:g} s",
+        ),
+        ("dsn", "none" if dsn is None else " ".join(dsn.mail_params()) or "notify only"),
+        ("log", settings.log or "none"),
+    ]
+    return rows

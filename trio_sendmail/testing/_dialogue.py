@@ -24,6 +24,8 @@
 # - RFC 2920 (PIPELINING): any number of commands per read; a command that must end a group
 #   (EHLO, DATA, QUIT, NOOP, AUTH, ...) but is followed by more bytes, or any pipelining when
 #   PIPELINING was not offered, is counted in `pipelining_violations` (§3.1);
+# - RFC 2033 (LMTP), when the server's `lmtp` is set: LHLO instead of EHLO (HELO and EHLO get
+#   500, §4.1); the per-recipient replies after the end of data are in _mail;
 # - RFC 2034 (ENHANCEDSTATUSCODES): the server's own 2xx/4xx/5xx replies carry an RFC 3463 code
 #   exactly when ENHANCEDSTATUSCODES is among the advertised extensions.
 #
@@ -51,7 +53,9 @@ __all__ = ["Dialogue", "DialogueServer"]
 # RFC 4954 §4: 12288 octets is enough for the deployed SASL mechanisms.
 _SASL_LINE_LIMIT: Final = 12288
 # RFC 2920 §3.1 (and RFC 4954 §4 for AUTH): commands that must end a pipelined group.
-_GROUP_ENDERS: Final = frozenset({"EHLO", "HELO", "DATA", "VRFY", "EXPN", "TURN", "QUIT", "NOOP"})
+_GROUP_ENDERS: Final = frozenset(
+    {"EHLO", "HELO", "LHLO", "DATA", "VRFY", "EXPN", "TURN", "QUIT", "NOOP"}
+)
 _NEEDS_HELO: Final = frozenset({"MAIL", "RCPT", "DATA", "BDAT", "AUTH", "STARTTLS"})
 _MECHANISM_RE: Final = re.compile(rb"[A-Za-z0-9_-]+")
 
@@ -96,13 +100,18 @@ class Dialogue:
 
     async def send(self, code: int, text: str) -> None:
         """Send a reply verbatim; ``\\n`` in *text* separates the lines of a multi-line reply."""
-        lines = text.split("\n")
+        await self.send_many([(code, text)])
+
+    async def send_many(self, replies: list[tuple[int, str]]) -> None:
+        """Send several replies (as :meth:`send` does) in one write."""
         out = bytearray()
-        for index, line in enumerate(lines):
-            separator = "-" if index < len(lines) - 1 else " "
-            wire = f"{code}{separator}{line}".encode()
-            self.server.transcript.append(("S", wire))
-            out += wire + b"\r\n"
+        for code, text in replies:
+            lines = text.split("\n")
+            for index, line in enumerate(lines):
+                separator = "-" if index < len(lines) - 1 else " "
+                wire = f"{code}{separator}{line}".encode()
+                self.server.transcript.append(("S", wire))
+                out += wire + b"\r\n"
         await self.stream.send_all(bytes(out))
 
     async def reply(self, code: int, status: str, text: str) -> None:
@@ -117,7 +126,8 @@ class Dialogue:
         server = self.server
         if implicit_tls:
             await self.start_tls()
-        greeting = server.greeting or (220, f"{server.hostname} ESMTP trio_sendmail fake server")
+        kind = "LMTP" if server.lmtp else "ESMTP"
+        greeting = server.greeting or (220, f"{server.hostname} {kind} trio_sendmail fake server")
         await self.send(*greeting)
         code = greeting[0]
         if code == 554:
@@ -227,8 +237,21 @@ class Dialogue:
 
     async def cmd_ehlo(self, arg: str) -> bool:
         self.check_group_end(last=True)
+        if self.server.lmtp:  # RFC 2033 §4.1
+            await self.reply(500, "5.5.1", "This is an LMTP server: use LHLO")
+            return False
+        return await self._ehlo("EHLO", arg)
+
+    async def cmd_lhlo(self, arg: str) -> bool:
+        self.check_group_end(last=True)
+        if not self.server.lmtp:
+            await self.reply(500, "5.5.2", "Command not recognized")
+            return False
+        return await self._ehlo("LHLO", arg)
+
+    async def _ehlo(self, verb: str, arg: str) -> bool:
         if not arg or " " in arg:
-            await self.reply(501, "5.5.4", "Syntax: EHLO domain")
+            await self.reply(501, "5.5.4", f"Syntax: {verb} domain")
             return False
         self.helo = arg
         self.esmtp = True
@@ -240,6 +263,9 @@ class Dialogue:
 
     async def cmd_helo(self, arg: str) -> bool:
         self.check_group_end(last=True)
+        if self.server.lmtp:  # RFC 2033 §4.1
+            await self.reply(500, "5.5.1", "This is an LMTP server: use LHLO")
+            return False
         if not arg or " " in arg:
             await self.reply(501, "5.5.4", "Syntax: HELO domain")
             return False

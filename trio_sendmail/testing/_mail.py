@@ -19,6 +19,10 @@
 # - RFC 3030 (CHUNKING/BINARYMIME): BDAT with an exact octet count, read even when the command
 #   fails (§2); BODY=BINARYMIME when "BINARYMIME" is listed too; no DATA after BDAT.
 #
+# LMTP (RFC 2033 §4.2): DATA without an accepted recipient gets 503, and the end of the content
+# gets one reply per accepted recipient, in RCPT order (the server's lmtp_replies, else 250); the
+# message is recorded with the recipients answered 2xx.
+#
 # The DATA terminator is exactly CRLF "." CRLF (or "." CRLF as the very first line), and
 # transparency dots (§4.5.2) are removed only after a CRLF. A bare LF or bare CR never ends a
 # line for the purpose of the terminator or of dot-unstuffing, so "\n.\n", "\r.\r\n" and
@@ -113,6 +117,8 @@ class MailServer(Protocol):
     refuse_senders: dict[str, tuple[int, str]]
     refuse_recipients: dict[str, tuple[int, str]]
     data_reply: tuple[int, str] | None
+    lmtp: bool
+    lmtp_replies: dict[str, tuple[int, str]]
     messages: list[ReceivedMessage]
     bare_line_endings: int
     undeclared_8bit: int
@@ -144,6 +150,8 @@ class MailDialogue(Protocol):
     def check_group_end(self, *, last: bool) -> None: ...
 
     async def send(self, code: int, text: str) -> None: ...
+
+    async def send_many(self, replies: list[tuple[int, str]]) -> None: ...
 
     async def reply(self, code: int, status: str, text: str) -> None: ...
 
@@ -247,7 +255,10 @@ async def _data_refusal(dialogue: MailDialogue) -> bool:
     if txn is None:
         await dialogue.reply(503, "5.5.1", "Need MAIL command")
     elif not txn.recipients:
-        await dialogue.reply(554, "5.5.1", "No valid recipients")
+        if dialogue.server.lmtp:  # RFC 2033 §4.2
+            await dialogue.reply(503, "5.5.1", "No valid recipients")
+        else:
+            await dialogue.reply(554, "5.5.1", "No valid recipients")
     else:
         return False
     return True
@@ -344,6 +355,9 @@ async def _finish_message(
     # RFC 2920 §3.1: message content may start a new group only if PIPELINING was offered.
     dialogue.check_group_end(last=False)
     limit = server.size_limit
+    if server.lmtp:
+        await _lmtp_replies(dialogue, txn, data, raw, too_big=limit is not None and size > limit)
+        return
     if limit is not None and size > limit:
         await dialogue.reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
         return
@@ -369,3 +383,41 @@ async def _finish_message(
             )
         )
     await dialogue.send(code, text)
+
+
+async def _lmtp_replies(
+    dialogue: MailDialogue, txn: Transaction, data: bytes, raw: bytes, *, too_big: bool
+) -> None:
+    """RFC 2033 §4.2: one reply per accepted recipient, in RCPT order, all in one write."""
+    server = dialogue.server
+    queue_id = server._next_queue_id()
+    delivered: list[str] = []
+    out: list[tuple[int, str]] = []
+    for recipient in txn.recipients:
+        reply = _lookup(server.lmtp_replies, recipient)
+        if reply is None and too_big:
+            reply = (552, "5.3.4 Message size exceeds fixed maximum message size")
+        if reply is None:
+            reply = server.data_reply
+        if reply is None:
+            text = f"<{recipient}> Ok: delivered as {queue_id}"
+            reply = (250, f"2.0.0 {text}" if dialogue.enhanced_status_codes() else text)
+        if 200 <= reply[0] < 300:
+            delivered.append(recipient)
+        out.append(reply)
+    if delivered:
+        assert dialogue.helo is not None
+        server.messages.append(
+            ReceivedMessage(
+                sender=txn.sender,
+                recipients=tuple(delivered),
+                mail_options=txn.mail_options,
+                rcpt_options=types.MappingProxyType({r: txn.rcpt_options[r] for r in delivered}),
+                data=data,
+                raw=raw,
+                tls=dialogue.tls,
+                authenticated_as=dialogue.authenticated_as,
+                helo=dialogue.helo,
+            )
+        )
+    await dialogue.send_many(out)

@@ -117,6 +117,13 @@ class FakeSMTPServer:
         greeting: Replaces the greeting. A 2xx greeting is followed by a normal session; a 554
             greeting is followed by 503 to every command until QUIT (RFC 5321 §3.1); any other
             code closes the connection right after the greeting.
+        lmtp: Speak LMTP (RFC 2033) instead of SMTP: the client greets with ``LHLO`` (EHLO
+            and HELO get 500), DATA without an accepted recipient gets 503 (§4.2), and the end
+            of data (the final dot, or ``BDAT … LAST``) gets one reply per accepted recipient,
+            in RCPT order; a message is recorded with the recipients answered 2xx.
+        lmtp_replies: Address (compared case-insensitively) to the ``(code, text)`` reply
+            that recipient gets after the end of data in LMTP mode (a quota failure:
+            ``(552, "5.2.2 Mailbox full")``); the others get 250 (or *data_reply*).
         max_line_length: The longest accepted command line, CRLF included; longer lines get
             500 5.5.2. (SASL continuation lines may be up to 12288 octets, RFC 4954 §4.)
         messages: Every accepted message, in order, across all connections.
@@ -157,6 +164,8 @@ class FakeSMTPServer:
     )
     data_reply: tuple[int, str] | None = None
     greeting: tuple[int, str] | None = None
+    lmtp: bool = False
+    lmtp_replies: dict[str, tuple[int, str]] = attrs.field(factory=dict, converter=_to_reply_map)
     max_line_length: int = 1000
 
     messages: list[ReceivedMessage] = attrs.field(init=False, factory=list, repr=False)
@@ -184,6 +193,8 @@ class FakeSMTPServer:
                 _check_reply("refusal", reply)
                 if reply[0] < 400:
                     raise ValueError(f"refusal: reply code {reply[0]} is not 4xx or 5xx")
+        for reply in self.lmtp_replies.values():
+            _check_reply("lmtp_replies", reply)
         if self.max_line_length < 8:
             raise ValueError("max_line_length must be at least 8")
         if self.scram_iterations < 1:

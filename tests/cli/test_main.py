@@ -12,13 +12,9 @@ import csv
 import io
 import json
 import mailbox
-import os
-import queue
 import shlex
 import subprocess
 import sys
-import threading
-from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +30,12 @@ from trio_sendmail.testing import (
     DEFAULT_EXTENSIONS,
     FakeSMTPServer,
     TestCertificates,
-    serve_fake_smtp,
 )
 
-from .cli_support import CLI, in_process, isolate_home
+from ..cli_support import CLI, in_process, isolate_home, serving_in_thread, subprocess_env
+from ..helpers import ServerVariant, variants
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "s3cret-Pa55word!"
 USERS = {"alice": PASSWORD}
 
@@ -47,65 +43,14 @@ MESSAGE = (
     b"From: Alice <alice@example.test>\r\n"
     b"To: Bob <bob@example.test>\r\n"
     b"Subject: hello\r\n"
+    b"Date: Wed, 02 Dec 2026 03:00:00 +0000\r\n"
     b"Message-ID: <1@example.test>\r\n"
     b"\r\n"
     b"Hello Bob.\r\n"
     b".A line with a leading dot.\r\n"
 )
 
-RawHandler = Callable[[trio.SocketStream], Awaitable[None]]
-
-
 # ----------------------------------------------------------------- harness
-
-
-@contextlib.contextmanager
-def serving_in_thread(
-    server: FakeSMTPServer | None = None,
-    *,
-    implicit_tls: bool = False,
-    handler: RawHandler | None = None,
-) -> Iterator[int]:
-    """Serve *server* (or a raw *handler*) on 127.0.0.1 from a thread; yield the port."""
-    started: queue.Queue[tuple[int, trio.lowlevel.TrioToken, trio.CancelScope] | BaseException]
-    started = queue.Queue()
-    errors: list[BaseException] = []
-
-    async def run() -> None:
-        with trio.CancelScope() as scope:
-            token = trio.lowlevel.current_trio_token()
-            if handler is None:
-                assert server is not None
-                async with serve_fake_smtp(server, implicit_tls=implicit_tls) as port:
-                    started.put((port, token, scope))
-                    await trio.sleep_forever()
-            else:
-                listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-                port = listeners[0].socket.getsockname()[1]
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(trio.serve_listeners, handler, listeners)
-                    started.put((port, token, scope))
-
-    def target() -> None:
-        try:
-            trio.run(run)
-        except BaseException as exc:
-            errors.append(exc)
-            started.put(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    item = started.get(timeout=10)
-    if isinstance(item, BaseException):
-        raise item
-    port, token, scope = item
-    try:
-        yield port
-    finally:
-        trio.from_thread.run_sync(scope.cancel, trio_token=token)
-        thread.join(10)
-        if errors:
-            raise errors[0]
 
 
 @pytest.fixture(autouse=True)
@@ -194,6 +139,33 @@ def test_read_recipients_strips_bcc(cli: CLI) -> None:
     assert b"eve@" not in headers and b"frank@" not in headers and b"grace@" not in headers
     assert b"Subject: secret list\r\n" in received.data
     assert body == b"Bcc: this line is in the body and stays\r\n"
+
+
+@variants()
+def test_read_recipients_of_a_resent_message(cli: CLI, server_variant: ServerVariant) -> None:
+    """A resent message (RFC 5322 §3.6.6) goes where its Resent- fields say, not
+    back to its original To and Cc; its Resent-Bcc list is never shown."""
+    message = (
+        b"Resent-From: list@example.test\r\n"
+        b"Resent-Date: Wed, 02 Dec 2026 04:00:00 +0000\r\n"
+        b"Resent-To: new@example.test\r\n"
+        b"Resent-Bcc: hidden@example.test\r\n"
+        b"From: alice@example.test\r\n"
+        b"To: original@example.test\r\n"
+        b"Subject: forwarded\r\n"
+        b"\r\n"
+        b"Hello.\r\n"
+    )
+    server = FakeSMTPServer(extensions=server_variant.extensions())
+    with serving_in_thread(server) as port:
+        result = cli(*plain(port, "-t"), stdin=message)
+    assert result.status == 0, result.err
+    [received] = server.messages
+    assert received.sender == "list@example.test"
+    assert set(received.recipients) == {"new@example.test", "hidden@example.test"}
+    headers = received.data.partition(b"\r\n\r\n")[0].lower()
+    assert b"resent-bcc" not in headers and b"hidden@" not in headers
+    assert b"to: original@example.test" in headers  # kept as it is, not a recipient
 
 
 def test_bcc_is_stripped_without_t_too() -> None:
@@ -792,13 +764,6 @@ def test_demo(cli: CLI) -> None:
     result = cli("demo")
     assert result.status == 0
     assert "2 messages delivered" in result.out
-
-
-def subprocess_env(home: Path) -> dict[str, str]:
-    env = {**os.environ, "HOME": str(home)}
-    for name in ("XDG_CONFIG_HOME", "TRIO_SENDMAIL_PASSWORD", "COLUMNS"):
-        env.pop(name, None)
-    return env
 
 
 def test_python_m_trio_sendmail(tmp_path: Path) -> None:

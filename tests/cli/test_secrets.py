@@ -25,9 +25,9 @@ import pytest
 
 import trio_sendmail._cli._send as cli_module
 
-from .cli_support import CLI, Run, in_process, isolate_home
+from ..cli_support import CLI, Run, in_process, isolate_home
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MESSAGE = b"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nHello.\r\n"
 #: The parts of the secrets below that must never show.
 SECRET_PARTS = ("SeCrEt", "tail-of-it", "horse-battery", "\udce9", "\\udce9", "\xe9")

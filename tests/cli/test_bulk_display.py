@@ -19,8 +19,10 @@ import termios
 import time
 from pathlib import Path
 
-from tests.test_cli import REPO, serving_in_thread, write_messages
 from trio_sendmail.testing import FakeSMTPServer
+
+from ..cli_support import serving_in_thread
+from .test_main import REPO, write_messages
 
 _CSI = re.compile(r"\x1b\[([0-9;?]*)([A-Za-z])")
 

@@ -1,0 +1,212 @@
+"""Claims as leases, the crash rule and the shared rate limit, on both engines,
+driven through the store (the transactions a worker makes), and many workers
+sharing one outbox with no row claimed twice."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+import trio_sendmail as ts
+from trio_sendmail.outbox import Outbox, State, open_outbox
+from trio_sendmail.outbox._model import Settlement
+from trio_sendmail.outbox._store import Store
+from trio_sendmail.testing import FakeSMTPServer, serve_fake_smtp
+
+from ..helpers import CLIENT_NAME, ServerVariant
+
+SENDER = "news@example.com"
+
+
+def message(n: int, sender: str = SENDER) -> ts.BulkMessage:
+    return ts.BulkMessage(sender, [f"r{n}@example.com"], b"Subject: %d\r\n\r\nx\r\n" % n)
+
+
+@asynccontextmanager
+async def store_of(url: str) -> AsyncIterator[tuple[Outbox, Store]]:
+    async with open_outbox(url) as outbox:
+        yield outbox, outbox._store
+
+
+async def call(outbox: Outbox, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    return await outbox._call(fn, *args, **kwargs)
+
+
+async def test_expired_claims_go_back_by_what_the_database_proves(outbox_url: str) -> None:
+    """Claimed but not armed: pending (never reached the end of data).
+    Armed: unknown. Only the worker that holds a claim can arm it."""
+    async with store_of(outbox_url) as (outbox, store):
+        ids = await outbox.enqueue(message(n) for n in range(6))
+        claimed = await call(outbox, store.claim, "w1", 6, 1.0, recover=False)
+        assert [int(r[0]) for r in claimed.rows] == ids
+        assert await call(outbox, store.arm, "w1", ids[:2]) == {ids[0]: 1, ids[1]: 1}
+        assert await call(outbox, store.arm, "w2", ids[2:4]) == {}  # not w2's claim
+        # Nothing is recovered while the lease runs; the heartbeat extends it.
+        await call(outbox, store.claim, "w2", 6, 60, recover=True)
+        assert await call(outbox, store.heartbeat, "w1", 1.0) == 6
+        await trio.sleep(1.2)
+        again = await call(outbox, store.claim, "w2", 10, 60, recover=True)
+        entries = {e.id: e for e in await outbox.entries(ids)}
+        # w1 died: its armed rows are unknown, its other rows went to w2.
+        assert [entries[i].state for i in ids[:2]] == [State.UNKNOWN] * 2
+        error = entries[ids[0]].error
+        assert error is not None and "end of data" in error
+        assert sorted(int(r[0]) for r in again.rows) == ids[2:]
+        assert all(entries[i].state is State.CLAIMED for i in ids[2:])
+        assert all(entries[i].attempts == 0 for i in ids[2:])
+        # A late w1 can no longer arm them; w2 can.
+        assert await call(outbox, store.arm, "w1", ids[2:]) == {}
+        assert set(await call(outbox, store.arm, "w2", ids[2:])) == set(ids[2:])
+        # w2 gives back what it did not arm when it stops.
+        assert await call(outbox, store.release, "w2") == 0
+
+
+async def test_a_late_outcome_replaces_unknown_but_not_an_operator_decision(
+    outbox_url: str,
+) -> None:
+    """A worker that only stalled past its lease records what the wire told it."""
+    async with store_of(outbox_url) as (outbox, store):
+        ids = await outbox.enqueue(message(n) for n in range(2))
+        await call(outbox, store.claim, "w1", 2, 0.05, recover=False)
+        await call(outbox, store.arm, "w1", ids)
+        await trio.sleep(0.2)
+        await outbox.recover()
+        assert [e.state for e in await outbox.entries(ids)] == [State.UNKNOWN] * 2
+        assert await outbox.resolve_unknown(ids[1:], resend=True) == ids[1:]
+        late = [Settlement(i, State.SENT, reply_code=250, reply_text="ok") for i in ids]
+        await call(outbox, store.settle, "w1", late)
+        first, second = await outbox.entries(ids)
+    assert (first.state, first.reply_code) == (State.SENT, 250)
+    assert second.state is State.PENDING  # the operator's decision stands
+
+
+async def test_release_gives_back_only_unarmed_rows(outbox_url: str) -> None:
+    async with store_of(outbox_url) as (outbox, store):
+        ids = await outbox.enqueue(message(n) for n in range(3))
+        await call(outbox, store.claim, "w1", 3, 60, recover=False)
+        await call(outbox, store.arm, "w1", ids[:1])
+        assert await call(outbox, store.release, "w1") == 2
+        states = [e.state for e in await outbox.entries(ids)]
+    assert states == [State.SENDING, State.PENDING, State.PENDING]
+
+
+async def test_shared_rate_limit_for_the_whole_outbox(outbox_url: str) -> None:
+    async with store_of(outbox_url) as (outbox, store):
+        await outbox.enqueue(message(n) for n in range(10))
+        await outbox.set_rate_limit(0.2, burst=3)
+        first = await call(outbox, store.claim, "w1", 10, 60, recover=False)
+        second = await call(outbox, store.claim, "w2", 10, 60, recover=False)
+        assert len(first.rows) == 3  # the burst
+        # The next token comes in at most 5 s (at 0.2/s); the claim says when.
+        assert second.rows == [] and second.wait is not None and 0 < second.wait <= 5
+        await outbox.set_rate_limit(None)
+        rest = await call(outbox, store.claim, "w2", 10, 60, recover=False)
+        assert len(first.rows) + len(rest.rows) == 10
+
+
+async def test_shared_rate_limit_per_sender_domain(outbox_url: str) -> None:
+    async with store_of(outbox_url) as (outbox, store):
+        await outbox.enqueue(message(n, "a@slow.example") for n in range(5))
+        await outbox.enqueue(message(n, "b@fast.example") for n in range(5))
+        await outbox.enqueue(message(n, "c@other.example") for n in range(2))
+        await outbox.set_rate_limit(0.01, domain="*", burst=1)  # each domain: one now
+        await outbox.set_rate_limit(0.1, domain="fast.example", burst=4)
+        claimed = await call(outbox, store.claim, "w1", 20, 60, recover=False)
+        rows = await outbox.entries(state=State.CLAIMED)
+        assert len(rows) == len(claimed.rows)
+        by_domain: dict[str, int] = {}
+        for e in rows:
+            domain = "slow" if e.id <= 5 else "fast" if e.id <= 10 else "other"
+            by_domain[domain] = by_domain.get(domain, 0) + 1
+        assert by_domain == {"slow": 1, "fast": 4, "other": 1}
+        again = await call(outbox, store.claim, "w2", 20, 60, recover=False)
+        assert again.rows == []  # every bucket is empty (the next token is seconds away)
+
+
+async def test_work_honours_the_shared_rate(outbox_url: str) -> None:
+    server = FakeSMTPServer()
+    async with serve_fake_smtp(server) as port, open_outbox(outbox_url) as outbox:
+        await outbox.enqueue(message(n) for n in range(6))
+        await outbox.set_rate_limit(10.0, burst=1)
+        start = time.monotonic()
+        await outbox.work(
+            "127.0.0.1", port=port, tls=ts.TLSMode.INSECURE_PLAINTEXT, domain=CLIENT_NAME,
+            until_empty=True, poll_interval=0.05,
+        )  # fmt: skip
+        elapsed = time.monotonic() - start
+    assert len(server.messages) == 6
+    assert elapsed >= 0.45  # 5 tokens at 10/s after the first (a lower bound only)
+
+
+async def test_work_honours_its_own_rate(outbox_url: str) -> None:
+    """``work(rate=…)`` limits one worker, however many send_bulk rounds it takes
+    (with ``arm_size=1`` each message may be a round of its own)."""
+    server = FakeSMTPServer()
+    async with serve_fake_smtp(server) as port, open_outbox(outbox_url) as outbox:
+        await outbox.enqueue(message(n) for n in range(5))
+        start = time.monotonic()
+        await outbox.work(
+            "127.0.0.1", port=port, tls=ts.TLSMode.INSECURE_PLAINTEXT, domain=CLIENT_NAME,
+            until_empty=True, poll_interval=0.05, rate=10.0, arm_size=1, concurrency=1,
+        )  # fmt: skip
+        elapsed = time.monotonic() - start
+    assert len(server.messages) == 5
+    assert elapsed >= 0.35  # 4 intervals of 0.1 s after the first (a lower bound only)
+
+
+async def test_many_workers_claim_each_row_once(
+    outbox_url: str, server_variant: ServerVariant
+) -> None:
+    """Six workers, each with an outbox (connections) of its own, share one queue."""
+    server = FakeSMTPServer(extensions=server_variant.extensions())
+    count = 240
+    async with serve_fake_smtp(server) as port, open_outbox(outbox_url) as outbox:
+        await outbox.enqueue(message(n) for n in range(count))
+
+        async def one_worker(n: int) -> None:
+            async with open_outbox(outbox_url) as own:
+                await own.work(
+                    "127.0.0.1", port=port, tls=ts.TLSMode.INSECURE_PLAINTEXT,
+                    domain=CLIENT_NAME, limits=ts.PoolLimits(max_connections=2),
+                    until_empty=True, poll_interval=0.05, batch_size=7, worker_id=f"w{n}",
+                )  # fmt: skip
+
+        async with trio.open_nursery() as nursery:
+            for n in range(6):
+                nursery.start_soon(one_worker, n)
+        entries = await outbox.entries()
+    assert [e.state for e in entries] == [State.SENT] * count
+    assert [e.attempts for e in entries] == [1] * count
+    assert sorted(m.recipients[0] for m in server.messages) == sorted(
+        f"r{n}@example.com" for n in range(count)
+    )
+    assert len({e.worker for e in entries}) > 1
+
+
+@pytest.mark.parametrize("size", [1, 3])
+async def test_arm_size_bounds_what_is_armed_ahead(tmp_path: Any, size: int) -> None:
+    """No more than arm_size rows wait armed before send_bulk takes them."""
+    server = FakeSMTPServer()
+    worst = 0
+    async with serve_fake_smtp(server) as port, open_outbox(f"sqlite:///{tmp_path}/o.db") as ob:
+        await ob.enqueue(message(n) for n in range(30))
+        store = ob._store
+        original = store.arm
+
+        def arm(worker: str, ids: Any) -> dict[int, int]:
+            nonlocal worst
+            worst = max(worst, len(ids))
+            return original(worker, ids)
+
+        store.arm = arm  # type: ignore[method-assign]
+        await ob.work(
+            "127.0.0.1", port=port, tls=ts.TLSMode.INSECURE_PLAINTEXT, domain=CLIENT_NAME,
+            until_empty=True, arm_size=size, concurrency=1,
+        )  # fmt: skip
+    assert len(server.messages) == 30
+    assert 1 <= worst <= size

@@ -1,0 +1,50 @@
+"""What a send_bulk result makes of an outbox row (``trio_sendmail/outbox/_model.py``)."""
+
+from __future__ import annotations
+
+import json
+
+import trio
+
+import trio_sendmail as ts
+from trio_sendmail.outbox import RetryPolicy, State
+from trio_sendmail.outbox._model import Settlement, settle
+
+POLICY = RetryPolicy(max_attempts=3, backoff=0.0, max_backoff=0.0)
+ALICE = ts.ForwardPath.parse("alice@example.com")
+BOB = ts.ForwardPath.parse("bob@example.com")
+CAROL = ts.ForwardPath.parse("carol@example.com")
+MESSAGE = ts.BulkMessage("a@example.com", ["alice@example.com"], b"x", key=7)
+
+
+def settled(result: ts.BulkResult) -> Settlement:
+    return settle(result, now=100.0, created_at=99.0, attempts=1, policy=POLICY)
+
+
+def test_an_lmtp_partial_delivery_is_sent_with_every_refusal_kept() -> None:
+    """Delivered to some recipients: never ``pending`` or ``failed`` (a resend
+    would deliver it twice to those who have it); who did not get it is kept."""
+    sent = ts.SendResult(
+        ts.Reply(250, ("2.0.0 <alice@example.com> Saved",)),
+        (ALICE, BOB),
+        refused={CAROL: ts.Reply(550, ("5.1.1 no such user",))},
+        final_replies={
+            ALICE: ts.Reply(250, ("2.0.0 <alice@example.com> Saved",)),
+            BOB: ts.Reply(552, ("5.2.2 <bob@example.com> Quota exceeded",)),
+        },
+    )
+    error = ts.SMTPPartialDelivery(sent)
+    for cause in (error, trio.Cancelled._create()):  # reported, or cut short after it
+        row = settled(ts.BulkResult(MESSAGE, ts.Outcome.PARTIAL, result=sent, error=cause))
+        assert row.state is State.SENT
+        assert row.refused is not None
+        refused = json.loads(row.refused)
+        assert refused == {
+            "<carol@example.com>": [550, "5.1.1 no such user"],
+            "<bob@example.com>": [552, "5.2.2 <bob@example.com> Quota exceeded"],
+        }
+
+
+def test_a_partial_delivery_without_its_record_is_unknown() -> None:
+    row = settled(ts.BulkResult(MESSAGE, ts.Outcome.PARTIAL, result=None))
+    assert row.state is State.UNKNOWN

@@ -1,0 +1,381 @@
+"""One :meth:`Outbox.work <trio_sendmail.outbox.Outbox.work>` call: claim,
+arm, send through :func:`~trio_sendmail.send_bulk`, record.
+
+Theory of operation
+-------------------
+Three tasks and a loop of send_bulk *rounds*:
+
+* the **armer** (:meth:`Worker.armer`) claims a batch of rows (one
+  transaction), then **arms** them in groups (one transaction per group) and
+  puts a row in the ``ready`` queue only after the commit that armed it, so
+  that at most ``depth`` rows wait armed (with ``work(rate=…)`` it arms one at
+  a time, no faster than the rate);
+* each **round** is one :func:`~trio_sendmail.send_bulk` call on the worker's
+  pool whose input is a sync iterator over ``ready`` (:class:`_Round`):
+  send_bulk reads a sync input without waiting, which keeps each connection
+  pipelining from one message to the next (RFC 2920 §3.1). A round's input
+  ends for good the first time ``ready`` is empty; the next round starts as
+  soon as the armer has refilled it, while the previous one finishes its
+  messages in flight;
+* the **recorder** and the **heartbeat** (below).
+
+So a message's end of data (RFC 5321 §4.1.1.4, the final dot; RFC 3030 §2,
+``BDAT … LAST``) can be on the wire only for a row that the database shows
+``sending``: a row still ``claimed`` when its worker died provably never
+reached the end of data, and goes back to ``pending``. This costs one commit
+per group, not one per message (and no fsync at all on SQLite, whose WAL
+commits survive a process crash).
+
+Results come back through send_bulk's ``on_result`` and are recorded in
+batches by :meth:`Worker.recorder` (one transaction per batch of up to
+``FLUSH_SIZE`` outcomes, at most ``FLUSH_DELAY`` late). A row armed but not
+yet recorded when the worker dies becomes ``unknown`` once its claim expires:
+at most the ``ready`` rows, the messages in flight in send_bulk (two per
+connection) and one batch of outcomes. send_bulk runs with ``max_retries=0``: every attempt is
+recorded, and a transient failure goes back to ``pending`` at a time drawn by
+the :class:`~trio_sendmail.outbox.RetryPolicy` (persisted in the row), where
+any worker may take it.
+
+A heartbeat extends the worker's claims every third of the lease. When the
+run ends (the queue is empty, it is cancelled, or send_bulk raises a fatal
+connection error), every result still buffered is recorded, shielded from
+cancellation, and the claimed rows not yet armed are given back. A message
+that the run stopped before it was tried (or that failed only because the
+connection could not be opened: bad credentials, TLS) goes back to
+``pending`` without losing an attempt.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import trio
+
+from .._bulk_types import BulkMessage, BulkResult
+from .._errors import Outcome
+from .._pool import FATAL_CONNECT_ERRORS
+from .._pool_limits import RateLimiter
+from ._model import (
+    RetryPolicy,
+    Settlement,
+    State,
+    WorkProgress,
+    WorkSummary,
+    decode_message,
+    settle,
+)
+
+if TYPE_CHECKING:
+    from ._store import Store
+
+T = TypeVar("T")
+
+
+class Caller(Protocol):
+    """How the worker runs a :class:`Store` method: in a thread, with the
+    outbox's limiter (:meth:`Outbox._call <trio_sendmail.outbox.Outbox>`)."""
+
+    async def __call__(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T: ...
+
+
+__all__ = ["Worker"]
+
+#: Outcomes wait at most this long (or until FLUSH_SIZE of them) to be recorded
+#: together. A worker killed meanwhile leaves them ``unknown``.
+FLUSH_DELAY = 0.005
+FLUSH_SIZE = 32
+
+#: How often a worker looks for expired claims of other workers.
+RECOVER_INTERVAL = 1.0
+
+
+def _held(result: BulkResult) -> bool:
+    """A result that only says the connection could not be opened: kept until
+    the run ends, to learn whether it ended the run (not the message's fault)."""
+    error = result.error
+    return (
+        result.status is Outcome.NOT_SENT
+        and isinstance(error, FATAL_CONNECT_ERRORS)
+        # Raised while opening a connection (no message involved: no outcome).
+        # A message the server cannot take (too large; an extension it lacks for
+        # this message: SMTPUTF8, 8BITMIME, DSN, REQUIRETLS…) has NOT_SENT as its
+        # outcome: it is settled now (as failed), never held.
+        and error.outcome is None
+    )
+
+
+class _Round:
+    """The input of one send_bulk call: the armed messages that are ready.
+
+    A sync iterator, which send_bulk reads without waiting, so that each
+    connection keeps pipelining from one message to the next (RFC 2920
+    §3.1). It ends for good the first time nothing is ready; the worker then
+    waits for the next armed message and starts another round on the same pool,
+    while this one finishes the messages it has (so the pool never drains).
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.ended = trio.Event()
+
+    def __iter__(self) -> _Round:
+        return self
+
+    def __next__(self) -> BulkMessage:
+        message = None if self.ended.is_set() else self.worker.take()
+        if message is None:
+            self.ended.set()
+            raise StopIteration
+        return message
+
+
+class Worker:
+    """The state of one work() call."""
+
+    def __init__(
+        self,
+        store: Store,
+        call: Caller,
+        worker_id: str,
+        *,
+        policy: RetryPolicy,
+        batch_size: int,
+        depth: int,
+        lease: float,
+        poll_interval: float,
+        until_empty: bool,
+        progress: Callable[[WorkProgress], None] | None,
+        rate: float | None = None,
+    ) -> None:
+        self.store = store
+        self.call = call
+        self.id = worker_id
+        self.policy = policy
+        self.batch_size = batch_size
+        #: Most messages armed and ready, not yet handed to send_bulk.
+        self.depth = depth
+        #: This worker's own rate (``work(rate=…)``): messages are armed, one at
+        #: a time, no faster (send_bulk sends them as they come).
+        self.limiter = None if rate is None else RateLimiter(rate)
+        self.ready: collections.deque[BulkMessage] = collections.deque()
+        self.has_ready = trio.Event()
+        self.want_more = trio.Event()
+        self.exhausted = False
+        self.lease = lease
+        self.poll_interval = poll_interval
+        self.until_empty = until_empty
+        self.progress = progress
+        self.summary = WorkSummary()
+        #: id -> (created_at, attempts) of the rows armed and not yet recorded.
+        self.armed: dict[int, tuple[float, int]] = {}
+        self.results: list[BulkResult] = []
+        self.held: list[BulkResult] = []
+        self.has_results = trio.Event()
+        self.started = trio.current_time()
+        self.last_recover = -math.inf
+        self.failure: BaseException | None = None
+
+    # ---------------------------------------------------------------- input
+
+    async def armer(self) -> None:
+        """Keep up to ``depth`` armed messages ready: claim rows in batches,
+        arm them in groups, one transaction each."""
+        local: collections.deque[Any] = collections.deque()
+        call = self.call
+        while True:
+            while len(self.ready) >= self.depth:
+                self.want_more = trio.Event()
+                await self.want_more.wait()
+            if not local:
+                now = trio.current_time()
+                recover = now - self.last_recover >= RECOVER_INTERVAL
+                if recover:
+                    self.last_recover = now
+                claimed = await call(
+                    self.store.claim, self.id, self.batch_size, self.lease, recover=recover
+                )
+                if not claimed.rows:
+                    busy = self.armed or self.results or self.ready
+                    if self.until_empty and not busy:
+                        count, _ = await call(self.store.open_rows)
+                        if count == 0:
+                            self.exhausted = True
+                            self.has_ready.set()
+                            return
+                    wait = self.poll_interval if claimed.wait is None else claimed.wait
+                    if busy:
+                        wait = min(wait, 0.05)  # results on their way may be retried soon
+                    await trio.sleep(min(max(wait, 0.001), self.poll_interval))
+                    continue
+                local.extend(claimed.rows)
+            size = min(self.depth - len(self.ready), len(local))
+            if self.limiter is not None:
+                size = 1
+                await self.limiter.wait()
+            group = [local.popleft() for _ in range(max(1, size))]
+            attempts = await call(self.store.arm, self.id, [int(row[0]) for row in group])
+            for row_id, sender, recipients, mail, options, created_at in group:
+                if row_id not in attempts:
+                    continue  # the claim expired and another worker took it
+                self.armed[row_id] = (float(created_at), attempts[row_id])
+                self.ready.append(decode_message(row_id, sender, recipients, mail, options))
+            self.has_ready.set()
+
+    def take(self) -> BulkMessage | None:
+        """The next armed message, or None when none is ready."""
+        if not self.ready:
+            return None
+        message = self.ready.popleft()
+        if len(self.ready) < self.depth:
+            self.want_more.set()
+        return message
+
+    # ---------------------------------------------------------------- results
+
+    def on_result(self, result: BulkResult) -> None:
+        if _held(result):
+            self.held.append(result)
+        else:
+            self.results.append(result)
+            self.has_results.set()
+
+    async def recorder(self) -> None:
+        while True:
+            await self.has_results.wait()
+            # Gather what arrives meanwhile: one transaction for many outcomes.
+            with trio.move_on_after(FLUSH_DELAY):
+                while len(self.results) < FLUSH_SIZE:
+                    self.has_results = trio.Event()
+                    await self.has_results.wait()
+            await self.flush()
+
+    async def flush(self, *, final: bool = False) -> None:
+        """Record the results received so far (one transaction)."""
+        results, self.results = self.results, []
+        self.has_results = trio.Event()
+        now = time.time()
+        settlements = [self._settlement(result, now) for result in results]
+        if final:
+            # The connection could not be opened: when that ended the run, it
+            # is not these messages' fault.
+            settlements += [
+                self._settlement(result, now, untried=self.failure is not None)
+                for result in self.held
+            ]
+            self.held = []
+            # Armed but never handed to send_bulk: provably not sent.
+            while self.ready:
+                key = self.ready.popleft().key
+                assert isinstance(key, int)
+                settlements.append(Settlement(key, State.PENDING, delay=0.0, uncounted=True))
+        if not settlements:
+            return
+        # Shielded: these results left self.results above, so a cancellation
+        # here (say, while waiting for a database thread) would lose them, and
+        # rows whose answer came back would end "unknown". The transaction is short.
+        with trio.CancelScope(shield=True):
+            await self.call(self.store.settle, self.id, settlements)
+        summary = self.summary
+        for s in settlements:
+            self.armed.pop(s.id, None)
+            if s.state is State.SENT:
+                summary.sent += 1
+            elif s.state is State.REFUSED:
+                summary.refused += 1
+            elif s.state is State.FAILED:
+                summary.failed += 1
+            elif s.state is State.UNKNOWN:
+                summary.unknown += 1
+            elif s.uncounted:
+                summary.released += 1
+            else:
+                summary.retried += 1
+        if self.progress is not None:
+            self.progress(
+                WorkProgress(
+                    sent=summary.sent,
+                    refused=summary.refused,
+                    failed=summary.failed,
+                    unknown=summary.unknown,
+                    retried=summary.retried,
+                    in_flight=len(self.armed),
+                    elapsed=trio.current_time() - self.started,
+                )
+            )
+
+    def _settlement(self, result: BulkResult, now: float, *, untried: bool = False) -> Settlement:
+        key = result.message.key
+        assert isinstance(key, int)
+        created_at, attempts = self.armed.get(key, (now, 1))
+        return settle(
+            result,
+            now=now,
+            created_at=created_at,
+            attempts=attempts,
+            policy=self.policy,
+            untried=untried,
+        )
+
+    # ---------------------------------------------------------------- claims
+
+    async def heartbeat(self) -> None:
+        while True:
+            await trio.sleep(self.lease / 3)
+            await self.call(self.store.heartbeat, self.id, self.lease)
+
+    # ---------------------------------------------------------------- the run
+
+    async def run(self, send: Callable[[Iterator[BulkMessage]], Awaitable[Any]]) -> WorkSummary:
+        """Send rounds through *send* (send_bulk on one pool) until the queue
+        is empty (``until_empty``), cancelled, or a fatal error."""
+        armer_scope = trio.CancelScope()
+        armer_done = trio.Event()
+
+        async def arm() -> None:
+            try:
+                with armer_scope:
+                    await self.armer()
+            finally:
+                armer_done.set()
+
+        async def one_round(round_: _Round) -> None:
+            try:
+                await send(round_)
+            finally:
+                round_.ended.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.heartbeat)
+            nursery.start_soon(self.recorder)
+            nursery.start_soon(arm)
+            try:
+                async with trio.open_nursery() as rounds:
+                    while not self.exhausted:
+                        if not self.ready:
+                            self.has_ready = trio.Event()
+                            await self.has_ready.wait()
+                            continue
+                        round_ = _Round(self)
+                        rounds.start_soon(one_round, round_)
+                        await round_.ended.wait()
+            except BaseExceptionGroup as group:  # the first round's error is the run's
+                leaves = group.exceptions
+                self.failure = leaves[0] if len(leaves) == 1 else group
+                raise self.failure from None
+            except BaseException as exc:
+                self.failure = exc
+                raise
+            finally:
+                armer_scope.cancel()
+                with trio.CancelScope(shield=True):
+                    # The armer's last transaction is over: every armed row is
+                    # in ``ready``, in flight, or has its result here.
+                    await armer_done.wait()
+                    await self.flush(final=True)
+                    await self.call(self.store.release, self.id)
+                nursery.cancel_scope.cancel()
+        return self.summary
