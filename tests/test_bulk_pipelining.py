@@ -202,7 +202,7 @@ async def test_messages_are_pipelined_across_one_connection(
 async def test_big_and_streamed_messages_interleave_with_pending_ones(
     server_variant: ServerVariant,
 ) -> None:
-    # A message bigger than Buffers.send_size, or streamed, is not deferred:
+    # A message bigger than send_size, or streamed, is not deferred:
     # its envelope still answers the pending message before it, and the
     # small message after it becomes pending in turn.
     big = b"Subject: big\r\n\r\nkey=1\r\n" + (b"y" * 998 + b"\r\n") * 100  # 100 kB

@@ -109,7 +109,7 @@ async def _send(
                 domain=CLIENT_NAME,
                 timeouts=TIMEOUTS,
                 pipelining=variant.pipelining,
-                buffers=ts.Buffers(send_size=send_size),
+                send_size=send_size,
             ) as session:
                 start = trio.current_time()
                 result = await session.send("a@example.com", ["b@example.com"], mail)

@@ -68,13 +68,13 @@ async def test_bdat_small_and_large_and_streamed(
 ) -> None:
     server = server_with(certs, *BASE, "CHUNKING")
     big = b"".join(b".line %d\n" % i for i in range(20000))  # > send_size, dots not stuffed
-    buffers = ts.Buffers(send_size=4096)
+    send_size = 4096
 
     async def stream() -> AsyncIterator[bytes]:
         for i in range(0, len(big), 1000):
             yield big[i : i + 1000]
 
-    async with fake_session(server, certs, pipelining=pipelining, buffers=buffers) as session:
+    async with fake_session(server, certs, pipelining=pipelining, send_size=send_size) as session:
         await session.send("a@example.com", ["b@example.com"], b".small\rbody")
         await session.send("a@example.com", ["b@example.com"], big)
         await session.send("a@example.com", ["b@example.com"], stream())
@@ -210,8 +210,8 @@ async def test_bdat_cancelled_mid_stream_breaks_the_session(
 ) -> None:
     server = server_with(certs, *BASE, "CHUNKING")
     send, receive = trio.open_memory_channel[bytes](1)
-    buffers = ts.Buffers(send_size=1024)
-    async with fake_session(server, certs, buffers=buffers) as session:
+    send_size = 1024
+    async with fake_session(server, certs, send_size=send_size) as session:
         await send.send(b"x" * 5000)
         with trio.move_on_after(1):
             await session.send("a@example.com", ["b@example.com"], receive)
@@ -225,9 +225,9 @@ async def test_bdat_chunks_in_flight(
 ) -> None:
     """RFC 3030 §4.2: BDAT chunks are pipelined only with PIPELINING."""
     server = server_with(certs, *BASE, "CHUNKING")
-    buffers = ts.Buffers(send_size=1024)
+    send_size = 1024
     seen: list[int] = []
-    async with fake_session(server, certs, pipelining=pipelining, buffers=buffers) as session:
+    async with fake_session(server, certs, pipelining=pipelining, send_size=send_size) as session:
         core = session._core
         original = core.next_chunk
 

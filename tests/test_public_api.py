@@ -11,7 +11,7 @@ PUBLIC = {
     "BulkMessage", "BulkProgress", "BulkResult", "BulkSummary", "Lease", "Pool",
     "OutcomeTracker",
     "PoolLimits", "PoolStatistics", "open_pool", "send_bulk",
-    "Authentication", "Buffers", "Capabilities", "DSN", "DSNNotify", "DSNReturn",
+    "Authentication", "Capabilities", "DSN", "DSNNotify", "DSNReturn",
     "ConnectionOptions", "ConnectionSettings",
     "Domain", "DomainKind", "EnhancedStatus",
     "ForwardPath", "Mailbox", "OAuth2Token", "Outcome", "Reply", "ReversePath", "SMTPAddressError",
@@ -43,7 +43,7 @@ def test_sendmail_signatures_are_keyword_only() -> None:
         assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
         assert list(params)[:4] == ["hostname", "sender", "recipients", "mail"]
         assert params["port"].default == port
-        for name in ("domain", "ssl_context", "authentication", "buffers", "timeouts"):
+        for name in ("domain", "ssl_context", "authentication", "timeouts"):
             assert name in params
     for opener in (ts.open_session, ts.open_pool):
         params = inspect.signature(opener).parameters

@@ -509,37 +509,64 @@ async def test_concurrent_send_is_busy(
     assert server.messages[0].data == b"body\r\n"
 
 
-async def test_buffers_are_reused_and_guarded(
-    make_server: ServerFactory, certs: TestCertificates
+class CountingStream(trio.abc.Stream):
+    """Records the size of every write and of every read asked for."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.writes: list[int] = []
+        self.asked: list[int | None] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(len(data))
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        self.asked.append(max_bytes)
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_send_size_and_receive_size_bound_every_write_and_read(
+    make_server: ServerFactory, server_variant: ServerVariant
 ) -> None:
     server = make_server()
-    buffers = ts.Buffers(send_size=1024, receive_size=512)
-    async with fake_session(server, certs, buffers=buffers):
-        with pytest.raises(trio.BusyResourceError):
-            async with ts.open_session(
-                HOST, stream=trio.testing.memory_stream_pair()[0], buffers=buffers
-            ):
-                pass  # pragma: no cover
-    for _ in range(2):
-        async with fake_session(server, certs, buffers=buffers) as session:
-            await session.send("a@example.com", ["b@example.com"], b"y" * 5000 + b"\n")
-    assert [len(m.data) for m in server.messages] == [5002, 5002]
-    assert "1024" in repr(buffers)
-    with pytest.raises(ValueError, match="512"):
-        ts.Buffers(send_size=10)
+    client, server_side = trio.testing.memory_stream_pair()
+    counting = CountingStream(client)
+    body = b"y" * 5000 + b"\n"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle_stream, server_side)
+        async with defaults.open_session(
+            HOST, stream=counting, tls=ts.TLSMode.INSECURE_PLAINTEXT,
+            send_size=1024, receive_size=512,
+        ) as session:  # fmt: skip
+            await session.send("a@example.com", ["b@example.com"], body)
+    assert [m.data for m in server.messages] == [body[:-1] + b"\r\n"]
+    assert max(counting.writes) <= 1024 and sum(counting.writes) > 5002
+    assert set(counting.asked) == {512}
+    settings = ts.ConnectionSettings(HOST, send_size=1024, receive_size=512)
+    assert (settings.send_size, settings.receive_size) == (1024, 512)
+    with pytest.raises(ValueError, match="send_size must be at least 512"):
+        ts.ConnectionSettings(HOST, send_size=10)
+    with pytest.raises(TypeError, match="receive_size must be an int"):
+        ts.ConnectionSettings(HOST, receive_size=4096.0)  # type: ignore[arg-type]
 
 
 async def test_streamed_message_large_chunks_and_small(
     make_server: ServerFactory, certs: TestCertificates
 ) -> None:
     server = make_server()
-    buffers = ts.Buffers(send_size=4096)
 
     async def chunks() -> AsyncIterator[bytes]:
         for size in (10, 5000, 3, 4096, 1, 20000, 7):
             yield b"." * size + b"\n"
 
-    async with fake_session(server, certs, buffers=buffers) as session:
+    async with fake_session(server, certs, send_size=4096) as session:
         await session.send("a@example.com", ["b@example.com"], chunks())
     expected = b"".join(b"." * n + b"\r\n" for n in (10, 5000, 3, 4096, 1, 20000, 7))
     assert server.messages[0].data == expected

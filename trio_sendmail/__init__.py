@@ -46,7 +46,6 @@ from ._reply_errors import (
 )
 from ._sasl import Authentication, OAuth2Token
 from ._session import (
-    Buffers,
     SendResult,
     Session,
     SessionStatistics,
@@ -66,7 +65,6 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 __all__ = [
     "DSN",
     "Authentication",
-    "Buffers",
     "BulkMessage",
     "BulkProgress",
     "BulkResult",

@@ -31,7 +31,6 @@ from ._sasl import Authentication
 from ._session import _connect
 from ._settings import (
     DEFAULT_TIMEOUTS,
-    Buffers,
     ConnectionSettings,
     Connector,
     Timeouts,
@@ -52,7 +51,6 @@ async def sendmail(
     domain: Domain | str | None = None,
     ssl_context: ssl.SSLContext | None = None,
     authentication: Authentication | None = None,
-    buffers: Buffers | None = None,
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
     pipelining: bool = True,
     dsn: DSN | None = None,
@@ -88,7 +86,6 @@ async def sendmail(
         ssl_context: ``sendmail-lwt``'s *authenticator*; default
             :func:`ssl.create_default_context`.
         authentication: credentials for AUTH, or ``None``.
-        buffers: reusable I/O buffers (:class:`Buffers`).
         timeouts: per-phase bounds (:class:`Timeouts`).
         pipelining: use PIPELINING when offered.
         dsn: delivery status notification options (RFC 3461); the server
@@ -136,7 +133,7 @@ async def sendmail(
         connect=connect,
     )
     options = message_options(dsn, requiretls, binary)
-    return await _send_one(settings, sender, recipients, mail, options, buffers, tracker)
+    return await _send_one(settings, sender, recipients, mail, options, tracker)
 
 
 async def sendmail_with_starttls(
@@ -149,7 +146,6 @@ async def sendmail_with_starttls(
     domain: Domain | str | None = None,
     ssl_context: ssl.SSLContext | None = None,
     authentication: Authentication | None = None,
-    buffers: Buffers | None = None,
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
     pipelining: bool = True,
     dsn: DSN | None = None,
@@ -178,15 +174,13 @@ async def sendmail_with_starttls(
         connect=connect,
     )
     options = message_options(dsn, requiretls, binary)
-    return await _send_one(settings, sender, recipients, mail, options, buffers, tracker)
+    return await _send_one(settings, sender, recipients, mail, options, tracker)
 
 
-def _check_types(buffers: object, options: Options) -> None:
+def _check_types(options: Options) -> None:
     """Refuse an argument of the wrong type before connecting (it would fail
     later, after the connection, the TLS handshake or even AUTH).
     :class:`ConnectionSettings` checks the connection's arguments."""
-    if buffers is not None and not isinstance(buffers, Buffers):
-        raise TypeError("buffers must be a Buffers or None")
     if options.dsn is not None and not isinstance(options.dsn, DSN):
         raise TypeError("dsn must be a DSN or None")
 
@@ -202,11 +196,10 @@ async def _send_one(
     recipients: Iterable[ForwardPath | Mailbox | str | Address] | None,
     mail: Mail,
     options: Options,
-    buffers: Buffers | None,
     tracker: OutcomeTracker | None,
 ) -> SendResult:
     # 1. Every input check, before any I/O (ConnectionSettings checked its own).
-    _check_types(buffers, options)
+    _check_types(options)
     try:
         sender, recipients, mail = message_envelope(sender, recipients, mail)
         rpath, fpaths = envelope(sender, recipients)
@@ -215,7 +208,7 @@ async def _send_one(
         raise
     body = mail_body(mail)  # a Message is serialised once, here
     # 2. Connect, secure, greet, authenticate (closed if this raises).
-    session = await _connect(config, buffers=buffers, stream=None)
+    session = await _connect(config, stream=None)
     # 3. Send.
     try:
         result = await session._send_op(rpath, fpaths, body, options, tracker=tracker)

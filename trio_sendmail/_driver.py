@@ -16,7 +16,7 @@ oldest command has its reply.
   transport at once, so that nothing queued is ever written later.
 * **Timeouts.** One cancel scope per operation (:meth:`Driver.timed`), armed
   before each write or read with its phase's bound (RFC 5321 §4.5.3.2), and
-  one write of at most ``Buffers.send_size`` bytes per bound, so a slow but
+  one write of at most ``send_size`` bytes per bound, so a slow but
   steady server never trips the data-block bound.
 * **Nothing unasked.** Replies pair with commands by order alone (RFC 2920
   §3.1), so a reply the server sends unasked would shift every later pairing.
@@ -54,7 +54,7 @@ from ._errors import (
 )
 from ._reply import ReplyParser
 from ._reply_errors import SMTPResponseError, SMTPServiceClosing
-from ._settings import Buffers, Timeouts
+from ._settings import Timeouts
 
 __all__ = ["Driver", "phase_timeout"]
 
@@ -133,18 +133,18 @@ class Driver:
         session_id: int,
         hostname: str,
         timeouts: Timeouts,
-        buffers: Buffers,
+        send_size: int,
+        receive_size: int,
     ) -> None:
         self.stream = stream
         self.session_id = session_id
         self.hostname = hostname
         self.timeouts = timeouts
-        self.buffers = buffers
-        self.send_size = buffers.send_size
+        self.send_size = send_size
+        self.receive_size = receive_size
         self.core = ClientCore(
             transcript=self.log if logger.isEnabledFor(logging.DEBUG) else None,
-            parser=ReplyParser(buffer=buffers.receive_buffer),
-            out_buffer=buffers.command_buffer,
+            parser=ReplyParser(),
         )
         self.timer: trio.CancelScope | None = None
         self._clock = trio.lowlevel.current_clock()  # fixed for the whole run
@@ -323,7 +323,7 @@ class Driver:
                     self.round_trips += 1
                     self._unanswered_write = False
                 while event is None:
-                    data = await self.stream.receive_some(self.buffers.receive_size)
+                    data = await self.stream.receive_some(self.receive_size)
                     if not data:
                         core.receive_eof()
                         raise SMTPConnectionError(
@@ -382,7 +382,7 @@ class Driver:
         data: bytes | bytearray = b""
         try:
             with trio.move_on_after(PROBE_GRACE):
-                data = await self.stream.receive_some(self.buffers.receive_size)
+                data = await self.stream.receive_some(self.receive_size)
                 if not data:
                     raise SMTPConnectionError("the server had closed the connection")
         except (trio.BrokenResourceError, OSError) as exc:
@@ -414,7 +414,7 @@ class Driver:
         core = self.core
         try:
             with trio.move_on_after(PROBE_GRACE):
-                data = await self.stream.receive_some(self.buffers.receive_size)
+                data = await self.stream.receive_some(self.receive_size)
                 if not data:
                     return  # the next write or read reports the closed connection
                 self.bytes_received += len(data)
@@ -444,7 +444,7 @@ class Driver:
         try:
             with trio.move_on_after(PROBE_GRACE):
                 while True:
-                    data = await stream.receive_some(self.buffers.receive_size)
+                    data = await stream.receive_some(self.receive_size)
                     if not data:
                         break
                     core.receive_data(data)
@@ -501,6 +501,5 @@ class Driver:
         if self.transport_closed:
             return
         self.transport_closed = True
-        self.buffers._release()
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(self.stream)

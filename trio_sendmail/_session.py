@@ -61,7 +61,6 @@ from ._plan import Options, message_options, plan
 from ._reply import Reply
 from ._runner import run_transaction
 from ._settings import (
-    Buffers,
     ConnectionOptions,
     ConnectionSettings,
     Connector,
@@ -72,7 +71,6 @@ from ._settings import (
 from ._transaction import OutcomeTracker, SendResult, Transaction, settle_error
 
 __all__ = [
-    "Buffers",
     "SendResult",
     "Session",
     "SessionStatistics",
@@ -489,7 +487,6 @@ async def open_session(
     server: str | ConnectionSettings,
     /,
     *,
-    buffers: Buffers | None = None,
     stream: trio.abc.Stream | None = None,
     **options: Unpack[ConnectionOptions],
 ) -> AsyncIterator[Session]:
@@ -502,7 +499,6 @@ async def open_session(
     Args:
         server: the server's host name (or IP address), or a
             :class:`ConnectionSettings` that says everything about the connection.
-        buffers: reusable I/O buffers; a new pair is made when ``None``.
         stream: an already-connected stream to use instead of opening a TCP
             connection (for tests or Unix sockets); the host name is then only
             used for the certificate check. To go through a proxy, pass
@@ -510,7 +506,8 @@ async def open_session(
         options: the keyword arguments of :class:`ConnectionSettings`
             (:class:`ConnectionOptions`: ``port``, ``tls``, ``ssl_context``,
             ``domain``, ``authentication``, ``insecure_auth_over_plaintext``,
-            ``timeouts``, ``pipelining``, ``chunking``, ``connect``); given with a
+            ``timeouts``, ``pipelining``, ``chunking``, ``connect``, ``protocol``,
+            ``unix_socket``, ``send_size``, ``receive_size``); given with a
             :class:`ConnectionSettings`, they replace its values.
 
     Raises:
@@ -524,12 +521,11 @@ async def open_session(
         SMTPAuthenticationError: the credentials were refused.
         SMTPResponseError: the greeting, EHLO or STARTTLS was refused
             (:class:`SMTPServiceClosing` for 421).
-        trio.BusyResourceError: *buffers* is in use by another session.
 
     The connection is closed whenever this raises.
     """
     config = connection_settings(server, options)
-    session = await _connect(config, buffers=buffers, stream=stream)
+    session = await _connect(config, stream=stream)
     async with session:
         yield session
 
@@ -549,48 +545,36 @@ def _unix_connector(path: str) -> Connector:
 async def _connect(
     config: ConnectionSettings,
     *,
-    buffers: Buffers | None = None,
     stream: trio.abc.Stream | None = None,
 ) -> Session:
     """Open, secure, greet and authenticate one session (closed if this raises)."""
-    if buffers is None:
-        buffers = Buffers()
-    buffers._acquire()
     hostname, port, timeouts = config.hostname, config.resolved_port, config.timeouts
-    try:
-        if stream is None:
-            # A proxy (config.connect) returns the tunnel; the library still
-            # does TLS over it, for *hostname*. Looked up at each call, so
-            # that a patched trio.open_tcp_stream is honoured.
-            connect = config.connect or trio.open_tcp_stream
-            if config.unix_socket is not None:
-                connect = _unix_connector(config.unix_socket)
-            try:
-                with trio.fail_after(timeouts.connect):
-                    stream = await connect(hostname, port)
-            except trio.TooSlowError as exc:
-                raise SMTPTimeoutError(
-                    f"connecting to {hostname} port {port} took longer than "
-                    f"{timeouts.connect:g} s",
-                    phase="connect",
-                ) from exc
-            except (OSError, trio.BrokenResourceError) as exc:
-                raise SMTPConnectionError(
-                    f"cannot connect to {hostname} port {port}: {exc}"
-                ) from exc
-            if not isinstance(stream, trio.abc.Stream):
-                raise TypeError(
-                    f"connect returned a {type(stream).__name__}, not a trio.abc.Stream"
-                )
-    except BaseException:
-        buffers._release()
-        raise
+    if stream is None:
+        # A proxy (config.connect) returns the tunnel; the library still does
+        # TLS over it, for *hostname*. Looked up at each call, so that a patched
+        # trio.open_tcp_stream is honoured.
+        connect = config.connect or trio.open_tcp_stream
+        if config.unix_socket is not None:
+            connect = _unix_connector(config.unix_socket)
+        try:
+            with trio.fail_after(timeouts.connect):
+                stream = await connect(hostname, port)
+        except trio.TooSlowError as exc:
+            raise SMTPTimeoutError(
+                f"connecting to {hostname} port {port} took longer than {timeouts.connect:g} s",
+                phase="connect",
+            ) from exc
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise SMTPConnectionError(f"cannot connect to {hostname} port {port}: {exc}") from exc
+        if not isinstance(stream, trio.abc.Stream):
+            raise TypeError(f"connect returned a {type(stream).__name__}, not a trio.abc.Stream")
     driver = Driver(
         stream,
         session_id=next(_session_ids),
         hostname=hostname,
         timeouts=timeouts,
-        buffers=buffers,
+        send_size=config.send_size,
+        receive_size=config.receive_size,
     )
     session = Session(driver, pipelining=config.pipelining, chunking=config.chunking)
     try:

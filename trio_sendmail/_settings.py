@@ -1,4 +1,4 @@
-"""The settings of a connection: TLS mode, timeouts, buffers, and
+"""The settings of a connection: TLS mode, timeouts, I/O sizes, and
 :class:`ConnectionSettings`, the validated parameters shared by
 :func:`~trio_sendmail.open_session`, the pool and the bulk sender.
 
@@ -31,7 +31,6 @@ __all__ = [
     "SMTP_PORT",
     "SUBMISSIONS_PORT",
     "SUBMISSION_PORT",
-    "Buffers",
     "ConnectionOptions",
     "ConnectionSettings",
     "Connector",
@@ -111,49 +110,15 @@ class Timeouts:
 DEFAULT_TIMEOUTS = Timeouts()
 
 
-class Buffers:
-    """Reusable I/O buffers, the counterpart of ``sendmail-lwt``'s pre-allocated
-    encoder and decoder.
+#: The smallest ``send_size`` and ``receive_size`` accepted.
+MIN_IO_SIZE = 512
 
-    A :class:`Buffers` can be handed to many sessions in turn; a session holds
-    it from the moment it connects until it is closed. Using it in two sessions
-    at once raises :class:`trio.BusyResourceError`.
 
-    Args:
-        send_size: the most message bytes gathered before one write; small
-            chunks are coalesced up to this size, and a chunk larger than it is
-            written on its own. With the chunk being encoded, this bounds the
-            memory a message costs, whatever its length.
-        receive_size: the most bytes asked of the stream in one read. Replies
-            are also bounded by the parser (see :data:`MAX_REPLY_SIZE`).
-    """
-
-    def __init__(self, *, send_size: int = 64 * 1024, receive_size: int = 16 * 1024) -> None:
-        if send_size < 512 or receive_size < 512:
-            raise ValueError("buffer sizes must be at least 512 bytes")
-        self.send_size = send_size
-        self.receive_size = receive_size
-        #: Message data gathered before a write.
-        self.send_buffer = bytearray()
-        #: Commands queued by the core before a write.
-        self.command_buffer = bytearray()
-        #: Received bytes not yet parsed into replies.
-        self.receive_buffer = bytearray()
-        self._in_use = False
-
-    def __repr__(self) -> str:
-        return f"<Buffers send_size={self.send_size} receive_size={self.receive_size}>"
-
-    def _acquire(self) -> None:
-        if self._in_use:
-            raise trio.BusyResourceError("these Buffers are in use by another session")
-        self._in_use = True
-
-    def _release(self) -> None:
-        self._in_use = False
-        del self.send_buffer[:]
-        del self.command_buffer[:]
-        del self.receive_buffer[:]
+def _check_io_size(_instance: object, attribute: attrs.Attribute[int], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{attribute.name} must be an int, not {type(value).__name__}")
+    if value < MIN_IO_SIZE:
+        raise ValueError(f"{attribute.name} must be at least {MIN_IO_SIZE} bytes, not {value}")
 
 
 _shared_context: ssl.SSLContext | None = None
@@ -305,6 +270,15 @@ class ConnectionSettings:
             of TCP (an LMTP server's usual home); *hostname* then only names
             the server (for TLS, if any) and *port* is not used. Not with
             *connect*.
+        send_size: the most bytes written at once (at least 512; 64 KiB by
+            default). Message data is gathered up to this size before a write,
+            a larger chunk of the caller's is written in pieces of this size,
+            each under its own ``Timeouts.data_block`` bound, and it is the size
+            of every BDAT chunk but the last. With the chunk being encoded, it
+            bounds the memory a message costs, whatever its length.
+        receive_size: the most bytes asked of the stream in one read (at least
+            512; 16 KiB by default). A reply is bounded by the parser whatever
+            this size: 64 KiB, in 256 lines of at most 4 KiB.
     """
 
     hostname: str = attrs.field(validator=_check_hostname_field)
@@ -336,6 +310,8 @@ class ConnectionSettings:
     unix_socket: str | None = attrs.field(
         default=None, kw_only=True, converter=_socket_path, validator=_check_unix_socket
     )
+    send_size: int = attrs.field(default=64 * 1024, kw_only=True, validator=_check_io_size)
+    receive_size: int = attrs.field(default=16 * 1024, kw_only=True, validator=_check_io_size)
 
     @property
     def resolved_port(self) -> int:
@@ -357,9 +333,9 @@ class ConnectionOptions(TypedDict, total=False):
     ``**options: Unpack[ConnectionOptions]``: ``port``, ``tls``,
     ``ssl_context``, ``domain``, ``authentication``,
     ``insecure_auth_over_plaintext``, ``timeouts``, ``pipelining``,
-    ``chunking``, ``connect``, ``protocol`` and ``unix_socket``. See
-    :class:`ConnectionSettings` for their
-    meaning and defaults."""
+    ``chunking``, ``connect``, ``protocol``, ``unix_socket``, ``send_size`` and
+    ``receive_size``. See :class:`ConnectionSettings` for their meaning and
+    defaults."""
 
     port: int | None
     tls: TLSMode
@@ -373,6 +349,8 @@ class ConnectionOptions(TypedDict, total=False):
     connect: Connector | None
     protocol: MailProtocol
     unix_socket: str | os.PathLike[str] | None
+    send_size: int
+    receive_size: int
 
 
 def connection_settings(

@@ -198,7 +198,7 @@ class Run:
         self.attempts.append(attempt)
         return attempt
 
-    def connection(self, rng: random.Random, *, buffers: bool = False) -> dict[str, Any]:
+    def connection(self, rng: random.Random, *, sizes: bool = False) -> dict[str, Any]:
         """Keyword arguments of open_session/open_pool (and sendmail, less ``tls``)."""
         kwargs: dict[str, Any] = {
             "port": self.port,
@@ -206,8 +206,8 @@ class Run:
             "timeouts": TIMEOUTS,
             "ssl_context": self.certs.client_context,
         }
-        if buffers:
-            kwargs["buffers"] = ts.Buffers(send_size=rng.choice([512, 1024, 64 * 1024]))
+        if sizes:
+            kwargs["send_size"] = rng.choice([512, 1024, 64 * 1024])
         return kwargs
 
     @property
@@ -316,7 +316,7 @@ async def via_sendmail(run: Run) -> None:
         rng = run.rng(f"sendmail task {k}")
         for i in range(2):
             attempt = run.new_attempt(rng, f"t{k}m{i}")
-            kwargs = run.connection(rng, buffers=True)
+            kwargs = run.connection(rng, sizes=True)
             kwargs["pipelining"] = rng.random() < 0.8
 
             async def send(
@@ -347,14 +347,14 @@ async def via_session(run: Run) -> None:
     opened = 0
     while sent < total and opened < 8:
         opened += 1
-        kwargs = run.connection(rng, buffers=True)
+        kwargs = run.connection(rng, sizes=True)
         kwargs["pipelining"] = rng.random() < 0.85
         kwargs["chunking"] = rng.random() < 0.85
         try:
             run.note(
                 f"session {opened}: opening (pipelining={kwargs['pipelining']}, "
-                f"chunking={kwargs['chunking']}, {kwargs['buffers'].send_size}-octet "
-                f"buffers)"
+                f"chunking={kwargs['chunking']}, {kwargs['send_size']}-octet "
+                f"writes)"
             )
             async with ts.open_session(LOOPBACK, tls=run.tls_mode, **kwargs) as session:
                 run.note(f"session {opened} open")

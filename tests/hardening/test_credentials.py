@@ -266,7 +266,7 @@ def public_objects(evidence: Evidence) -> None:
     values: list[object] = [
         ts.DSN(ret=ts.DSNReturn.HEADERS, envid="e1", notify=[ts.DSNNotify.FAILURE], orcpt=True),
         credentials("PLAIN"), credentials(None), credentials("OAUTHBEARER"),
-        ts.Buffers(), message,
+        message,
         ts.BulkProgress(1, 0, 0, 0, 0, 0, 0.5),
         ts.BulkResult(message, ts.Outcome.ACCEPTED), ts.BulkSummary(),
         ts.Capabilities("mx", {"AUTH": ("PLAIN",)}), ts.DSNNotify.DELAY, ts.DSNReturn.FULL,

@@ -63,7 +63,7 @@ from .test_postfix import (
 
 pytestmark = pytest.mark.postfix
 
-#: ``Buffers.send_size`` by default: the size of every BDAT chunk but the last.
+#: ``send_size`` by default: the size of every BDAT chunk but the last.
 SEND_SIZE = 64 * 1024
 
 PIPELINING = pytest.mark.parametrize(
