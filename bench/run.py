@@ -291,10 +291,13 @@ def server(kind: str, folder: Path) -> Iterator[tuple[int, int, str]]:
 def cpu_of(pid: int) -> float:
     """CPU seconds of process *pid* so far, to the nanosecond (the scheduler's
     own count, ``/proc/PID/schedstat``; 0 when unreadable)."""
-    try:
-        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
-    except (OSError, ValueError, IndexError):
-        return 0.0
+    total = 0
+    for task in Path(f"/proc/{pid}/task").glob("*/schedstat"):  # every thread
+        try:
+            total += int(task.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that just ended
+    return total / 1e9
 
 
 # ------------------------------------------------------------------ clients
@@ -456,6 +459,11 @@ def run_scaling(repeats: int, quick: bool, folder: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------ reporting
 
 
+def _server(value: float, stream: bool) -> str:
+    """The server's CPU figure ("—" when it was not measured)."""
+    return "—" if value <= 0 else f"{value:.{3 if stream else 1}f}"
+
+
 def _fmt(s: dict[str, float], digits: int = 0) -> str:
     return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
 
@@ -535,7 +543,7 @@ def markdown(results: dict[str, Any], scaling: dict[str, Any], meta: dict[str, A
             lines.append(
                 f"| {label(client, result)} | {_fmt(figures['rate'])} | "
                 f"{_fmt(figures['cpu'], 1 if not stream else 3)} | "
-                f"{server_cpu['median']:.{1 if not stream else 3}f} | {rss} | "
+                f"{_server(server_cpu['median'], stream)} | {rss} | "
                 f"{_fmt(ratio, 2) + 'x' if ratio else '—'} |"
             )
     if scaling:
@@ -580,7 +588,8 @@ NOTES = """\
 - W4's CPU column is CPU seconds per MiB; the peak RSS column is the memory
   above the process's baseline (after its warm-up).
 - The server column is smtp-sink's CPU per message (stunnel's is not
-  counted in W3 and W4; aiosmtpd's is, in W1-aiosmtpd).
+  counted in W3 and W4), and aiosmtpd's in W1-aiosmtpd (every thread of it;
+  "—" where a run did not measure it).
 """
 
 

@@ -316,7 +316,7 @@ async def via_sendmail(run: Run) -> None:
         rng = run.rng(f"sendmail task {k}")
         for i in range(2):
             attempt = run.new_attempt(rng, f"t{k}m{i}")
-            kwargs = run.connection(rng, sizes=True)
+            kwargs = run.connection(rng)  # sendmail() takes no send_size: sessions do
             kwargs["pipelining"] = rng.random() < 0.8
 
             async def send(
