@@ -35,7 +35,8 @@ from ._errors import (
     SMTPTransientError,
     SMTPUsageError,
 )
-from ._pool import Lease, Pool, PoolLimits, PoolStatistics, open_pool
+from ._lease import Lease
+from ._pool import Pool, PoolLimits, PoolStatistics, open_pool
 from ._reply import EnhancedStatus, Reply
 from ._reply_errors import (
     SMTPAuthenticationError,

@@ -83,9 +83,10 @@ from ._errors import (
     SMTPTimeoutError,
     SMTPTransientError,
 )
+from ._lease import Lease
 from ._message import prepare_mail
 from ._plan import message_options
-from ._pool import DEFAULT_LIMITS, FATAL_CONNECT_ERRORS, Lease, Pool, open_pool
+from ._pool import DEFAULT_LIMITS, FATAL_CONNECT_ERRORS, Pool, open_pool
 from ._pool_limits import PoolLimits, RateLimiter
 from ._reply_errors import (
     SMTPRecipientsRefused,
