@@ -291,6 +291,10 @@ async def test_wrong_tls_mode_fails_fast_with_a_hint(postfix: PostfixEnv, tmp_pa
     """Postfix's implicit-TLS port (10465) says nothing to a STARTTLS client: after
     the short first bound, 69 and ``try --tls implicit`` (not 75 after 5 minutes).
     The other way round, its submission port answers a ClientHello in plain text."""
+    assert str(postfix.smtps_port).endswith("465"), (
+        "the CLI takes a port ending in 465 for an implicit-TLS one: start Postfix "
+        "with such an smtps port (tests/interop/free_ports.py --ending 465)"
+    )
     home = tmp_path / "home"
     home.mkdir()
     env = subprocess_env(home, TRIO_SENDMAIL_PASSWORD=postfix.password)
