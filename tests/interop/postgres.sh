@@ -78,7 +78,8 @@ as_postgres() {
     if [[ $(id -un) == postgres ]]; then
         "$@"
     elif [[ $(id -u) == 0 ]]; then
-        runuser -u postgres -- "$@"
+        # From / : the caller's folder may be closed to the postgres user.
+        (cd / && runuser -u postgres -- "$@")
     else
         die "run as root or as the postgres user"
     fi
