@@ -144,3 +144,8 @@ def serving_in_thread(
         thread.join(10)
         if errors:
             raise errors[0]
+
+
+def plain(port: int, *more: str) -> list[str]:
+    """The options of a plaintext connection to a test server on 127.0.0.1:*port*."""
+    return ["--host", "127.0.0.1", "--port", str(port), "--tls", "none", *more]

@@ -32,7 +32,7 @@ from trio_sendmail.testing import (
     TestCertificates,
 )
 
-from ..cli_support import CLI, in_process, isolate_home, serving_in_thread, subprocess_env
+from ..cli_support import CLI, in_process, plain, serving_in_thread, subprocess_env
 from ..helpers import ServerVariant, variants
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,18 +53,9 @@ MESSAGE = (
 # ----------------------------------------------------------------- harness
 
 
-@pytest.fixture(autouse=True)
-def isolated_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    return isolate_home(monkeypatch, tmp_path)
-
-
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> CLI:
     return in_process(monkeypatch, capsys, MESSAGE)
-
-
-def plain(port: int, *more: str) -> list[str]:
-    return ["--host", "127.0.0.1", "--port", str(port), "--tls", "none", *more]
 
 
 @pytest.fixture

@@ -25,18 +25,13 @@ import pytest
 
 import trio_sendmail._cli._send as cli_module
 
-from ..cli_support import CLI, Run, in_process, isolate_home
+from ..cli_support import CLI, Run, in_process
 
 REPO = Path(__file__).resolve().parents[2]
 MESSAGE = b"From: alice@example.test\r\nTo: bob@example.test\r\nSubject: hi\r\n\r\nHello.\r\n"
 #: The parts of the secrets below that must never show.
 SECRET_PARTS = ("SeCrEt", "tail-of-it", "horse-battery", "\udce9", "\\udce9", "\xe9")
 UNENCODABLE = "SeCrEt-\udce9-tail-of-it"  # os.environ's view of the bytes b"SeCrEt-\xe9-..."
-
-
-@pytest.fixture(autouse=True)
-def isolated_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    return isolate_home(monkeypatch, tmp_path)
 
 
 @pytest.fixture

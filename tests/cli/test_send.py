@@ -38,7 +38,7 @@ from ..cli_support import (
     SYSTEM_CONFIG_ENV,
     RawHandler,
     in_process,
-    isolate_home,
+    plain,
     run_program,
     serving_in_thread,
     subprocess_env,
@@ -77,18 +77,9 @@ MUTT_MESSAGE = (
 )
 
 
-@pytest.fixture(autouse=True)
-def isolated_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    return isolate_home(monkeypatch, tmp_path)
-
-
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> CLI:
     return in_process(monkeypatch, capsys, CRON_MESSAGE)
-
-
-def plain(port: int, *more: str) -> list[str]:
-    return ["--host", "127.0.0.1", "--port", str(port), "--tls", "none", *more]
 
 
 def headers_of(data: bytes) -> list[tuple[str, str]]:
@@ -525,9 +516,11 @@ def test_messages_name_flags_not_python(
 # ----------------------------------------------------------------- Ctrl-C in bulk
 
 
-def silent_after_end_of_data(variant: ServerVariant, ended: threading.Event) -> RawHandler:
+def silent_after_end_of_data(
+    variant: ServerVariant, ended: threading.Event, *, close: bool = False
+) -> RawHandler:
     """A server that takes one message up to its end of data, sets *ended*, and never
-    answers it."""
+    answers it: it waits forever, or with *close* closes the connection."""
 
     async def handler(stream: trio.SocketStream) -> None:
         raw = RawServer(stream)
@@ -538,7 +531,10 @@ def silent_after_end_of_data(variant: ServerVariant, ended: threading.Event) -> 
             await raw.send(b"250 ok\r\n250 ok\r\n")
         await raw.message(variant)
         ended.set()
-        await trio.sleep_forever()
+        if close:
+            await stream.aclose()
+        else:
+            await trio.sleep_forever()
 
     return handler
 
@@ -556,30 +552,13 @@ def interrupt_when(ended: threading.Event, process: subprocess.Popen[bytes]) -> 
     return out.decode(), err.decode()
 
 
-def closes_after_end_of_data(variant: ServerVariant, ended: threading.Event) -> RawHandler:
-    """A server that takes one message up to its end of data, sets *ended*, and
-    closes the connection without answering it."""
-
-    async def handler(stream: trio.SocketStream) -> None:
-        raw = RawServer(stream)
-        await raw.greet_and_ehlo(variant.ehlo())
-        await raw.expect(b"MAIL FROM:", b"" if variant.pipelining else b"250 ok\r\n")
-        await raw.expect(b"RCPT TO:", b"" if variant.pipelining else b"250 ok\r\n")
-        if variant.pipelining:
-            await raw.send(b"250 ok\r\n250 ok\r\n")
-        await raw.message(variant)
-        ended.set()
-        await stream.aclose()
-
-    return handler
-
-
 @variants()
 def test_an_unknown_outcome_is_not_status_75(cli: CLI, server_variant: ServerVariant) -> None:
     """The end of data went out and the connection was lost before its reply: the
     server may have the message, so the status must not ask for a retry (75)."""
     ended = threading.Event()
-    with serving_in_thread(handler=closes_after_end_of_data(server_variant, ended)) as port:
+    handler = silent_after_end_of_data(server_variant, ended, close=True)
+    with serving_in_thread(handler=handler) as port:
         result = cli(*plain(port, "-f", "a@example.test"), "b@example.test")
     assert ended.is_set()
     assert result.status == 76, result.err
