@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,11 @@ def interop(session: nox.Session) -> None:
     os.chmod(folder, 0o755)  # noqa: S103 - Postfix's own users walk into the folder
     plain, submission, sasl = _free_ports(3)
     env.update(
+        # The other servers' tests skip: none runs in this session's folder (a
+        # proxy or Dovecot of another run would not know this Postfix's ports).
+        PROXIES_STATE=os.path.join(folder, "proxies"),
+        DOVECOT_STATE=os.path.join(folder, "dovecot"),
+        POSTGRES_STATE=os.path.join(folder, "postgres"),
         POSTFIX_STATE=os.path.join(folder, "postfix"),
         POSTFIX_PLAIN_PORT=str(plain),
         POSTFIX_SUBMISSION_PORT=str(submission),
@@ -88,6 +94,7 @@ def interop(session: nox.Session) -> None:
         session.run("pytest", "-m", "postfix", "tests/interop", env=env)
     finally:
         session.run("bash", "tests/interop/postfix.sh", "purge", external=True, env=env)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _free_ports(count: int) -> list[int]:
