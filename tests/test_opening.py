@@ -45,6 +45,16 @@ from .helpers import (
 AUTH = ts.Authentication("alice", PASSWORD)
 
 
+def assert_delivered_once_over_tls(server: FakeSMTPServer, result: ts.SendResult) -> None:
+    """The one message of the loopback tests, as the server stored it."""
+    assert [str(path) for path in result.accepted] == ["<b@example.com>"] and not result.refused
+    (message,) = server.messages
+    assert message.tls and message.authenticated_as == "alice"
+    assert (message.sender, message.recipients) == ("a@example.com", ("b@example.com",))
+    assert message.data == b"hello\r\n"
+    assert message.helo == CLIENT_NAME
+
+
 async def test_sendmail_implicit_tls_on_loopback(
     make_server: ServerFactory, certs: TestCertificates
 ) -> None:
@@ -60,12 +70,7 @@ async def test_sendmail_implicit_tls_on_loopback(
             authentication=AUTH,
         )
     assert result.reply.code == 250
-    assert [str(path) for path in result.accepted] == ["<b@example.com>"] and not result.refused
-    (message,) = server.messages
-    assert message.tls and message.authenticated_as == "alice"
-    assert (message.sender, message.recipients) == ("a@example.com", ("b@example.com",))
-    assert message.data == b"hello\r\n"
-    assert message.helo == CLIENT_NAME
+    assert_delivered_once_over_tls(server, result)
 
 
 async def test_sendmail_with_starttls_on_loopback(
@@ -83,12 +88,8 @@ async def test_sendmail_with_starttls_on_loopback(
             authentication=AUTH,
         )
     assert result.reply.code == 250 and result.reply.enhanced_status == ts.EnhancedStatus(2, 0, 0)
-    assert [str(path) for path in result.accepted] == ["<b@example.com>"] and not result.refused
-    (message,) = server.messages
     # Authenticated, and only after the upgrade: the login went over TLS.
-    assert message.tls and message.authenticated_as == "alice"
-    assert (message.sender, message.recipients) == ("a@example.com", ("b@example.com",))
-    assert message.data == b"hello\r\n"
+    assert_delivered_once_over_tls(server, result)
     verbs = [line.split(b" ", 1)[0].upper() for side, line in server.transcript if side == "C"]
     assert verbs.index(b"STARTTLS") < verbs.index(b"AUTH") < verbs.index(b"MAIL")
 

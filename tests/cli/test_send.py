@@ -44,6 +44,7 @@ from ..cli_support import (
     subprocess_env,
 )
 from ..helpers import RawServer, ServerVariant, variants
+from ..interop.free_ports import free_port_ending
 
 PASSWORD = "s3cret-Pa55word!"
 USERS = {"alice": PASSWORD}
@@ -381,26 +382,12 @@ def test_tls_mode_from_the_port(cli: CLI, port: str | None, tls: str) -> None:
     assert re.search(rf"^port +{port or 465}$", result.out, re.MULTILINE), result.out
 
 
-def _bind_port_ending_in_465() -> int:
-    """A free loopback port whose number ends in 465 (looks like implicit TLS)."""
-    import socket
-
-    for port in range(20465, 65000, 1000):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    pytest.skip("no free port ending in 465")
-
-
 def test_silent_implicit_tls_port_fails_fast_with_a_hint(
     certs: TestCertificates, isolated_home: Path
 ) -> None:
     """STARTTLS on a port that speaks implicit TLS: the server waits for a ClientHello,
     the client for a greeting. After a short first bound: 69 and ``--tls implicit``."""
-    port = _bind_port_ending_in_465()
+    port = free_port_ending("465")
     listening = threading.Event()
     stop = threading.Event()
 

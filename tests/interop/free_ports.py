@@ -46,12 +46,16 @@ def free_port_ending(digits: str) -> int:
             except OSError:
                 continue
             return port
-    raise SystemExit(f"free_ports.py: no free port ending in {digits}")
+    raise OSError(f"no free loopback port ending in {digits}")
 
 
 def main(argv: list[str]) -> int:
     if len(argv) == 3 and argv[1] == "--ending" and argv[2].isdigit() and len(argv[2]) <= 4:
-        print(free_port_ending(argv[2]))
+        try:
+            print(free_port_ending(argv[2]))
+        except OSError as exc:
+            print(f"free_ports.py: {exc}", file=sys.stderr)
+            return 1
         return 0
     if len(argv) != 2 or not argv[1].isdigit() or not 0 < int(argv[1]) <= 64:
         print("usage: free_ports.py N (1 to 64) | free_ports.py --ending DIGITS", file=sys.stderr)

@@ -32,11 +32,12 @@ bucket's burst).
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from ._model import OutboxEntry, Settlement, State
@@ -123,7 +124,7 @@ class Claimed:
         self.wait = wait
 
 
-class Store:
+class Store(abc.ABC):
     """The statements of the outbox; an engine subclass supplies the connection."""
 
     #: Column types of the engine, for MIGRATIONS.
@@ -150,13 +151,13 @@ class Store:
 
     # ------------------------------------------------------------ engine hooks
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[Any]:
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractContextManager[Any]:
         """A cursor in one write transaction, committed on exit."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def now(self, cur: Any) -> float:
-        raise NotImplementedError
+        """The database's clock (seconds since the epoch)."""
 
     def sql(self, text: str) -> str:
         """*text* with ``?`` placeholders in the engine's style."""
@@ -166,11 +167,14 @@ class Store:
         """``column IN (…)`` and its parameters."""
         return f"{column} IN ({','.join('?' * len(values))})", list(values)
 
-    def lock_migrations(self, cur: Any) -> None:
-        """Keep two processes from migrating at once (inside the transaction)."""
+    def lock_migrations(self, cur: Any) -> None:  # noqa: B027 - a no-op by default
+        """Keep two processes from migrating at once (inside the transaction).
+        Nothing to do by default: SQLite's ``BEGIN IMMEDIATE`` already lets one
+        writer in at a time; PostgreSQL takes an advisory lock."""
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Close the engine's connections."""
 
     def _x(self, cur: Any, text: str, params: Sequence[Any] = ()) -> Any:
         cur.execute(self.sql(text), params)
