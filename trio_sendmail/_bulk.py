@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import Unpack
 
 import trio
@@ -121,11 +121,19 @@ def _refused(error: SMTPError) -> bool:
     return isinstance(error, SMTPResponseError) and error.command in _TRANSACTION_COMMANDS
 
 
-def _lost_error(error: BaseException, tracker: OutcomeTracker) -> SMTPError:
+def _lost_error(
+    error: BaseException, tracker: OutcomeTracker, *, written: bool = True
+) -> SMTPError:
     """The error of a pipelined message whose connection failed before the
-    reply to its end of data (*error* is what the next message ran into)."""
+    reply to its end of data (*error* is what the next message ran into); or,
+    not *written*, before any of it was written (*error* is the previous
+    message's own)."""
     copy: SMTPError
-    if isinstance(error, SMTPTimeoutError):
+    if not written:
+        copy = SMTPConnectionError(
+            f"the connection was closed before this message was written: {error}"
+        )
+    elif isinstance(error, SMTPTimeoutError):
         copy = SMTPTimeoutError(str(error), phase=error.phase)
     elif isinstance(error, SMTPProtocolError):
         copy = SMTPProtocolError(str(error))
@@ -180,6 +188,7 @@ async def send_bulk(
     rate: float | None = None,
     on_result: Callable[[BulkResult], None] | None = None,
     progress: Callable[[BulkProgress], None] | None = None,
+    before_end_of_data: Callable[[BulkMessage], Awaitable[None]] | None = None,
     **options: Unpack[ConnectionOptions],
 ) -> BulkSummary:
     """Send many messages concurrently over *pool*, or over a pool of its own.
@@ -207,6 +216,13 @@ async def send_bulk(
         on_result: called with each :class:`BulkResult` as soon as it is final.
             Without it, results are gathered in the returned summary.
         progress: called with a :class:`BulkProgress` after every change.
+        before_end_of_data: awaited with a message right before its end of
+            data is written, on each attempt (see :class:`OutcomeTracker`): a
+            durable queue records there that the message may now be delivered.
+            If it raises, that attempt's end of data is never written: its
+            connection is closed and the message is reported
+            :attr:`Outcome.NOT_SENT` with the error (an :class:`SMTPError`;
+            any other exception ends the run).
         options: with *server*, the connection options of :func:`open_pool`
             (:class:`ConnectionOptions`: ``port``, ``tls``, ``authentication``, …).
 
@@ -234,6 +250,7 @@ async def send_bulk(
                 rate=rate,
                 on_result=on_result,
                 progress=progress,
+                before_end_of_data=before_end_of_data,
             )
     if server is not None or limits is not None or options:
         raise TypeError("give send_bulk either a pool or connection parameters, not both")
@@ -242,6 +259,7 @@ async def send_bulk(
     if concurrency < 1 or max_retries < 0 or not retry_backoff >= 0:
         raise ValueError("concurrency must be >= 1, max_retries and retry_backoff >= 0")
     run = _Run(pool, max_retries, retry_backoff, retry_unknown, rate, on_result, progress)
+    run.gate = before_end_of_data
     await run.run(messages, concurrency)
     return run.summary
 
@@ -271,6 +289,7 @@ class _Run:
         self.started = trio.current_time()
         self.in_flight = 0
         self.fatal: list[BaseException] = []
+        self.gate: Callable[[BulkMessage], Awaitable[None]] | None = None
 
     # ---------------------------------------------------------- reporting
 
@@ -320,7 +339,7 @@ class _Run:
         self.in_flight += 1
         if self.progress is not None:
             self.notify()
-        return Job(message)
+        return Job(message, gate=self.gate)
 
     def classify(
         self, job: Job, exc: BaseException, *, connecting: bool = False
@@ -485,7 +504,13 @@ class _Run:
                             )  # fmt: skip
                         except (SMTPError, TypeError, ValueError) as exc:
                             if pending is not None:
-                                pending = self._pending_done(pending, lease, exc, retry)
+                                # The pending message's own before_end_of_data
+                                # may have raised while this one's envelope
+                                # waited behind its end: the error is its own.
+                                gated = pending.tracker.gate_error is exc
+                                pending = self._pending_done(pending, lease, exc, retry, own=gated)
+                                if gated:
+                                    exc = _lost_error(exc, current.tracker, written=False)
                             failed, current = current, None
                             final = self.classify(failed, exc)
                             if final is None:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import email.message
 import enum
-from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+import functools
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
 
 import attrs
 import trio
@@ -267,6 +268,8 @@ class Job:
     reported: bool = False
     #: An earlier attempt ended with an unknown outcome (``retry_unknown``).
     was_unknown: bool = False
+    #: send_bulk's ``before_end_of_data``, awaited with this message.
+    gate: Callable[[BulkMessage], Awaitable[None]] | None = None
 
     def body(self) -> Mail:
         """What to send: the message, or its stream (noting when it is read)."""
@@ -283,5 +286,9 @@ class Job:
 
     def attempt(self) -> OutcomeTracker:
         self.attempts += 1
-        self.tracker = OutcomeTracker()
+        gate = self.gate
+        if gate is None:
+            self.tracker = OutcomeTracker()
+        else:
+            self.tracker = OutcomeTracker(before_end_of_data=functools.partial(gate, self.message))
         return self.tracker

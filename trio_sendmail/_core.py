@@ -67,7 +67,7 @@ from ._capabilities import Capabilities
 from ._data import DataEncoder
 from ._errors import SMTPInputError, SMTPProtocolError, SMTPUsageError
 from ._inputs import check_argument, ehlo_ascii
-from ._pipeline import MARK_DATA, MARK_END, MARK_ENVELOPE, Command, CommandPipeline
+from ._pipeline import MARK_DATA, MARK_END, MARK_ENVELOPE, MARK_GATE, Command, CommandPipeline
 from ._reply import Reply, ReplyParser
 from ._reply_errors import SMTPAuthenticationError
 from ._sasl import Mechanism
@@ -284,6 +284,8 @@ class ClientCore(CommandPipeline):
         if self._bdat:
             while self.next_chunk():
                 pass
+            if txn is not None and txn.gate is not None:
+                self._marks.append((len(self._out), txn, MARK_GATE))
             stage = self._stage
             if self._bdat_encoder is not None:
                 stage += self._bdat_encoder.finish()
@@ -294,6 +296,8 @@ class ClientCore(CommandPipeline):
         else:
             if self.state is not State.DATA or self._inflight:
                 raise SMTPUsageError(f"end of data outside DATA (state: {self.state.value})")
+            if txn is not None and txn.gate is not None:
+                self._marks.append((len(self._out), txn, MARK_GATE))
             self._out += self._encoder.finish()
             if self.transcript is not None:
                 self._log(f"C: <{self._encoder.bytes_out} bytes of message data>")

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import select
 import ssl
 from collections.abc import Iterator
@@ -222,7 +223,11 @@ class Driver:
                 await self._probe()
         size = self.send_size
         while core.has_output:
-            await self._send(core.take_output(size), phase, timeout)
+            data = core.take_output(size)
+            if not data:
+                await self._open_gate()
+                continue
+            await self._send(data, phase, timeout)
 
     async def write_data(self) -> None:
         """Write the message data queued so far, once there is a block of it;
@@ -234,7 +239,30 @@ class Driver:
             await self._take_in()
         timeout = self.timeouts.data_block
         while core.output_size >= self.send_size:
-            await self._send(core.take_output(self.send_size), "data_block", timeout)
+            data = core.take_output(self.send_size)
+            if not data:
+                await self._open_gate()
+                continue
+            await self._send(data, "data_block", timeout)
+
+    async def _open_gate(self) -> None:
+        """Await the gate that holds back a message's end of data (see
+        :class:`~trio_sendmail.OutcomeTracker`'s ``before_end_of_data``), then
+        let the end go. The wait is not the server's: no bound runs meanwhile.
+        If the gate raises or is cancelled, the end is never written and the
+        connection is closed."""
+        core = self.core
+        txn = core.gate
+        assert txn is not None and txn.gate is not None
+        timer = self.timer
+        if timer is not None:
+            timer.deadline = math.inf
+        try:
+            await txn.gate()
+        except BaseException:
+            await self.fail()
+            raise
+        core.open_gate()
 
     async def event(self) -> Event:
         """Write what is queued, then the reply to the oldest command in flight.

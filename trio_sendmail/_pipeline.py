@@ -28,6 +28,10 @@ each command means and what each reply changes is the core's business.
   :meth:`CommandPipeline.take_output` hands out the byte at that offset, the
   transaction's envelope, data or end of data is recorded as written (so an
   interrupted write counts as one that went out).
+* **Gates.** A transaction with a :attr:`~trio_sendmail._transaction.Transaction.gate`
+  gets a gate mark where its end of data begins. :meth:`CommandPipeline.take_output`
+  hands out nothing at or past a closed gate: the driver awaits the gate,
+  then :meth:`CommandPipeline.open_gate` lets the end of data go.
 """
 
 from __future__ import annotations
@@ -39,11 +43,12 @@ from ._errors import SMTPUsageError
 from ._table import SAME, TABLE, Rule, State, Verb
 from ._transaction import Transaction
 
-__all__ = ["MARK_DATA", "MARK_END", "MARK_ENVELOPE", "Command", "CommandPipeline"]
+__all__ = ["MARK_DATA", "MARK_END", "MARK_ENVELOPE", "MARK_GATE", "Command", "CommandPipeline"]
 
 
-# What a mark in the output buffer notes when its byte is handed out.
-MARK_ENVELOPE, MARK_DATA, MARK_END = 0, 1, 2
+# What a mark in the output buffer notes when its byte is handed out; a gate
+# mark holds back its byte and every later one until the gate is opened.
+MARK_ENVELOPE, MARK_DATA, MARK_END, MARK_GATE = 0, 1, 2, 3
 
 
 class Command:
@@ -101,10 +106,22 @@ class CommandPipeline:
         Call it right before writing what it returns: the transactions whose
         envelope, data or end of data lie in these bytes are marked as
         written, so that an interrupted write counts as one that went out.
+
+        Nothing at or past a closed gate is handed out: an empty result while
+        :attr:`has_output` means that :attr:`gate` must be awaited and opened.
         """
         out = self._out
         if not out:
             return b""
+        marks = self._marks
+        if marks:
+            for offset, _, kind in marks:
+                if kind == MARK_GATE:
+                    if offset == 0:
+                        return b""
+                    if limit is None or offset < limit:
+                        limit = offset
+                    break
         if limit is None or len(out) <= limit:
             data = bytes(out)
             del out[:]
@@ -123,7 +140,7 @@ class CommandPipeline:
     def _marks_taken(self, count: int) -> None:
         keep = []
         for offset, txn, kind in self._marks:
-            if offset >= count:
+            if offset >= count or kind == MARK_GATE:
                 keep.append((offset - count, txn, kind))
             elif kind == MARK_END:
                 txn.end_written = txn.data_written = txn.envelope_written = True
@@ -132,6 +149,18 @@ class CommandPipeline:
             else:
                 txn.envelope_written = True
         self._marks = keep
+
+    @property
+    def gate(self) -> Transaction | None:
+        """The transaction whose closed gate holds back the next byte to send."""
+        for offset, txn, kind in self._marks:
+            if kind == MARK_GATE and offset == 0:
+                return txn
+        return None
+
+    def open_gate(self) -> None:
+        """Let the bytes held back by :attr:`gate` go out."""
+        self._marks = [m for m in self._marks if not (m[2] == MARK_GATE and m[0] == 0)]
 
     @property
     def wire_idle(self) -> bool:

@@ -39,7 +39,7 @@ nothing from trio.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import attrs
 
@@ -128,6 +128,7 @@ class Transaction:
         "end_written",
         "envelope_written",
         "final_reply",
+        "gate",
         "rcpt_answered",
         "rcpt_sent",
         "recipient_replies",
@@ -157,6 +158,9 @@ class Transaction:
         self.data_written = False
         #: The bytes holding the end of data went to the transport (or began to).
         self.end_written = False
+        #: Awaited right before the end of data is written (set by the tracker
+        #: that follows this transaction: ``before_end_of_data``).
+        self.gate: Callable[[], Awaitable[None]] | None = None
         #: A 421 answered a command of this transaction (or an earlier one in
         #: the same pipelined group) before its end of data was answered.
         self.closed_early = False
@@ -270,25 +274,47 @@ class OutcomeTracker:
     A tracker follows the latest attempt: when a pool sends a message again on
     another connection (the first one had been closed by the server before any
     of the message was written), the first attempt was :attr:`Outcome.NOT_SENT`.
+
+    A tracker made with *before_end_of_data* awaits it right before the
+    message's end of data (the final ``CRLF.CRLF``, or the ``BDAT … LAST``
+    chunk) is written: everything before it may already be on the wire, and
+    nothing of the end is, until it returns. A durable queue records there
+    that the message may now be delivered (the outbox arms its row then), so
+    that a crash before it provably left the message undelivered. If it raises
+    (or the send is cancelled while it waits), the end is never written: the
+    connection is closed and the outcome is :attr:`Outcome.NOT_SENT`. The
+    wait counts against no timeout.
     """
 
-    __slots__ = ("_raised", "_transaction", "attempts")
+    __slots__ = ("_gate", "_raised", "_transaction", "attempts", "gate_error")
 
-    def __init__(self) -> None:
+    def __init__(self, *, before_end_of_data: Callable[[], Awaitable[None]] | None = None) -> None:
+        self._gate = before_end_of_data
         self._transaction: Transaction | None = None
         # The outcome given to the SMTPError the send raised: a 2xx to the end
         # of data that came with a protocol error is no proof (UNKNOWN).
         self._raised: Outcome | None = None
         #: Transactions begun for this message (1 unless a pool sent it again).
         self.attempts = 0
+        #: What *before_end_of_data* raised, if it did.
+        self.gate_error: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"<OutcomeTracker {self.outcome.name} attempts={self.attempts}>"
 
     def _follow(self, transaction: Transaction) -> None:
+        transaction.gate = None if self._gate is None else self._await_gate
         self._transaction = transaction
         self._raised = None
         self.attempts += 1
+
+    async def _await_gate(self) -> None:
+        assert self._gate is not None
+        try:
+            await self._gate()
+        except BaseException as exc:
+            self.gate_error = exc
+            raise
 
     @property
     def transaction(self) -> Transaction | None:

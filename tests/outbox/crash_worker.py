@@ -17,6 +17,9 @@ import trio
 import trio_sendmail as ts
 from trio_sendmail.outbox import open_outbox
 
+#: Connections of each worker.
+CONNECTIONS = 4
+
 TIMEOUTS = ts.Timeouts(
     connect=10, tls_handshake=10, greeting=20, command=20, mail=20, rcpt=20,
     data_init=20, data_block=20, data_end=60, quit=2,
@@ -27,7 +30,7 @@ async def main(url: str, host: str, port: int, worker_id: str, lease: float, chu
     async with open_outbox(url) as outbox:
         summary = await outbox.work(
             host, port=port, tls=ts.TLSMode.INSECURE_PLAINTEXT, domain="crash.example.test",
-            limits=ts.PoolLimits(max_connections=4), timeouts=TIMEOUTS, chunking=chunk,
+            limits=ts.PoolLimits(max_connections=CONNECTIONS), timeouts=TIMEOUTS, chunking=chunk,
             until_empty=True, lease=lease, poll_interval=0.1, worker_id=worker_id, batch_size=50,
         )  # fmt: skip
     print("SUMMARY", json.dumps(attrs.asdict(summary)), flush=True)

@@ -4,9 +4,11 @@ sharing one outbox with no row claimed twice."""
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from trio_sendmail.outbox._store import Store
 from trio_sendmail.testing import FakeSMTPServer, serve_fake_smtp
 
 from ..helpers import CLIENT_NAME, ServerVariant
+from ..test_pool import HANG, Action, Conn, StubServer, serve_tcp
 
 SENDER = "news@example.com"
 
@@ -145,14 +148,14 @@ async def test_work_honours_the_shared_rate(outbox_url: str) -> None:
 
 async def test_work_honours_its_own_rate(outbox_url: str) -> None:
     """``work(rate=…)`` limits one worker, however many send_bulk rounds it takes
-    (with ``arm_size=1`` each message may be a round of its own)."""
+    (with ``prefetch=1`` each message may be a round of its own)."""
     server = FakeSMTPServer()
     async with serve_fake_smtp(server) as port, open_outbox(outbox_url) as outbox:
         await outbox.enqueue(message(n) for n in range(5))
         start = time.monotonic()
         await outbox.work(
             "127.0.0.1", port=port, tls=ts.TLSMode.INSECURE_PLAINTEXT, domain=CLIENT_NAME,
-            until_empty=True, poll_interval=0.05, rate=10.0, arm_size=1, concurrency=1,
+            until_empty=True, poll_interval=0.05, rate=10.0, prefetch=1, concurrency=1,
         )  # fmt: skip
         elapsed = time.monotonic() - start
     assert len(server.messages) == 5
@@ -188,25 +191,97 @@ async def test_many_workers_claim_each_row_once(
     assert len({e.worker for e in entries}) > 1
 
 
-@pytest.mark.parametrize("size", [1, 3])
-async def test_arm_size_bounds_what_is_armed_ahead(tmp_path: Any, size: int) -> None:
-    """No more than arm_size rows wait armed before send_bulk takes them."""
-    server = FakeSMTPServer()
-    worst = 0
+@pytest.mark.parametrize("connections", [1, 3])
+async def test_rows_are_armed_at_their_end_of_data(
+    tmp_path: Any, server_variant: ServerVariant, connections: int
+) -> None:
+    """Arming waits for the end of data: each commit arms at most one row per
+    connection (group commit), and every row is armed once."""
+    server = FakeSMTPServer(extensions=server_variant.extensions())
+    groups: list[int] = []
     async with serve_fake_smtp(server) as port, open_outbox(f"sqlite:///{tmp_path}/o.db") as ob:
         await ob.enqueue(message(n) for n in range(30))
         store = ob._store
-        original = store.arm
+        original = store.record
 
-        def arm(worker: str, ids: Any) -> dict[int, int]:
-            nonlocal worst
-            worst = max(worst, len(ids))
-            return original(worker, ids)
+        def record(
+            worker: str, arm: Sequence[int], settlements: Sequence[Settlement]
+        ) -> dict[int, int]:
+            if arm:
+                groups.append(len(arm))
+            return original(worker, arm, settlements)
 
-        store.arm = arm  # type: ignore[method-assign]
+        store.record = record  # type: ignore[method-assign]
         await ob.work(
             "127.0.0.1", port=port, tls=ts.TLSMode.INSECURE_PLAINTEXT, domain=CLIENT_NAME,
-            until_empty=True, arm_size=size, concurrency=1,
+            until_empty=True, concurrency=connections, prefetch=20,
         )  # fmt: skip
+        entries = await ob.entries()
     assert len(server.messages) == 30
-    assert 1 <= worst <= size
+    assert [e.state for e in entries] == [State.SENT] * 30
+    assert [e.attempts for e in entries] == [1] * 30
+    assert sum(groups) == 30 and max(groups) <= connections
+
+
+@pytest.mark.parametrize("stall", ["envelope", "end"])
+async def test_only_rows_past_their_end_of_data_are_sending(
+    outbox_url: str, server_variant: ServerVariant, stall: str
+) -> None:
+    """The crash rule's proof: while the server stalls, the rows ``sending``
+    (``unknown`` if the worker died now) are those whose end of data was
+    written. Stalled at RCPT: none, although many rows are claimed and ready
+    (with PIPELINING and CHUNKING a small message's ``BDAT … LAST`` goes out
+    with its envelope: one per connection). Stalled after the end of data:
+    one per connection, the very messages the server received."""
+    connections = 3
+
+    async def command(conn: Conn, line: str) -> Action:
+        if stall == "envelope" and line.upper().startswith("RCPT"):
+            return HANG
+        return None
+
+    async def end_of_data(conn: Conn, data: bytes) -> Action:
+        return HANG
+
+    stub = StubServer(variant=server_variant, command=command, end_of_data=end_of_data)
+    with_envelope = server_variant.pipelining and server_variant.chunking
+    expected = connections if stall == "end" or with_envelope else 0
+    async with serve_tcp(stub.handle) as port, open_outbox(outbox_url) as outbox:
+        ids = await outbox.enqueue(message(n) for n in range(20))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(
+                outbox.work, "127.0.0.1", port=port, tls=ts.TLSMode.INSECURE_PLAINTEXT,
+                domain=CLIENT_NAME, limits=ts.PoolLimits(max_connections=connections),
+                prefetch=10, lease=60,
+            ))  # fmt: skip
+            with trio.fail_after(10):
+                while True:
+                    await trio.sleep(0.05)
+                    claimed = await outbox.entries(state=State.CLAIMED)
+                    hung = len(stub.received) if stall == "end" else len(stub.log)
+                    if (
+                        len(stub.conns) == connections
+                        and hung >= connections
+                        and len(claimed) >= 10
+                    ):
+                        break
+            await trio.sleep(0.3)  # nothing else moves
+            sending = await outbox.entries(state=State.SENDING)
+            assert len(sending) == expected
+            if stall == "end":
+                assert sorted(e.id for e in sending) == sorted(
+                    ids[_number(data)] for _, data in stub.received
+                )
+            nursery.cancel_scope.cancel()
+        entries = await outbox.entries()
+    # Cancelled: the unanswered ends are recorded unknown; every other row is
+    # pending again, without an attempt.
+    assert sum(e.state is State.UNKNOWN for e in entries) == expected
+    assert sum(e.state is State.PENDING for e in entries) == 20 - expected
+    assert all(e.attempts == 0 for e in entries if e.state is State.PENDING)
+
+
+def _number(data: bytes) -> int:
+    match = re.search(rb"Subject: (\d+)", data)
+    assert match is not None
+    return int(match.group(1))

@@ -12,7 +12,8 @@ reconciled with the Maildir by Message-ID (the row's idempotency key):
 * ``pending``, ``refused``, ``failed``: not delivered;
 * ``unknown``: delivered at most once; and there are exactly as many as the
   killed worker had armed and not yet recorded at the instant of the kill
-  (counted in the database right after the kill).
+  (counted in the database right after the kill), no more than two per
+  connection: a row is armed right before its end of data is written.
 
 The default size keeps CI short (400 messages, 3 workers, 1 kill). The issue's
 full size is ``TRIO_SENDMAIL_OUTBOX_CRASH_MESSAGES=5000`` (and
@@ -40,6 +41,7 @@ from trio_sendmail.outbox import State, open_outbox
 from ..interop.test_postfix import make_message, unique
 from ..interop.test_postfix_chaos import MaildirIndex, make_body, wait_for_quiet
 from ..postfix_plugin import PostfixEnv
+from .crash_worker import CONNECTIONS
 
 pytestmark = [pytest.mark.postfix, pytest.mark.interop]
 
@@ -161,9 +163,10 @@ async def test_sigkilled_workers_leave_exact_states(
     assert quiet, f"Postfix still delivering (Maildir {index.new})"
     assert not problems, problems[:50]
     assert set(by_state) <= {State.SENT, State.UNKNOWN}, report["counts"]
-    # Exactly the rows armed and not recorded at the kill are unknown.
+    # Exactly the rows armed and not recorded at the kill are unknown: a row is
+    # armed right before its end of data is written, so these are the messages
+    # whose end of data was on the wire and whose outcome was not committed:
+    # per connection, one waiting for its reply or one whose reply was being
+    # recorded with the next message's arm.
     assert unknown_ids == armed_ids
-    assert (
-        all(kill["armed_unrecorded"] and len(kill["armed_unrecorded"]) <= 64 for kill in kills)
-        or not kills
-    ), report["kills"]
+    assert all(len(kill["armed_unrecorded"]) <= 2 * CONNECTIONS for kill in kills), report["kills"]

@@ -138,7 +138,7 @@ class Outbox(trio.abc.AsyncResource):
         rate: float | None = None,
         until_empty: bool = False,
         batch_size: int = 200,
-        arm_size: int | None = None,
+        prefetch: int | None = None,
         lease: float = 60.0,
         poll_interval: float = 1.0,
         worker_id: str | None = None,
@@ -147,8 +147,7 @@ class Outbox(trio.abc.AsyncResource):
     ) -> WorkSummary:
         """Send the outbox's messages until cancelled (or until it is empty).
 
-        The worker claims up to *batch_size* due rows at a time, arms them a
-        few at a time (see :doc:`design`) and sends them with
+        The worker claims up to *batch_size* due rows at a time, sends them with
         :func:`~trio_sendmail.send_bulk` over *pool*, or over a pool of its
         own opened to *server* with *limits* and *options*, exactly as
         send_bulk does; *concurrency* and *rate* are send_bulk's too (*rate*
@@ -158,13 +157,14 @@ class Outbox(trio.abc.AsyncResource):
             until_empty: return once no row is ``pending``, ``claimed`` or
                 ``sending`` (by any worker), instead of waiting for more.
             batch_size: rows claimed per transaction.
-            arm_size: most rows armed ahead of send_bulk, armed in groups
-                of up to this many per transaction (default: twice
-                *concurrency*, or twice the pool's ``max_connections``). A
-                worker killed at the wrong instant leaves ``unknown`` at most
-                these, the messages in flight (two per connection) and one
-                batch of outcomes not yet recorded (see :ref:`design-outbox`).
-                Larger is faster; smaller leaves fewer unknown rows.
+            prefetch: most claimed messages kept decoded and ready for
+                send_bulk (default: twice *concurrency*, or twice the pool's
+                ``max_connections``), so that each connection can pipeline
+                one message after the other. A row is armed (``sending``) only
+                right before its end of data is written, so a worker killed at
+                any instant leaves ``unknown`` only the messages whose end of
+                data was written (or was about to be) and whose outcome was not
+                recorded yet (see :ref:`design-outbox`).
             lease: seconds a claim lasts without a heartbeat (renewed every
                 third of it). A dead worker's rows are taken back after it.
             poll_interval: longest wait between two looks at an empty queue.
@@ -190,15 +190,15 @@ class Outbox(trio.abc.AsyncResource):
             raise TypeError("work needs a pool or a server, not both")
         if pool is not None and (limits is not None or options):
             raise TypeError("give work either a pool or connection parameters, not both")
-        if arm_size is None:  # two groups of one message per connection
+        if prefetch is None:  # two messages per connection
             if concurrency is not None:
-                arm_size = 2 * concurrency
+                prefetch = 2 * concurrency
             elif pool is not None:
-                arm_size = 2 * pool.limits.max_connections
+                prefetch = 2 * pool.limits.max_connections
             else:
-                arm_size = 2 * (limits or DEFAULT_LIMITS).max_connections
-        if arm_size < 1:
-            raise ValueError("arm_size must be >= 1")
+                prefetch = 2 * (limits or DEFAULT_LIMITS).max_connections
+        if prefetch < 1:
+            raise ValueError("prefetch must be >= 1")
         if worker_id is None:
             worker_id = f"{socket.gethostname()}:{_pid()}:{secrets.token_hex(4)}"
         worker = Worker(
@@ -207,7 +207,7 @@ class Outbox(trio.abc.AsyncResource):
             worker_id,
             policy=self._retry,
             batch_size=batch_size,
-            depth=arm_size,
+            depth=prefetch,
             lease=lease,
             poll_interval=poll_interval,
             until_empty=until_empty,
@@ -222,6 +222,7 @@ class Outbox(trio.abc.AsyncResource):
                 concurrency=concurrency,
                 max_retries=0,
                 on_result=worker.on_result,
+                before_end_of_data=worker.before_end_of_data,
             )
 
         try:

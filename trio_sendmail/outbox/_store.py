@@ -93,7 +93,7 @@ _ENTRY_COLUMNS = (
     "id, key, state, attempts, created_at, next_attempt_at, reply_code, reply_text, "
     "refused, error, worker"
 )
-_CLAIM_COLUMNS = "id, sender, recipients, options, created_at"
+_CLAIM_COLUMNS = "id, sender, recipients, options, created_at, attempts"
 
 
 def _entry(row: Sequence[Any]) -> OutboxEntry:
@@ -346,8 +346,8 @@ class Store(abc.ABC):
                 )
                 order = {row_id: i for i, row_id in enumerate(chosen)}
                 rows.sort(key=lambda r: order[int(r[0])])
-                # (id, sender, recipients, mail, options, created_at)
-                rows = [(r[0], r[1], r[2], bodies[r[0]], r[3], r[4]) for r in rows]
+                # (id, sender, recipients, mail, options, created_at, attempts)
+                rows = [(r[0], r[1], r[2], bodies[r[0]], r[3], r[4], r[5]) for r in rows]
             for scope, (rate, burst, tokens) in buckets.items():
                 if scope != "domain:*":
                     self._x(
@@ -375,18 +375,19 @@ class Store(abc.ABC):
         commit on, their end of data may be written. Returns id → attempts
         (this one included) of the rows armed; a row whose claim was lost is
         left out, and must not be sent."""
+        return self.record(worker, ids, ())
+
+    def _arm(self, cur: Any, now: float, worker: str, ids: Sequence[int]) -> dict[int, int]:
         if not ids:
             return {}
-        with self.transaction() as cur:
-            now = self.now(cur)
-            cond, params = self.in_list("id", ids)
-            rows = self._x(
-                cur,
-                f"UPDATE outbox_messages SET state = ?, attempts = attempts + 1, updated_at = ?"  # noqa: S608
-                f" WHERE {cond} AND worker = ? AND state = ? RETURNING id, attempts",
-                (_SENDING, now, *params, worker, _CLAIMED),
-            ).fetchall()
-            return {int(r[0]): int(r[1]) for r in rows}
+        cond, params = self.in_list("id", ids)
+        rows = self._x(
+            cur,
+            f"UPDATE outbox_messages SET state = ?, attempts = attempts + 1, updated_at = ?"  # noqa: S608
+            f" WHERE {cond} AND worker = ? AND state = ? RETURNING id, attempts",
+            (_SENDING, now, *params, worker, _CLAIMED),
+        ).fetchall()
+        return {int(r[0]): int(r[1]) for r in rows}
 
     def heartbeat(self, worker: str, lease: float) -> int:
         """Extend *worker*'s claims; returns how many rows it still holds."""
@@ -405,40 +406,60 @@ class Store(abc.ABC):
             )
 
     def settle(self, worker: str, settlements: Sequence[Settlement]) -> None:
-        """Record the outcome of armed rows (only those *worker* armed)."""
+        """Record the outcome of *worker*'s rows (armed, or claimed and
+        settled before their end of data: refused at RCPT, say)."""
+        self.record(worker, (), settlements)
+
+    def record(
+        self, worker: str, arm: Sequence[int], settlements: Sequence[Settlement]
+    ) -> dict[int, int]:
+        """One transaction of a worker's journal: record *settlements*, then
+        arm the rows *arm* (see :meth:`arm`, whose result it returns)."""
+        if not arm and not settlements:
+            return {}
         with self.transaction() as cur:
             now = self.now(cur)
-            params = []
-            for s in sorted(settlements, key=lambda s: s.id):
-                pending = s.state is State.PENDING
-                params.append(
-                    (
-                        s.state.value,
-                        None if s.delay is None else now + s.delay,
-                        None if pending else worker,
-                        s.reply_code,
-                        s.reply_text,
-                        s.refused,
-                        s.error,
-                        1 if s.uncounted else 0,
-                        now,
-                        s.id,
-                        worker,
-                        _SENDING,
-                        _UNKNOWN,
-                    )
+            self._settle(cur, now, worker, settlements)
+            return self._arm(cur, now, worker, arm)
+
+    def _settle(
+        self, cur: Any, now: float, worker: str, settlements: Sequence[Settlement]
+    ) -> None:
+        params = []
+        for s in sorted(settlements, key=lambda s: s.id):
+            pending = s.state is State.PENDING
+            params.append(
+                (
+                    s.state.value,
+                    None if s.delay is None else now + s.delay,
+                    None if pending else worker,
+                    s.reply_code,
+                    s.reply_text,
+                    s.refused,
+                    s.error,
+                    _CLAIMED,
+                    1 if s.uncounted else 0,
+                    now,
+                    s.id,
+                    worker,
+                    _SENDING,
+                    _UNKNOWN,
+                    _CLAIMED,
                 )
-            if params:
-                cur.executemany(
-                    self.sql(
-                        "UPDATE outbox_messages SET state = ?,"
-                        " next_attempt_at = COALESCE(?, next_attempt_at), worker = ?,"
-                        " claim_expires = NULL, reply_code = ?, reply_text = ?, refused = ?,"
-                        " error = ?, attempts = attempts - ?, updated_at = ?"
-                        " WHERE id = ? AND worker = ? AND state IN (?, ?)"
-                    ),
-                    params,
-                )
+            )
+        if params:
+            # A row settled while only claimed (it never reached its end of
+            # data) counts its attempt here; an armed one counted it when armed.
+            cur.executemany(
+                self.sql(
+                    "UPDATE outbox_messages SET state = ?,"
+                    " next_attempt_at = COALESCE(?, next_attempt_at), worker = ?,"
+                    " claim_expires = NULL, reply_code = ?, reply_text = ?, refused = ?,"
+                    " error = ?, attempts = attempts + CASE WHEN state = ? THEN 1 ELSE 0 END - ?,"
+                    " updated_at = ? WHERE id = ? AND worker = ? AND state IN (?, ?, ?)"
+                ),
+                params,
+            )
 
     def release(self, worker: str) -> int:
         """Give back *worker*'s claimed (not armed) rows."""

@@ -1,47 +1,51 @@
 """One :meth:`Outbox.work <trio_sendmail.outbox.Outbox.work>` call: claim,
-arm, send through :func:`~trio_sendmail.send_bulk`, record.
+send through :func:`~trio_sendmail.send_bulk`, arm at the end of data, record.
 
 Theory of operation
 -------------------
-Three tasks and a loop of send_bulk *rounds*:
+Four tasks and a loop of send_bulk *rounds*:
 
-* the **armer** (:meth:`Worker.armer`) claims a batch of rows (one
-  transaction), then **arms** them in groups (one transaction per group) and
-  puts a row in the ``ready`` queue only after the commit that armed it, so
-  that at most ``depth`` rows wait armed (with ``work(rate=…)`` it arms one at
-  a time, no faster than the rate);
+* the **claimer** (:meth:`Worker.claimer`) claims a batch of rows (one
+  transaction) and keeps up to ``prefetch`` of them decoded in the ``ready``
+  queue (with ``work(rate=…)``, one at a time, no faster than the rate);
 * each **round** is one :func:`~trio_sendmail.send_bulk` call on the worker's
   pool whose input is a sync iterator over ``ready`` (:class:`_Round`):
   send_bulk reads a sync input without waiting, which keeps each connection
   pipelining from one message to the next (RFC 2920 §3.1). A round's input
   ends for good the first time ``ready`` is empty; the next round starts as
-  soon as the armer has refilled it, while the previous one finishes its
+  soon as the claimer has refilled it, while the previous one finishes its
   messages in flight;
-* the **recorder** and the **heartbeat** (below).
+* the **gate** (:meth:`Worker.before_end_of_data`, send_bulk's
+  ``before_end_of_data``): right before a message's end of data (RFC 5321
+  §4.1.1.4, the final dot; RFC 3030 §2, ``BDAT … LAST``) is written, its
+  row is **armed** (``claimed`` → ``sending``), and the end waits for that
+  commit. A row still ``claimed`` when its worker died provably never
+  reached the end of data, and goes back to ``pending``;
+* the **journal** (:meth:`Worker.journal`) makes every write of the run in
+  one transaction at a time: the rows waiting at the gate are armed together
+  (group commit: one commit for every connection that reached an end of data
+  meanwhile, not one per message), and the outcomes that came back through
+  send_bulk's ``on_result`` are recorded in the same transaction (an outcome
+  waits at most ``FLUSH_DELAY`` for others when no row waits to be armed);
+* the **heartbeat** extends the worker's claims every third of the lease.
 
-So a message's end of data (RFC 5321 §4.1.1.4, the final dot; RFC 3030 §2,
-``BDAT … LAST``) can be on the wire only for a row that the database shows
-``sending``: a row still ``claimed`` when its worker died provably never
-reached the end of data, and goes back to ``pending``. This costs one commit
-per group, not one per message (and no fsync at all on SQLite, whose WAL
-commits survive a process crash).
-
-Results come back through send_bulk's ``on_result`` and are recorded in
-batches by :meth:`Worker.recorder` (one transaction per batch of up to
-``FLUSH_SIZE`` outcomes, at most ``FLUSH_DELAY`` late). A row armed but not
-yet recorded when the worker dies becomes ``unknown`` once its claim expires:
-at most the ``ready`` rows, the messages in flight in send_bulk (two per
-connection) and one batch of outcomes. send_bulk runs with ``max_retries=0``: every attempt is
-recorded, and a transient failure goes back to ``pending`` at a time drawn by
-the :class:`~trio_sendmail.outbox.RetryPolicy` (persisted in the row), where
+So when a worker dies, the rows it leaves ``sending`` (``unknown`` once its
+claim expires) are those whose end of data was written, or was about to be,
+and whose outcome was not committed yet: at most one message per connection
+between its end of data and its reply (a connection writes the next message's
+end only after that reply: under PIPELINING the next envelope's replies come
+after it), and the outcomes of the last ``FLUSH_DELAY``.
+There is no fsync per message (and none at all on SQLite, whose WAL commits
+survive a process crash). send_bulk runs with ``max_retries=0``: every attempt
+is recorded, and a transient failure goes back to ``pending`` at a time drawn
+by the :class:`~trio_sendmail.outbox.RetryPolicy` (persisted in the row), where
 any worker may take it.
 
-A heartbeat extends the worker's claims every third of the lease. When the
-run ends (the queue is empty, it is cancelled, or send_bulk raises a fatal
-connection error), every result still buffered is recorded, shielded from
-cancellation, and the claimed rows not yet armed are given back. A message
-that the run stopped before it was tried (or that failed only because the
-connection could not be opened: bad credentials, TLS) goes back to
+When the run ends (the queue is empty, it is cancelled, or send_bulk raises a
+fatal connection error), every outcome still buffered is recorded, shielded
+from cancellation, and the claimed rows not yet armed are given back. A
+message that the run stopped before it was tried (or that failed only because
+the connection could not be opened: bad credentials, TLS) goes back to
 ``pending`` without losing an attempt.
 """
 
@@ -56,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import trio
 
 from .._bulk_types import BulkMessage, BulkResult
-from .._errors import Outcome
+from .._errors import Outcome, SMTPError
 from .._pool import FATAL_CONNECT_ERRORS
 from .._pool_limits import RateLimiter
 from ._model import (
@@ -133,6 +137,23 @@ class _Round:
         return message
 
 
+class ClaimLost(SMTPError):
+    """A row's claim expired (another worker may have it): its message must not
+    be sent, so its end of data is never written."""
+
+
+class _Group:
+    """The rows that wait at the gate for one commit of the journal."""
+
+    __slots__ = ("armed", "done", "ids")
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.done = trio.Event()
+        #: id -> attempts of the rows the commit armed.
+        self.armed: dict[int, int] = {}
+
+
 class Worker:
     """The state of one work() call."""
 
@@ -156,10 +177,10 @@ class Worker:
         self.id = worker_id
         self.policy = policy
         self.batch_size = batch_size
-        #: Most messages armed and ready, not yet handed to send_bulk.
+        #: Most claimed messages decoded and ready, not yet handed to send_bulk.
         self.depth = depth
-        #: This worker's own rate (``work(rate=…)``): messages are armed, one at
-        #: a time, no faster (send_bulk sends them as they come).
+        #: This worker's own rate (``work(rate=…)``): messages are made ready,
+        #: one at a time, no faster (send_bulk sends them as they come).
         self.limiter = None if rate is None else RateLimiter(rate)
         self.ready: collections.deque[BulkMessage] = collections.deque()
         self.has_ready = trio.Event()
@@ -170,20 +191,25 @@ class Worker:
         self.until_empty = until_empty
         self.progress = progress
         self.summary = WorkSummary()
-        #: id -> (created_at, attempts) of the rows armed and not yet recorded.
-        self.armed: dict[int, tuple[float, int]] = {}
+        #: id -> (created_at, attempts, this one included) of the rows claimed
+        #: (ready, or in send_bulk) and not yet recorded.
+        self.rows: dict[int, tuple[float, int]] = {}
+        #: The rows armed (``sending``) and not yet recorded.
+        self.armed: set[int] = set()
+        self.group = _Group()
         self.results: list[BulkResult] = []
         self.held: list[BulkResult] = []
-        self.has_results = trio.Event()
+        self.has_work = trio.Event()
+        self.lock = trio.Lock()
         self.started = trio.current_time()
         self.last_recover = -math.inf
         self.failure: BaseException | None = None
 
     # ---------------------------------------------------------------- input
 
-    async def armer(self) -> None:
-        """Keep up to ``depth`` armed messages ready: claim rows in batches,
-        arm them in groups, one transaction each."""
+    async def claimer(self) -> None:
+        """Keep up to ``depth`` claimed messages ready: claim rows in batches
+        (one transaction each)."""
         local: collections.deque[Any] = collections.deque()
         call = self.call
         while True:
@@ -199,7 +225,7 @@ class Worker:
                     self.store.claim, self.id, self.batch_size, self.lease, recover=recover
                 )
                 if not claimed.rows:
-                    busy = self.armed or self.results or self.ready
+                    busy = self.rows or self.results
                     if self.until_empty and not busy:
                         count, _ = await call(self.store.open_rows)
                         if count == 0:
@@ -216,23 +242,40 @@ class Worker:
             if self.limiter is not None:
                 size = 1
                 await self.limiter.wait()
-            group = [local.popleft() for _ in range(max(1, size))]
-            attempts = await call(self.store.arm, self.id, [int(row[0]) for row in group])
-            for row_id, sender, recipients, mail, options, created_at in group:
-                if row_id not in attempts:
-                    continue  # the claim expired and another worker took it
-                self.armed[row_id] = (float(created_at), attempts[row_id])
+            for _ in range(max(1, size)):
+                row_id, sender, recipients, mail, options, created_at, attempts = local.popleft()
+                self.rows[row_id] = (float(created_at), int(attempts) + 1)
                 self.ready.append(decode_message(row_id, sender, recipients, mail, options))
             self.has_ready.set()
 
     def take(self) -> BulkMessage | None:
-        """The next armed message, or None when none is ready."""
+        """The next ready message, or None when none is ready."""
         if not self.ready:
             return None
         message = self.ready.popleft()
         if len(self.ready) < self.depth:
             self.want_more.set()
         return message
+
+    # ------------------------------------------------------------ the gate
+
+    async def before_end_of_data(self, message: BulkMessage) -> None:
+        """send_bulk's ``before_end_of_data``: arm the message's row, and
+        return once that is committed.
+
+        Raises:
+            ClaimLost: the row is no longer this worker's to send.
+        """
+        key = message.key
+        assert isinstance(key, int)
+        if key in self.armed:
+            return  # armed by an earlier attempt of the same message
+        group = self.group
+        group.ids.append(key)
+        self.has_work.set()
+        await group.done.wait()
+        if key not in group.armed:
+            raise ClaimLost(f"the claim on outbox row {key} was lost: not sent")
 
     # ---------------------------------------------------------------- results
 
@@ -241,22 +284,32 @@ class Worker:
             self.held.append(result)
         else:
             self.results.append(result)
-            self.has_results.set()
+            self.has_work.set()
 
-    async def recorder(self) -> None:
+    async def journal(self) -> None:
+        """Commit the rows waiting at the gate and the outcomes received, one
+        transaction at a time."""
         while True:
-            await self.has_results.wait()
-            # Gather what arrives meanwhile: one transaction for many outcomes.
-            with trio.move_on_after(FLUSH_DELAY):
-                while len(self.results) < FLUSH_SIZE:
-                    self.has_results = trio.Event()
-                    await self.has_results.wait()
+            await self.has_work.wait()
+            if not self.group.ids:
+                # Only outcomes: gather what arrives meanwhile (one transaction
+                # for many), unless a row comes to the gate.
+                with trio.move_on_after(FLUSH_DELAY):
+                    while len(self.results) < FLUSH_SIZE and not self.group.ids:
+                        self.has_work = trio.Event()
+                        await self.has_work.wait()
             await self.flush()
 
     async def flush(self, *, final: bool = False) -> None:
-        """Record the results received so far (one transaction)."""
+        """Arm the rows at the gate and record the outcomes received so far
+        (one transaction)."""
+        async with self.lock:
+            await self._commit(final)
+
+    async def _commit(self, final: bool) -> None:
+        group, self.group = self.group, _Group()
         results, self.results = self.results, []
-        self.has_results = trio.Event()
+        self.has_work = trio.Event()
         now = time.time()
         settlements = [self._settlement(result, now) for result in results]
         if final:
@@ -267,21 +320,28 @@ class Worker:
                 for result in self.held
             ]
             self.held = []
-            # Armed but never handed to send_bulk: provably not sent.
-            while self.ready:
-                key = self.ready.popleft().key
-                assert isinstance(key, int)
-                settlements.append(Settlement(key, State.PENDING, delay=0.0, uncounted=True))
+        try:
+            if group.ids or settlements:
+                # Shielded: these results left self.results above, so a
+                # cancellation here (say, while waiting for a database thread)
+                # would lose them, and rows whose answer came back would end
+                # "unknown". The transaction is short.
+                with trio.CancelScope(shield=True):
+                    group.armed = await self.call(
+                        self.store.record, self.id, group.ids, settlements
+                    )
+        finally:
+            group.done.set()
+        for row_id, attempts in group.armed.items():
+            self.armed.add(row_id)
+            created_at, _ = self.rows.get(row_id, (now, attempts))
+            self.rows[row_id] = (created_at, attempts)
         if not settlements:
             return
-        # Shielded: these results left self.results above, so a cancellation
-        # here (say, while waiting for a database thread) would lose them, and
-        # rows whose answer came back would end "unknown". The transaction is short.
-        with trio.CancelScope(shield=True):
-            await self.call(self.store.settle, self.id, settlements)
         summary = self.summary
         for s in settlements:
-            self.armed.pop(s.id, None)
+            self.rows.pop(s.id, None)
+            self.armed.discard(s.id)
             if s.state is State.SENT:
                 summary.sent += 1
             elif s.state is State.REFUSED:
@@ -302,7 +362,7 @@ class Worker:
                     failed=summary.failed,
                     unknown=summary.unknown,
                     retried=summary.retried,
-                    in_flight=len(self.armed),
+                    in_flight=len(self.rows) - len(self.ready),
                     elapsed=trio.current_time() - self.started,
                 )
             )
@@ -310,7 +370,7 @@ class Worker:
     def _settlement(self, result: BulkResult, now: float, *, untried: bool = False) -> Settlement:
         key = result.message.key
         assert isinstance(key, int)
-        created_at, attempts = self.armed.get(key, (now, 1))
+        created_at, attempts = self.rows.get(key, (now, 1))
         return settle(
             result,
             now=now,
@@ -332,15 +392,15 @@ class Worker:
     async def run(self, send: Callable[[Iterator[BulkMessage]], Awaitable[Any]]) -> WorkSummary:
         """Send rounds through *send* (send_bulk on one pool) until the queue
         is empty (``until_empty``), cancelled, or a fatal error."""
-        armer_scope = trio.CancelScope()
-        armer_done = trio.Event()
+        claimer_scope = trio.CancelScope()
+        claimer_done = trio.Event()
 
-        async def arm() -> None:
+        async def claim() -> None:
             try:
-                with armer_scope:
-                    await self.armer()
+                with claimer_scope:
+                    await self.claimer()
             finally:
-                armer_done.set()
+                claimer_done.set()
 
         async def one_round(round_: _Round) -> None:
             try:
@@ -350,8 +410,8 @@ class Worker:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.heartbeat)
-            nursery.start_soon(self.recorder)
-            nursery.start_soon(arm)
+            nursery.start_soon(self.journal)
+            nursery.start_soon(claim)
             try:
                 async with trio.open_nursery() as rounds:
                     while not self.exhausted:
@@ -370,12 +430,14 @@ class Worker:
                 self.failure = exc
                 raise
             finally:
-                armer_scope.cancel()
+                claimer_scope.cancel()
                 with trio.CancelScope(shield=True):
-                    # The armer's last transaction is over: every armed row is
-                    # in ``ready``, in flight, or has its result here.
-                    await armer_done.wait()
+                    # The claimer's last transaction is over, and send_bulk has
+                    # returned: every row of this worker is ready (claimed),
+                    # or has its outcome here.
+                    await claimer_done.wait()
                     await self.flush(final=True)
+                    self.ready.clear()
                     await self.call(self.store.release, self.id)
                 nursery.cancel_scope.cancel()
         return self.summary
