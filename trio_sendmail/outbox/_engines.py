@@ -16,7 +16,14 @@ called by :class:`~trio_sendmail.outbox.Outbox`).
   bounded pool of connections (``psycopg_pool``); its async API needs asyncio
   and does not run under trio. Claims lock their rows with ``FOR UPDATE SKIP
   LOCKED``, the rate buckets with ``FOR UPDATE``, and migrations with a
-  transaction-level advisory lock.
+  transaction-level advisory lock. Nothing waits for ever on a database that
+  stopped answering: each connection is opened with a ``connect_timeout``, a
+  ``statement_timeout`` (and ``lock_timeout``) bounds every statement, and TCP
+  keepalives with ``tcp_user_timeout`` detect a peer that vanished (see
+  :data:`POSTGRES_DEFAULTS` and :data:`POSTGRES_SETTINGS`; a value given in
+  the URL wins). A database call
+  therefore returns or raises within about a minute, and the worker's run
+  ends with that error instead of hanging with its claims.
 
 Both use the worker's own clock (``time.time()``) for claim expiries and retry
 times, which saves a round trip per transaction: the clocks of workers on
@@ -39,6 +46,20 @@ __all__ = ["PostgresStore", "SQLiteStore", "store_for_url"]
 
 #: How long an SQLite writer waits for another process's transaction.
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+#: Connection parameters (libpq's) that bound every wait on PostgreSQL; the
+#: same parameter in the URL (``?connect_timeout=3``) wins.
+POSTGRES_DEFAULTS: dict[str, str] = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",  # milliseconds of unacknowledged data
+}
+
+#: Session settings added to the URL's ``options`` (unless it sets them).
+POSTGRES_SETTINGS: dict[str, str] = {"statement_timeout": "30s", "lock_timeout": "30s"}
 
 #: Arbitrary key of the advisory lock taken while migrating a PostgreSQL schema.
 _MIGRATION_LOCK = 0x7472696F5F736D  # "trio_sm"
@@ -114,11 +135,12 @@ class PostgresStore(_Clock, Store):
         import psycopg
 
         self.RETRY_ON = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+        conninfo = _bounded(url)
         # One plain connection first: a wrong address or password fails at once,
         # with psycopg's own error, instead of after the pool's timeout.
-        psycopg.connect(url, connect_timeout=10).close()
+        psycopg.connect(conninfo).close()
         self._pool = psycopg_pool.ConnectionPool(
-            url, min_size=1, max_size=pool_size, open=False, timeout=60
+            conninfo, min_size=1, max_size=pool_size, open=False, timeout=60
         )
         self._pool.open(wait=True, timeout=30)
 
@@ -139,6 +161,20 @@ class PostgresStore(_Clock, Store):
 
     def close(self) -> None:
         self._pool.close()
+
+
+def _bounded(url: str) -> str:
+    """*url* as a conninfo string with :data:`POSTGRES_DEFAULTS` and
+    :data:`POSTGRES_SETTINGS` added where the URL does not set them."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    given = conninfo_to_dict(url)
+    extra: dict[str, Any] = {k: v for k, v in POSTGRES_DEFAULTS.items() if k not in given}
+    options = str(given.get("options") or "")
+    added = [f"-c {k}={v}" for k, v in POSTGRES_SETTINGS.items() if k not in options]
+    if added:
+        extra["options"] = " ".join([options, *added]).strip()
+    return make_conninfo(url, **extra)
 
 
 def store_for_url(url: str, *, pool_size: int = 4) -> Store:

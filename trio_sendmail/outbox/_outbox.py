@@ -326,7 +326,10 @@ async def open_outbox(
     Args:
         url: ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, or
             ``postgresql://user@host:port/database`` (needs the ``postgres``
-            extra: ``pip install 'trio_sendmail[postgres]'``).
+            extra: ``pip install 'trio_sendmail[postgres]'``). PostgreSQL
+            connections get a 10 s ``connect_timeout``, 30 s
+            ``statement_timeout`` and ``lock_timeout``, and TCP keepalives with
+            a 30 s ``tcp_user_timeout``, unless the URL sets them.
         retry: when transient failures are tried again (:class:`RetryPolicy`).
         pool_size: PostgreSQL connections at most (SQLite uses one).
 
