@@ -67,14 +67,21 @@ def test_init_enqueue_work_status(
     assert run.status == 0 and "enqueued 3 messages" in run.out
     run = cli("outbox", "enqueue", str(folder))  # the same Message-IDs: stored once
     assert run.status == 0 and "enqueued 0 messages (3 were already there)" in run.out
+    # The same file for other recipients is another message; for the same, it is not.
+    run = cli("outbox", "enqueue", "--to", "carol@example.com", files[0])
+    assert run.status == 0 and "enqueued 1 message" in run.out, run.out
+    run = cli("outbox", "enqueue", "--to", "CAROL@example.com", files[0])
+    assert run.status == 0 and "enqueued 0 messages (1 were already there)" in run.out, run.out
     server = FakeSMTPServer(extensions=server_variant.extensions())
     with serving_in_thread(server) as port:
         run = cli("outbox", "work", "--until-empty", *plain(port))
     assert run.status == 0, run.err
-    assert sorted(m.recipients for m in server.messages) == [("bob@example.com",)] * 3
+    assert sorted(m.recipients for m in server.messages) == [("bob@example.com",)] * 3 + [
+        ("carol@example.com",)
+    ]
     assert b"Hello 2." in b"".join(m.data for m in server.messages)
     run = cli("outbox", "status", "--json")
-    assert json.loads(run.out)["counts"]["sent"] == 3
+    assert json.loads(run.out)["counts"]["sent"] == 4
 
 
 def test_work_exit_status_when_refused(cli: CLI, tmp_path: Path) -> None:

@@ -48,3 +48,43 @@ def test_an_lmtp_partial_delivery_is_sent_with_every_refusal_kept() -> None:
 def test_a_partial_delivery_without_its_record_is_unknown() -> None:
     row = settled(ts.BulkResult(MESSAGE, ts.Outcome.PARTIAL, result=None))
     assert row.state is State.UNKNOWN
+
+
+def test_recipients_refused_with_4xx_get_a_follow_up() -> None:
+    """A message accepted for some recipients and refused with a 4xx for
+    others is sent; those others get a follow-up row (RFC 5321 §4.2.1: a 4xx
+    command may succeed later). A 5xx recipient does not."""
+    sent = ts.SendResult(
+        ts.Reply(250, ("2.0.0 queued",)),
+        (ALICE,),
+        refused={
+            BOB: ts.Reply(450, ("4.2.1 mailbox busy",)),
+            CAROL: ts.Reply(550, ("5.1.1 no such user",)),
+        },
+    )
+    row = settled(ts.BulkResult(MESSAGE, ts.Outcome.ACCEPTED, result=sent))
+    assert row.state is State.SENT
+    assert row.follow_up == ["<bob@example.com>"]
+    # Out of attempts: no follow-up, the refusal stays in the row.
+    last = settle(
+        ts.BulkResult(MESSAGE, ts.Outcome.ACCEPTED, result=sent),
+        now=100.0, created_at=99.0, attempts=POLICY.max_attempts, policy=POLICY,
+    )  # fmt: skip
+    assert last.state is State.SENT and last.follow_up is None
+
+
+def test_every_recipient_refused_some_with_4xx() -> None:
+    refused = {
+        BOB: ts.Reply(450, ("4.2.1 mailbox busy",)),
+        CAROL: ts.Reply(550, ("5.1.1 no such user",)),
+    }
+    error = ts.SMTPRecipientsRefused.from_replies(refused)
+    error.outcome = ts.Outcome.NOT_SENT
+    row = settled(ts.BulkResult(MESSAGE, ts.Outcome.REFUSED, error=error))
+    assert row.state is State.REFUSED
+    assert row.follow_up == ["<bob@example.com>"]
+    # All of them 4xx: the row itself is retried, no follow-up.
+    transient = ts.SMTPRecipientsRefused.from_replies({BOB: refused[BOB]})
+    transient.outcome = ts.Outcome.NOT_SENT
+    row = settled(ts.BulkResult(MESSAGE, ts.Outcome.REFUSED, error=transient))
+    assert row.state is State.PENDING and row.follow_up is None

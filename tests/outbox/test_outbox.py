@@ -28,6 +28,7 @@ from trio_sendmail.outbox import (
 from trio_sendmail.testing import FakeSMTPServer, serve_fake_smtp
 
 from ..helpers import CLIENT_NAME, ServerVariant
+from ..test_pool import Action, Conn, StubServer, serve_tcp
 
 SENDER = "news@example.com"
 PLAIN = ts.TLSMode.INSECURE_PLAINTEXT
@@ -443,3 +444,38 @@ async def test_work_cancelled_from_outside_records_every_answered_message(
     answered = {body(e.id - 1) for e in states.get(State.SENT, [])}
     unknown = {body(e.id - 1) for e in states.get(State.UNKNOWN, [])}
     assert stored <= answered | unknown
+
+
+async def test_recipients_refused_with_4xx_are_sent_again_in_a_follow_up(
+    outbox_url: str, server_variant: ServerVariant
+) -> None:
+    """The server takes the message for one recipient and says 450 to the
+    other, once: the row is ``sent`` with the refusal kept, and a follow-up row
+    (key ``…#retry-1``) delivers it to the refused recipient."""
+    busy = {"n": 0}
+
+    async def command(conn: Conn, line: str) -> Action:
+        if line.upper().startswith("RCPT TO:<BUSY@"):
+            busy["n"] += 1
+            if busy["n"] == 1:
+                return b"450 4.2.1 mailbox busy, try later\r\n"
+        return None
+
+    stub = StubServer(variant=server_variant, command=command)
+    mail = ts.BulkMessage(SENDER, ["ok@example.com", "busy@example.com"], body(1), key="k1")
+    async with (
+        serve_tcp(stub.handle) as port,
+        open_outbox(outbox_url, retry=NO_WAIT) as outbox,
+    ):
+        (first,) = await outbox.enqueue([mail])
+        await outbox.work("127.0.0.1", **work_options(port))
+        entries = await outbox.entries()
+    original, follow_up = entries
+    assert original.id == first and original.state is State.SENT
+    assert original.refused_recipients == {"<busy@example.com>": (450, "mailbox busy, try later")}
+    assert (follow_up.key, follow_up.state, follow_up.attempts) == ("k1#retry-1", State.SENT, 2)
+    rcpts = [line for _, _, line in stub.log if line.upper().startswith("RCPT")]
+    assert rcpts == [
+        "RCPT TO:<ok@example.com>", "RCPT TO:<busy@example.com>", "RCPT TO:<busy@example.com>"
+    ]  # fmt: skip
+    assert [data for _, data in stub.received] == [body(1), body(1)]

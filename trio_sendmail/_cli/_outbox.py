@@ -2,7 +2,9 @@
 
 Subcommands: ``init`` (create the database), ``enqueue FILES…`` (``.eml`` files,
 folders of them, or mboxes; the Message-ID is the idempotency key, so enqueueing
-a file twice stores it once), ``work`` (send until interrupted, or until the
+a file twice stores it once; with ``--to`` or ``--from``, the key is the
+Message-ID and a digest of that envelope, so the same file queued for other
+recipients is another message), ``work`` (send until interrupted, or until the
 outbox is empty, with a progress display), ``status`` and ``resolve-unknown``.
 
 The database is ``--db URL`` (or ``$TRIO_SENDMAIL_OUTBOX``), by default the
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -216,6 +219,14 @@ async def _init(args: argparse.Namespace, url: str) -> int:
     return EX_OK
 
 
+def _envelope_digest(sender: str, recipients: list[str]) -> str:
+    """A short digest of an envelope given on the command line: part of the
+    idempotency key, so that a file queued again for other recipients (or
+    from another sender) is not taken for the message already queued."""
+    text = "\n".join([sender.lower(), *sorted(r.lower() for r in recipients)])
+    return "env:" + hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
 def _messages(args: argparse.Namespace) -> list[BulkMessage]:
     messages = []
     with contextlib.ExitStack() as cleanup:
@@ -233,6 +244,8 @@ def _messages(args: argparse.Namespace) -> list[BulkMessage]:
                 if sender is None:
                     raise CLIError(EX_DATAERR, f"{source.name}: no sender (give -f)")
                 key = None if args.no_key or not parsed.message_id else parsed.message_id
+                if key is not None and (args.to or args.sender is not None):
+                    key = f"{key} {_envelope_digest(sender, recipients)}"
                 messages.append(BulkMessage(sender, recipients, parsed.data, key=key))
     return messages
 

@@ -279,12 +279,36 @@ class Settlement:
     error: str | None = None
     #: The attempt does not count (the run stopped before it was made).
     uncounted: bool = False
+    #: Recipients refused with a 4xx while the row is settled for good (the
+    #: message went to the others, or the others were refused for good): a
+    #: follow-up row sends it to them again, due after *follow_up_delay*.
+    follow_up: list[str] | None = None
+    follow_up_delay: float = 0.0
 
 
 def _refused_json(refused: Mapping[Any, Any]) -> str | None:
     if not refused:
         return None
     return json.dumps({str(path): [reply.code, reply.text] for path, reply in refused.items()})
+
+
+def _follow_up(
+    refused: Mapping[Any, Any],
+    *,
+    now: float,
+    created_at: float,
+    attempts: int,
+    policy: RetryPolicy,
+) -> tuple[list[str] | None, float]:
+    """The recipients of *refused* worth another attempt (a 4xx reply, RFC 5321
+    §4.2.1: the same command may succeed later), if the policy allows one."""
+    again = [str(path) for path, reply in refused.items() if reply.is_transient]
+    if not again:
+        return None, 0.0
+    delay = policy.delay(attempts)
+    if attempts < policy.max_attempts and now + delay - created_at <= policy.max_age:
+        return again, delay
+    return None, 0.0
 
 
 def _describe(error: BaseException | None) -> str | None:
@@ -323,12 +347,17 @@ def settle(
     if status is Outcome.ACCEPTED:
         sent = result.result
         assert sent is not None
+        again, delay = _follow_up(
+            sent.refused, now=now, created_at=created_at, attempts=attempts, policy=policy
+        )
         return Settlement(
             key,
             State.SENT,
             reply_code=sent.reply.code,
             reply_text=sent.reply.text,
             refused=_refused_json(sent.refused),
+            follow_up=again,
+            follow_up_delay=delay,
         )
     if status is Outcome.PARTIAL:
         # LMTP: delivered to some recipients, refused for others. Sent (a resend
@@ -377,6 +406,20 @@ def settle(
         final = State.REFUSED
     else:
         final = State.FAILED
+    again, delay = None, 0.0
+    if isinstance(error, SMTPRecipientsRefused):
+        # Every recipient refused, some for good: those refused with a 4xx may
+        # take the message later.
+        again, delay = _follow_up(
+            error.refused, now=now, created_at=created_at, attempts=attempts, policy=policy
+        )
     return Settlement(
-        key, final, reply_code=code, reply_text=text, refused=refused, error=_describe(error)
+        key,
+        final,
+        reply_code=code,
+        reply_text=text,
+        refused=refused,
+        error=_describe(error),
+        follow_up=again,
+        follow_up_delay=delay,
     )

@@ -460,6 +460,50 @@ class Store(abc.ABC):
                 ),
                 params,
             )
+        for s in settlements:
+            if s.follow_up:
+                self._follow_up(cur, now, worker, s)
+
+    def _follow_up(self, cur: Any, now: float, worker: str, s: Settlement) -> None:
+        """A new ``pending`` row that sends *s*'s message to its recipients
+        refused with a 4xx (in the transaction that settled it, and only if
+        that settlement took effect: the row is now final, by this worker).
+        Its key is the original's with ``#retry-<attempts>``; it keeps the
+        original's age and attempts, so the retry policy bounds the pair."""
+        row = self._x(
+            cur,
+            "SELECT key, sender, sender_domain, options, created_at, attempts"
+            " FROM outbox_messages WHERE id = ? AND worker = ? AND state = ? AND updated_at = ?",
+            (s.id, worker, s.state.value, now),
+        ).fetchone()
+        if row is None:
+            return
+        key, sender, domain, options, created_at, attempts = row
+        new = self._x(
+            cur,
+            "INSERT INTO outbox_messages (key, state, sender, sender_domain, recipients,"
+            " options, created_at, next_attempt_at, attempts, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING RETURNING id",
+            (
+                None if key is None else f"{key}#retry-{attempts}",
+                _PENDING,
+                sender,
+                domain,
+                json.dumps(s.follow_up),
+                options,
+                created_at,
+                now + s.follow_up_delay,
+                attempts,
+                now,
+            ),
+        ).fetchone()
+        if new is not None:
+            self._x(
+                cur,
+                "INSERT INTO outbox_bodies (id, mail)"
+                " SELECT ?, mail FROM outbox_bodies WHERE id = ?",
+                (new[0], s.id),
+            )
 
     def release(self, worker: str) -> int:
         """Give back *worker*'s claimed (not armed) rows."""
