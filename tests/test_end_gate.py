@@ -305,3 +305,57 @@ def _key(data: bytes) -> int:
     match = re.search(rb"key=(\d+)", data)
     assert match is not None
     return int(match.group(1))
+
+
+class Recording(trio.abc.Stream):
+    """The client's side of a stream, recording each ``send_all``."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.writes: list[bytes] = []
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_the_end_leaves_in_one_write_with_what_precedes_it(
+    server_variant: ServerVariant,
+) -> None:
+    """The bytes queued before a closed gate wait for it too: the end of data
+    goes out in the same write as the rest of the message (DATA) or as the
+    pipelined envelope (BDAT), not in a write of its own."""
+    server = FakeSMTPServer(extensions=server_variant.extensions(("8BITMIME", "SIZE 100000")))
+    client, srv = trio.testing.memory_stream_pair()
+    recording = Recording(client)
+    opened = 0
+
+    async def gate() -> None:
+        nonlocal opened
+        opened += 1
+        await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle_stream, srv)
+        async with ts.open_session(
+            "mail.example.test", tls=ts.TLSMode.INSECURE_PLAINTEXT, stream=recording
+        ) as session:
+            tracker = ts.OutcomeTracker(before_end_of_data=gate)
+            await session.send("a@example.com", ["b@example.com"], BODY, tracker=tracker)
+    assert opened == 1 and len(server.messages) == 1
+    (end,) = [w for w in recording.writes if w.endswith((b".\r\n", BODY))]
+    if server_variant.chunking:
+        assert b"BDAT %d LAST\r\n" % len(BODY) in end
+        if server_variant.pipelining:
+            assert end.startswith(b"MAIL FROM:<a@example.com>")
+    else:
+        assert end == b"Subject: gated\r\n\r\nline one\r\n..dot line\r\n.\r\n"

@@ -222,6 +222,11 @@ class Driver:
             else:
                 await self._probe()
         size = self.send_size
+        # A message's end of data waiting at its gate: the bytes before it wait
+        # too (they are at most a block, write_data sends the others), so that
+        # they leave in the same write as the end (and the next envelope).
+        while core.gate is not None and core.output_size <= size:
+            await self._open_gate()
         while core.has_output:
             data = core.take_output(size)
             if not data:

@@ -152,15 +152,20 @@ class CommandPipeline:
 
     @property
     def gate(self) -> Transaction | None:
-        """The transaction whose closed gate holds back the next byte to send."""
-        for offset, txn, kind in self._marks:
-            if kind == MARK_GATE and offset == 0:
+        """The transaction of the first closed gate in the queued output (the
+        bytes before it may be taken; those at and after it may not)."""
+        for _, txn, kind in self._marks:
+            if kind == MARK_GATE:
                 return txn
         return None
 
     def open_gate(self) -> None:
-        """Let the bytes held back by :attr:`gate` go out."""
-        self._marks = [m for m in self._marks if not (m[2] == MARK_GATE and m[0] == 0)]
+        """Open the first closed gate (:attr:`gate`)."""
+        marks = self._marks
+        for i, mark in enumerate(marks):
+            if mark[2] == MARK_GATE:
+                del marks[i]
+                return
 
     @property
     def wire_idle(self) -> bool:

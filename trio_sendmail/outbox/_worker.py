@@ -291,6 +291,14 @@ class Worker:
         transaction at a time."""
         while True:
             await self.has_work.wait()
+            # Rows at the gate: let the other connections whose replies are in
+            # reach theirs too, so that one commit arms them all.
+            count = len(self.group.ids)
+            while count:
+                await trio.lowlevel.checkpoint()
+                if len(self.group.ids) == count:
+                    break
+                count = len(self.group.ids)
             if not self.group.ids:
                 # Only outcomes: gather what arrives meanwhile (one transaction
                 # for many), unless a row comes to the gate.
