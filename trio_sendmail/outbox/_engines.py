@@ -17,13 +17,16 @@ called by :class:`~trio_sendmail.outbox.Outbox`).
   and does not run under trio. Claims lock their rows with ``FOR UPDATE SKIP
   LOCKED``, the rate buckets with ``FOR UPDATE``, and migrations with a
   transaction-level advisory lock. Nothing waits for ever on a database that
-  stopped answering: each connection is opened with a ``connect_timeout``, a
-  ``statement_timeout`` (and ``lock_timeout``) bounds every statement, and TCP
+  stopped answering: each connection is opened with a ``connect_timeout``, TCP
   keepalives with ``tcp_user_timeout`` detect a peer that vanished (see
-  :data:`POSTGRES_DEFAULTS` and :data:`POSTGRES_SETTINGS`; a value given in
-  the URL wins). A database call
-  therefore returns or raises within about a minute, and the worker's run
-  ends with that error instead of hanging with its claims.
+  :data:`POSTGRES_DEFAULTS`; a value in the URL or in libpq's environment
+  variable wins), and a ``statement_timeout`` and ``lock_timeout`` bound every
+  statement (:data:`POSTGRES_SETTINGS`, set with ``SET`` on each new
+  connection where the session has none yet: one from the URL's
+  ``options``, ``$PGOPTIONS``, or ``ALTER ROLE … SET`` stays). No
+  ``options`` startup parameter is sent, which PgBouncer refuses. A database
+  call therefore returns or raises within about a minute, and the worker's
+  run ends with that error instead of hanging with its claims.
 
 Both use the worker's own clock (``time.time()``) for claim expiries and retry
 times, which saves a round trip per transaction: the clocks of workers on
@@ -33,12 +36,13 @@ several machines must agree (NTP) to well within the lease (60 s by default).
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ._store import Store
 
@@ -47,18 +51,20 @@ __all__ = ["PostgresStore", "SQLiteStore", "store_for_url"]
 #: How long an SQLite writer waits for another process's transaction.
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 
-#: Connection parameters (libpq's) that bound every wait on PostgreSQL; the
-#: same parameter in the URL (``?connect_timeout=3``) wins.
-POSTGRES_DEFAULTS: dict[str, str] = {
-    "connect_timeout": "10",
-    "keepalives": "1",
-    "keepalives_idle": "10",
-    "keepalives_interval": "5",
-    "keepalives_count": "3",
-    "tcp_user_timeout": "30000",  # milliseconds of unacknowledged data
+#: Connection parameters (libpq's) that bound every wait on PostgreSQL: each
+#: is added unless the URL sets it, or its environment variable (the value)
+#: is set.
+POSTGRES_DEFAULTS: dict[str, tuple[str, str | None]] = {
+    "connect_timeout": ("10", "PGCONNECT_TIMEOUT"),
+    "keepalives": ("1", None),
+    "keepalives_idle": ("10", None),
+    "keepalives_interval": ("5", None),
+    "keepalives_count": ("3", None),
+    "tcp_user_timeout": ("30000", None),  # milliseconds of unacknowledged data
 }
 
-#: Session settings added to the URL's ``options`` (unless it sets them).
+#: Session settings made on each new connection, where the session has none
+#: (its value is PostgreSQL's default, ``0``: no limit).
 POSTGRES_SETTINGS: dict[str, str] = {"statement_timeout": "30s", "lock_timeout": "30s"}
 
 #: Arbitrary key of the advisory lock taken while migrating a PostgreSQL schema.
@@ -135,12 +141,19 @@ class PostgresStore(_Clock, Store):
         import psycopg
 
         self.RETRY_ON = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
-        conninfo = _bounded(url)
+        with _secrets_hidden(url):
+            conninfo = _bounded(url)
         # One plain connection first: a wrong address or password fails at once,
         # with psycopg's own error, instead of after the pool's timeout.
-        psycopg.connect(conninfo).close()
+        with _secrets_hidden(url):
+            psycopg.connect(conninfo).close()
         self._pool = psycopg_pool.ConnectionPool(
-            conninfo, min_size=1, max_size=pool_size, open=False, timeout=60
+            conninfo,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            timeout=60,
+            configure=_configure,
         )
         self._pool.open(wait=True, timeout=30)
 
@@ -164,17 +177,53 @@ class PostgresStore(_Clock, Store):
 
 
 def _bounded(url: str) -> str:
-    """*url* as a conninfo string with :data:`POSTGRES_DEFAULTS` and
-    :data:`POSTGRES_SETTINGS` added where the URL does not set them."""
+    """*url* as a conninfo string with :data:`POSTGRES_DEFAULTS` added where
+    neither the URL nor the environment sets them."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     given = conninfo_to_dict(url)
-    extra: dict[str, Any] = {k: v for k, v in POSTGRES_DEFAULTS.items() if k not in given}
-    options = str(given.get("options") or "")
-    added = [f"-c {k}={v}" for k, v in POSTGRES_SETTINGS.items() if k not in options]
-    if added:
-        extra["options"] = " ".join([options, *added]).strip()
+    extra = {
+        key: value
+        for key, (value, variable) in POSTGRES_DEFAULTS.items()
+        if key not in given and not (variable and os.environ.get(variable))
+    }
     return make_conninfo(url, **extra)
+
+
+def _configure(conn: Any) -> None:
+    """Make :data:`POSTGRES_SETTINGS` on a new pooled connection, each where the
+    session has no value of its own (``0``: PostgreSQL's default)."""
+    for name, value in POSTGRES_SETTINGS.items():
+        current = conn.execute(f"SHOW {name}").fetchone()[0]
+        if str(current) == "0":
+            conn.execute(f"SET {name} = '{value}'")
+    conn.commit()
+
+
+@contextlib.contextmanager
+def _secrets_hidden(url: str) -> Iterator[None]:
+    """Re-raise a psycopg error (or a ``ValueError`` of the URL parser) whose
+    text quotes the URL's password (libpq quotes a token it cannot read) with
+    the password masked."""
+    parts = urlsplit(url)
+    secrets = {parts.password or ""}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key.lower() in ("password", "sslpassword"):
+            secrets.add(value)
+    secrets = {secret for s in secrets if s for secret in (s, unquote(s))}
+    try:
+        yield
+    except Exception as exc:
+        text = str(exc)
+        if not any(secret in text or secret in repr(exc) for secret in secrets):
+            raise
+        for secret in sorted(secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        try:
+            masked = type(exc)(text)
+        except Exception:  # pragma: no cover - an error type with another signature
+            masked = RuntimeError(text)
+        raise masked from None
 
 
 def store_for_url(url: str, *, pool_size: int = 4) -> Store:

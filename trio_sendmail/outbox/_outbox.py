@@ -328,8 +328,9 @@ async def open_outbox(
             ``postgresql://user@host:port/database`` (needs the ``postgres``
             extra: ``pip install 'trio_sendmail[postgres]'``). PostgreSQL
             connections get a 10 s ``connect_timeout``, 30 s
-            ``statement_timeout`` and ``lock_timeout``, and TCP keepalives with
-            a 30 s ``tcp_user_timeout``, unless the URL sets them.
+            ``statement_timeout`` and ``lock_timeout`` (set on each new
+            connection), and TCP keepalives with a 30 s ``tcp_user_timeout``,
+            unless the URL, libpq's environment or the role sets them.
         retry: when transient failures are tried again (:class:`RetryPolicy`).
         pool_size: PostgreSQL connections at most (SQLite uses one).
 
