@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from trio_sendmail.outbox import open_outbox
-from trio_sendmail.outbox._engines import POSTGRES_DEFAULTS, POSTGRES_SETTINGS, _bounded
+from trio_sendmail.outbox._engines import POSTGRES_DEFAULTS, _bounded
 
 psycopg = pytest.importorskip("psycopg")
 
