@@ -285,19 +285,19 @@ async def test_send_bulk_reports_a_refused_gate_as_not_sent(
             port=port,
             tls=ts.TLSMode.INSECURE_PLAINTEXT,
             limits=ts.PoolLimits(max_connections=2),
-            max_retries=1,
-            retry_backoff=0,
+            max_retries=0,
             before_end_of_data=gate,
         )
     statuses = {r.message.key: r.status for r in summary.results}
     assert statuses.pop(3) is ts.Outcome.NOT_SENT
     assert set(statuses.values()) == {ts.Outcome.ACCEPTED}
     (three,) = [r for r in summary.results if r.message.key == 3]
-    # Its own error (not another message's), not retried (it is not transient);
-    # a message whose envelope waited behind its end was not written, and went
-    # again (max_retries=1).
+    # Its own error (not another message's). A message whose envelope waited
+    # behind its end on the same connection was not written: it went again,
+    # although max_retries=0, and that was its only attempt.
     assert isinstance(three.error, Refused) and three.error.outcome is ts.Outcome.NOT_SENT
     assert three.attempts == 1
+    assert {r.attempts for r in summary.results} == {1}
     assert sorted(_key(m.data) for m in server.messages) == [0, 1, 2, 4, 5, 6, 7]
 
 

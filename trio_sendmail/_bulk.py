@@ -503,20 +503,27 @@ class _Run:
                                 tracker=current.tracker, defer=True,
                             )  # fmt: skip
                         except (SMTPError, TypeError, ValueError) as exc:
+                            gated = False
                             if pending is not None:
                                 # The pending message's own before_end_of_data
                                 # may have raised while this one's envelope
                                 # waited behind its end: the error is its own.
                                 gated = pending.tracker.gate_error is exc
                                 pending = self._pending_done(pending, lease, exc, retry, own=gated)
-                                if gated:
-                                    exc = _lost_error(exc, current.tracker, written=False)
                             failed, current = current, None
-                            final = self.classify(failed, exc)
-                            if final is None:
-                                retry.append((failed, True))
+                            if gated and (failed.stream is None or not failed.stream.started):
+                                # Nothing of this one was written: it goes again
+                                # (alone, at once), and this was no attempt.
+                                failed.attempts -= 1
+                                retry.append((failed, False))
                             else:
-                                self.finish(failed, final)
+                                if gated:
+                                    exc = _lost_error(exc, failed.tracker, written=False)
+                                final = self.classify(failed, exc)
+                                if final is None:
+                                    retry.append((failed, True))
+                                else:
+                                    self.finish(failed, final)
                             if not lease.session.is_usable:
                                 break
                         else:

@@ -285,3 +285,40 @@ def _number(data: bytes) -> int:
     match = re.search(rb"Subject: (\d+)", data)
     assert match is not None
     return int(match.group(1))
+
+
+async def test_a_refusal_at_rcpt_arms_its_row_only_when_the_end_rode_along(
+    outbox_url: str, server_variant: ServerVariant
+) -> None:
+    """A message refused at RCPT never reached its end of data, and its row is
+    never armed; except under PIPELINING with CHUNKING, where a small
+    message's ``BDAT … LAST`` goes out with its envelope (docs/design.rst)."""
+    server = FakeSMTPServer(
+        extensions=server_variant.extensions(),
+        refuse_recipients={"gone@example.com": (550, "5.1.1 No such user")},
+    )
+    armed: list[int] = []
+    async with serve_fake_smtp(server) as port, open_outbox(outbox_url) as outbox:
+        good, gone = await outbox.enqueue(
+            [message(1), ts.BulkMessage(SENDER, ["gone@example.com"], b"Subject: 2\r\n\r\nx\r\n")]
+        )
+        store = outbox._store
+        original = store.record
+
+        def record(
+            worker: str, arm: Sequence[int], settlements: Sequence[Settlement]
+        ) -> dict[int, int]:
+            armed.extend(arm)
+            return original(worker, arm, settlements)
+
+        store.record = record  # type: ignore[method-assign]
+        await outbox.work(
+            "127.0.0.1", port=port, tls=ts.TLSMode.INSECURE_PLAINTEXT, domain=CLIENT_NAME,
+            until_empty=True, concurrency=1, poll_interval=0.05,
+        )  # fmt: skip
+        entries = {e.id: e for e in await outbox.entries()}
+    assert (entries[good].state, entries[gone].state) == (State.SENT, State.REFUSED)
+    assert entries[gone].attempts == 1
+    rides_along = server_variant.pipelining and server_variant.chunking
+    assert (gone in armed) is rides_along
+    assert armed.count(good) == 1

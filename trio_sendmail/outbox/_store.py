@@ -469,7 +469,8 @@ class Store(abc.ABC):
         refused with a 4xx (in the transaction that settled it, and only if
         that settlement took effect: the row is now final, by this worker).
         Its key is the original's with ``#retry-<attempts>``; it keeps the
-        original's age and attempts, so the retry policy bounds the pair."""
+        original's age (``max_age`` bounds the pair) and counts its own
+        attempts."""
         row = self._x(
             cur,
             "SELECT key, sender, sender_domain, options, created_at, attempts"
@@ -493,7 +494,7 @@ class Store(abc.ABC):
                 options,
                 created_at,
                 now + s.follow_up_delay,
-                attempts,
+                0,
                 now,
             ),
         ).fetchone()

@@ -138,20 +138,23 @@ class _Round:
 
 
 class ClaimLost(SMTPError):
-    """A row's claim expired (another worker may have it): its message must not
-    be sent, so its end of data is never written."""
+    """A row could not be armed: its claim expired (another worker may have it),
+    or the transaction failed. Its message must not be sent, so its end of data
+    is never written."""
 
 
 class _Group:
     """The rows that wait at the gate for one commit of the journal."""
 
-    __slots__ = ("armed", "done", "ids")
+    __slots__ = ("armed", "done", "failed", "ids")
 
     def __init__(self) -> None:
         self.ids: list[int] = []
         self.done = trio.Event()
         #: id -> attempts of the rows the commit armed.
         self.armed: dict[int, int] = {}
+        #: The commit failed (the database's error ends the run).
+        self.failed = False
 
 
 class Worker:
@@ -194,8 +197,6 @@ class Worker:
         #: id -> (created_at, attempts, this one included) of the rows claimed
         #: (ready, or in send_bulk) and not yet recorded.
         self.rows: dict[int, tuple[float, int]] = {}
-        #: The rows armed (``sending``) and not yet recorded.
-        self.armed: set[int] = set()
         self.group = _Group()
         self.results: list[BulkResult] = []
         self.held: list[BulkResult] = []
@@ -244,6 +245,11 @@ class Worker:
                 await self.limiter.wait()
             for _ in range(max(1, size)):
                 row_id, sender, recipients, mail, options, created_at, attempts = local.popleft()
+                if row_id in self.rows:
+                    # This worker's own claim expired while the row was in
+                    # flight here, and it claimed the row again: the copy in
+                    # flight settles it (a second copy could deliver it twice).
+                    continue
                 self.rows[row_id] = (float(created_at), int(attempts) + 1)
                 self.ready.append(decode_message(row_id, sender, recipients, mail, options))
             self.has_ready.set()
@@ -268,12 +274,12 @@ class Worker:
         """
         key = message.key
         assert isinstance(key, int)
-        if key in self.armed:
-            return  # armed by an earlier attempt of the same message
         group = self.group
         group.ids.append(key)
         self.has_work.set()
         await group.done.wait()
+        if group.failed:
+            raise ClaimLost(f"outbox row {key} could not be armed (database error): not sent")
         if key not in group.armed:
             raise ClaimLost(f"the claim on outbox row {key} was lost: not sent")
 
@@ -317,17 +323,22 @@ class Worker:
     async def _commit(self, final: bool) -> None:
         group, self.group = self.group, _Group()
         results, self.results = self.results, []
+        held: list[BulkResult] = []
         self.has_work = trio.Event()
         now = time.time()
         settlements = [self._settlement(result, now) for result in results]
         if final:
             # The connection could not be opened: when that ended the run, it
             # is not these messages' fault.
+            held, self.held = self.held, []
             settlements += [
                 self._settlement(result, now, untried=self.failure is not None)
-                for result in self.held
+                for result in held
             ]
-            self.held = []
+        # Forgotten now, before the transaction: once it commits, the claimer
+        # may claim a row again (a retry due at once), and its new entry must
+        # stay.
+        entries = {s.id: self.rows.pop(s.id, None) for s in settlements}
         try:
             if group.ids or settlements:
                 # Shielded: these results left self.results above, so a
@@ -338,18 +349,25 @@ class Worker:
                     group.armed = await self.call(
                         self.store.record, self.id, group.ids, settlements
                     )
+        except BaseException:
+            group.failed = True
+            # Not recorded: kept for the final flush (the run ends with this
+            # error; a database that answers again records them then).
+            self.results[:0] = results
+            self.held[:0] = held
+            for row_id, entry in entries.items():
+                if entry is not None:
+                    self.rows.setdefault(row_id, entry)
+            raise
         finally:
             group.done.set()
         for row_id, attempts in group.armed.items():
-            self.armed.add(row_id)
             created_at, _ = self.rows.get(row_id, (now, attempts))
             self.rows[row_id] = (created_at, attempts)
         if not settlements:
             return
         summary = self.summary
         for s in settlements:
-            self.rows.pop(s.id, None)
-            self.armed.discard(s.id)
             if s.state is State.SENT:
                 summary.sent += 1
             elif s.state is State.REFUSED:
@@ -379,6 +397,11 @@ class Worker:
         key = result.message.key
         assert isinstance(key, int)
         created_at, attempts = self.rows.get(key, (now, 1))
+        if isinstance(result.error, ClaimLost):
+            # Never written (its end of data waited at the gate): no attempt. The
+            # row goes back to pending if it is still this worker's (the journal
+            # failed); if another worker has it, the update changes nothing.
+            untried = True
         return settle(
             result,
             now=now,
