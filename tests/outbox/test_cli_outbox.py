@@ -70,7 +70,7 @@ def test_init_enqueue_work_status(
     # The same file for other recipients is another message; for the same, it is not.
     run = cli("outbox", "enqueue", "--to", "carol@example.com", files[0])
     assert run.status == 0 and "enqueued 1 message" in run.out, run.out
-    run = cli("outbox", "enqueue", "--to", "CAROL@example.com", files[0])
+    run = cli("outbox", "enqueue", "--to", "carol@EXAMPLE.com", files[0])
     assert run.status == 0 and "enqueued 0 messages (1 were already there)" in run.out, run.out
     server = FakeSMTPServer(extensions=server_variant.extensions())
     with serving_in_thread(server) as port:

@@ -88,3 +88,16 @@ def test_every_recipient_refused_some_with_4xx() -> None:
     transient.outcome = ts.Outcome.NOT_SENT
     row = settled(ts.BulkResult(MESSAGE, ts.Outcome.REFUSED, error=transient))
     assert row.state is State.PENDING and row.follow_up is None
+
+
+def test_an_lmtp_partial_delivery_gets_a_follow_up_for_its_4xx_recipients() -> None:
+    sent = ts.SendResult(
+        ts.Reply(250, ("2.0.0 <alice@example.com> Saved",)),
+        (ALICE, BOB),
+        final_replies={
+            ALICE: ts.Reply(250, ("2.0.0 <alice@example.com> Saved",)),
+            BOB: ts.Reply(452, ("4.2.2 <bob@example.com> Mailbox full, try later",)),
+        },
+    )
+    row = settled(ts.BulkResult(MESSAGE, ts.Outcome.PARTIAL, result=sent))
+    assert row.state is State.SENT and row.follow_up == ["<bob@example.com>"]

@@ -219,11 +219,17 @@ async def _init(args: argparse.Namespace, url: str) -> int:
     return EX_OK
 
 
+def _address_key(address: str) -> str:
+    local, at, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}" if at else address
+
+
 def _envelope_digest(sender: str, recipients: list[str]) -> str:
     """A short digest of an envelope given on the command line: part of the
     idempotency key, so that a file queued again for other recipients (or
     from another sender) is not taken for the message already queued."""
-    text = "\n".join([sender.lower(), *sorted(r.lower() for r in recipients)])
+    # Domains are case-insensitive, local parts are not (RFC 5321 §2.4).
+    text = "\n".join([_address_key(sender), *sorted(_address_key(r) for r in recipients)])
     return "env:" + hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 

@@ -369,6 +369,9 @@ def settle(
         refusals.update(
             (path, reply) for path, reply in partial.final_replies.items() if not reply.is_positive
         )
+        again, delay = _follow_up(
+            refusals, now=now, created_at=created_at, attempts=attempts, policy=policy
+        )
         return Settlement(
             key,
             State.SENT,
@@ -376,6 +379,8 @@ def settle(
             reply_text=partial.reply.text,
             refused=_refused_json(refusals),
             error=_describe(error),
+            follow_up=again,
+            follow_up_delay=delay,
         )
     if status is Outcome.UNKNOWN:
         return Settlement(key, State.UNKNOWN, error=_describe(error))

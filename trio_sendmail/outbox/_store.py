@@ -419,6 +419,16 @@ class Store(abc.ABC):
             return {}
         with self.transaction() as cur:
             now = self.now(cur)
+            if self.LOCK_ORDERED:
+                # Every row this transaction changes, locked first in id order,
+                # as the heartbeat locks them: the two never deadlock.
+                cond, params = self.in_list("id", sorted({*arm, *(s.id for s in settlements)}))
+                self._x(
+                    cur,
+                    f"SELECT id FROM outbox_messages WHERE {cond} ORDER BY id"  # noqa: S608
+                    f"{self.LOCK_ORDERED}",
+                    params,
+                )
             self._settle(cur, now, worker, settlements)
             return self._arm(cur, now, worker, arm)
 

@@ -332,8 +332,7 @@ class Worker:
             # is not these messages' fault.
             held, self.held = self.held, []
             settlements += [
-                self._settlement(result, now, untried=self.failure is not None)
-                for result in held
+                self._settlement(result, now, untried=self.failure is not None) for result in held
             ]
         # Forgotten now, before the transaction: once it commits, the claimer
         # may claim a row again (a retry due at once), and its new entry must
