@@ -201,6 +201,8 @@ class Worker:
         self.results: list[BulkResult] = []
         self.held: list[BulkResult] = []
         self.has_work = trio.Event()
+        #: The journal gathers outcomes for one transaction (see on_result).
+        self.gathering = False
         self.lock = trio.Lock()
         self.started = trio.current_time()
         self.last_recover = -math.inf
@@ -289,8 +291,12 @@ class Worker:
         if _held(result):
             self.held.append(result)
         else:
-            self.results.append(result)
-            self.has_work.set()
+            results = self.results
+            results.append(result)
+            # While the journal gathers outcomes, only a full batch wakes it
+            # (one task switch per batch, not per outcome).
+            if not self.gathering or len(results) >= FLUSH_SIZE:
+                self.has_work.set()
 
     async def journal(self) -> None:
         """Commit the rows waiting at the gate and the outcomes received, one
@@ -308,10 +314,14 @@ class Worker:
             if not self.group.ids:
                 # Only outcomes: gather what arrives meanwhile (one transaction
                 # for many), unless a row comes to the gate.
-                with trio.move_on_after(FLUSH_DELAY):
-                    while len(self.results) < FLUSH_SIZE and not self.group.ids:
-                        self.has_work = trio.Event()
-                        await self.has_work.wait()
+                self.gathering = True
+                try:
+                    with trio.move_on_after(FLUSH_DELAY):
+                        while len(self.results) < FLUSH_SIZE and not self.group.ids:
+                            self.has_work = trio.Event()
+                            await self.has_work.wait()
+                finally:
+                    self.gathering = False
             await self.flush()
 
     async def flush(self, *, final: bool = False) -> None:
