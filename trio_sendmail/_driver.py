@@ -141,6 +141,8 @@ class Driver:
         self.session_id = session_id
         self.hostname = hostname
         self.timeouts = timeouts
+        # phase_timeout() of every verb, looked up once per wait.
+        self._phases = {verb: phase_timeout(timeouts, verb) for verb in Verb}
         self.send_size = send_size
         self.receive_size = receive_size
         self.core = ClientCore(
@@ -149,6 +151,10 @@ class Driver:
         )
         self.timer: trio.CancelScope | None = None
         self._clock = trio.lowlevel.current_clock()  # fixed for the whole run
+        # _readable(): the stream it looked at, its TLS layers and socket.
+        self._layers_of: trio.abc.Stream | None = None
+        self._layers: tuple[trio.SSLStream[trio.abc.Stream], ...] = ()
+        self._layers_socket: trio.socket.SocketType | None = None
         self._poller: select.poll | None = None
         self._poll_fd = -1
         self.phase = ""
@@ -214,7 +220,8 @@ class Driver:
     async def write(self, phase: str, timeout: float) -> None:
         """Write everything the core queued, in writes of at most ``send_size``."""
         core = self.core
-        if not core.has_output:
+        out = core._out  # the core's output buffer (has_output, without a call)
+        if not out:
             return
         if core.wire_idle and not core.body_open:
             if self._skip_probe:
@@ -222,7 +229,7 @@ class Driver:
             else:
                 await self._probe()
         size = self.send_size
-        while core.has_output:
+        while out:
             data = core.take_output(size)
             if not data:
                 await self._open_gate()
@@ -271,16 +278,17 @@ class Driver:
             SMTPServiceClosing: the reply was 421; the session is closed.
         """
         core = self.core
+        out = core._out  # the core's output buffer (has_output, without a call)
         event = None
-        if not core.has_output:  # under PIPELINING, the reply is often here already
+        if not out:  # under PIPELINING, the reply is often here already
             try:
                 event = core.next_event()
             except SMTPError:
                 await self.fail()
                 raise
         if event is None:
-            phase, timeout = phase_timeout(self.timeouts, core.oldest)
-            if core.has_output:
+            phase, timeout = self._phases[core._inflight[0].verb]
+            if out:
                 if phase == "data_end":
                     # Writing the end of data is a write of data like any other
                     # (RFC 5321 §4.5.3.2.5); the wait for its reply is data_end.
@@ -299,9 +307,10 @@ class Driver:
         arrived is taken without a call of its own (four per message under
         PIPELINING)."""
         core = self.core
-        while core.awaiting_reply:
+        inflight, out = core._inflight, core._out  # awaiting_reply, has_output
+        while inflight:
             event = None
-            if not core.has_output:
+            if not out:
                 try:
                     event = core.next_event()
                 except SMTPError:
@@ -378,12 +387,21 @@ class Driver:
         """True when the server sent something that was not read yet (looked
         up without waiting; always False for streams without a socket)."""
         stream = self.stream
-        while isinstance(stream, trio.SSLStream):
-            incoming = getattr(stream, "_incoming", None)  # read, not decrypted yet
-            if stream.pending() or getattr(incoming, "pending", 0):
+        if stream is not self._layers_of:
+            # The TLS layers and the socket under them, found once per stream
+            # (this runs per message; isinstance() on trio's ABCs is not free).
+            layers = []
+            while isinstance(stream, trio.SSLStream):
+                layers.append(stream)
+                stream = stream.transport_stream
+            self._layers = tuple(layers)
+            self._layers_socket = _socket_of(stream)
+            self._layers_of = self.stream
+        for layer in self._layers:
+            incoming = getattr(layer, "_incoming", None)  # read, not decrypted yet
+            if layer.pending() or getattr(incoming, "pending", 0):
                 return True
-            stream = stream.transport_stream
-        sock = _socket_of(stream)
+        sock = self._layers_socket
         if sock is None:
             return False
         fd = sock.fileno()
