@@ -352,7 +352,8 @@ class Driver:
         """Read until the oldest command in flight has its reply."""
         core = self.core
         try:
-            event = core.next_event()
+            # Nothing buffered is no reply (the look costs no call).
+            event = core.next_event() if core._parser._buf else None
             if event is None:
                 self.arm(phase, timeout, "a reply from the server")
                 if self._unanswered_write:

@@ -160,10 +160,10 @@ def plan(
             )
         if offers_size:
             params.append(f"SIZE={size}")
-    utf8 = sender.needs_smtputf8
+    utf8 = sender._utf8  # needs_smtputf8, without a call
     if not utf8:
         for path in recipients:
-            if path.needs_smtputf8:
+            if path._utf8:
                 utf8 = True
                 break
     if memo is not None and options is NO_OPTIONS:

@@ -93,8 +93,9 @@ async def run_transaction(
                 core.rcpt(path, plan.rcpt_params(path))
                 await driver.event()
     else:
+        dsn = plan.dsn
         for i, path in enumerate(recipients, 1):
-            core.rcpt(path, plan.rcpt_params(path))
+            core.rcpt(path, () if dsn is None else dsn.rcpt_params(path))  # plan.rcpt_params
             if i % PIPELINE_BATCH == 0:
                 await driver.drain()
     if pipelining or txn.accepted:
