@@ -4,6 +4,7 @@ looked up again when the capabilities change, and never a remembered failure."""
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 
@@ -11,7 +12,7 @@ from trio_sendmail import DSN, DSNReturn, SMTPNotSupportedError
 from trio_sendmail._address import ForwardPath, ReversePath
 from trio_sendmail._capabilities import Capabilities
 from trio_sendmail._message import MailBody
-from trio_sendmail._plan import NO_OPTIONS, Options, PlanMemo, plan
+from trio_sendmail._plan import NO_OPTIONS, Options, Plan, PlanMemo, plan
 
 
 def caps(*keywords: str) -> Capabilities:
@@ -31,9 +32,24 @@ CAPS = [
 OPTIONS = [NO_OPTIONS, Options(requiretls=True), Options(dsn=DSN(ret=DSNReturn.HEADERS))]
 
 
-def outcome(memo: PlanMemo | None, c: Capabilities, **kwargs: object) -> object:
+def decide(
+    memo: PlanMemo | None,
+    server: Capabilities,
+    *,
+    tls: bool = False,
+    use_chunking: bool = True,
+    sender: ReversePath = ASCII,
+    recipients: list[ForwardPath] = TO,
+    body: MailBody = BODIES[0],
+    options: Options = NO_OPTIONS,
+) -> Plan:
+    return plan(server, tls=tls, use_chunking=use_chunking, sender=sender,
+                recipients=recipients, body=body, options=options, memo=memo)  # fmt: skip
+
+
+def outcome(memo: PlanMemo | None, server: Capabilities, **kwargs: Any) -> object:
     try:
-        return plan(c, memo=memo, **kwargs)  # type: ignore[arg-type]
+        return decide(memo, server, **kwargs)
     except SMTPNotSupportedError as exc:
         return (type(exc), str(exc))
 
@@ -43,44 +59,31 @@ def test_the_memo_decides_as_plan_does() -> None:
     cases = itertools.product(
         CAPS, (False, True), (False, True), (ASCII, UTF8), (TO, TO_UTF8), BODIES, OPTIONS
     )
-    for c, tls, chunking, sender, recipients, body, options in cases:
-        kwargs = {
-            "tls": tls,
-            "use_chunking": chunking,
-            "sender": sender,
-            "recipients": recipients,
-            "body": body,
-            "options": options,
-        }
+    for server, tls, chunking, sender, recipients, body, options in cases:
+        kwargs = {"tls": tls, "use_chunking": chunking, "sender": sender,
+                  "recipients": recipients, "body": body, "options": options}  # fmt: skip
         # Twice with the memo: the second answer comes from what it remembered.
-        expected = outcome(None, c, **kwargs)
-        assert outcome(memo, c, **kwargs) == expected
-        assert outcome(memo, c, **kwargs) == expected
+        expected = outcome(None, server, **kwargs)
+        assert outcome(memo, server, **kwargs) == expected
+        assert outcome(memo, server, **kwargs) == expected
 
 
 def test_new_capabilities_are_read_again() -> None:
     memo = PlanMemo()
-    kwargs = {"tls": False, "use_chunking": True, "sender": UTF8, "recipients": TO,
-              "options": NO_OPTIONS}  # fmt: skip
-    assert plan(caps("SMTPUTF8"), memo=memo, body=MailBody(data=b"x"), **kwargs).mail_params == [
-        "SMTPUTF8"
-    ]
+    assert decide(memo, caps("SMTPUTF8"), sender=UTF8).mail_params == ["SMTPUTF8"]
     # Same content, another object (a new EHLO reply): its answer, not the old one.
     with pytest.raises(SMTPNotSupportedError, match="SMTPUTF8"):
-        plan(caps("PIPELINING"), memo=memo, body=MailBody(data=b"x"), **kwargs)
-    decided = plan(caps("CHUNKING", "SIZE"), memo=memo, body=MailBody(data=b"xy"),
-                   **{**kwargs, "sender": ASCII})  # fmt: skip
+        decide(memo, caps("PIPELINING"), sender=UTF8)
+    decided = decide(memo, caps("CHUNKING", "SIZE"), body=MailBody(data=b"xy"))
     assert decided.chunking and decided.mail_params == ["SIZE=4"]
 
 
 def test_a_failed_plan_is_not_remembered() -> None:
     memo = PlanMemo()
     server = caps("PIPELINING")
-    kwargs = {"tls": False, "use_chunking": True, "recipients": TO, "options": NO_OPTIONS,
-              "body": MailBody(data=b"x")}  # fmt: skip
     with pytest.raises(SMTPNotSupportedError):
-        plan(server, memo=memo, sender=UTF8, **kwargs)
+        decide(memo, server, sender=UTF8)
     assert memo.tails == {}
-    assert plan(server, memo=memo, sender=ASCII, **kwargs).mail_params == []
+    assert decide(memo, server, sender=ASCII).mail_params == []
     with pytest.raises(SMTPNotSupportedError):
-        plan(server, memo=memo, sender=UTF8, **kwargs)
+        decide(memo, server, sender=UTF8)
