@@ -317,8 +317,15 @@ class Driver:
                     await self.fail()
                     raise
             if event is None:
-                await self.event()  # writes what is queued, then waits
-            elif event.reply.code == 421:
+                # event() without its call: write what is queued, then wait.
+                phase, timeout = self._phases[inflight[0].verb]
+                if out:
+                    if phase == "data_end":  # see event()
+                        await self.write("data_block", self.timeouts.data_block)
+                    else:
+                        await self.write(phase, timeout)
+                event = await self._receive(phase, timeout)
+            if event.reply.code == 421:
                 await self.fail()
                 raise SMTPServiceClosing.from_reply(event.reply, event.verb.value)
 
