@@ -52,10 +52,16 @@ class ScriptedStream(trio.abc.Stream):
     """An SMTP server in memory that answers every command as soon as it is
     written: replies are ready for the client's next read."""
 
-    def __init__(self, *, chunking: bool) -> None:
-        caps = [b"PIPELINING", b"8BITMIME", b"ENHANCEDSTATUSCODES", b"SIZE 100000000"]
+    def __init__(self, *, chunking: bool, pipelining: bool = True, record: bool = False) -> None:
+        caps = [b"8BITMIME", b"ENHANCEDSTATUSCODES", b"SIZE 100000000"]
+        if pipelining:
+            caps.insert(0, b"PIPELINING")
         if chunking:
             caps.append(b"CHUNKING")
+        #: Messages taken (their end of data answered); with *record*, the
+        #: message data as it came on the wire (after DATA: from a CRLF on).
+        self.messages = 0
+        self.data: bytearray | None = bytearray() if record else None
         ehlo = b"250-hot.example\r\n" + b"".join(b"250-" + c + b"\r\n" for c in caps[:-1])
         self._ehlo = ehlo + b"250 " + caps[-1] + b"\r\n"
         self._out = bytearray(b"220 hot.example ESMTP\r\n")
@@ -74,19 +80,28 @@ class ScriptedStream(trio.abc.Stream):
         while buf:
             if self._bdat >= 0:
                 take = min(self._bdat, len(buf))
+                if self.data is not None:
+                    self.data += buf[:take]
                 del buf[:take]
                 self._bdat -= take
                 if self._bdat:
                     return
                 self._bdat = -1
+                self.messages += self._last
                 self._out += b"250 2.0.0 Ok: queued\r\n" if self._last else b"250 2.0.0 Ok\r\n"
                 continue
             if self._data:
                 end = buf.find(b"\r\n.\r\n")
                 if end < 0:
-                    del buf[: max(0, len(buf) - 4)]
+                    keep = max(0, len(buf) - 4)
+                    if self.data is not None:
+                        self.data += buf[:keep]
+                    del buf[:keep]
                     return
+                if self.data is not None:
+                    self.data += buf[: end + 2]
                 del buf[: end + 5]
+                self.messages += 1
                 self._data = False
                 self._out += b"250 2.0.0 Ok: queued as HOT\r\n"
                 continue
@@ -134,9 +149,19 @@ class ScriptedStream(trio.abc.Stream):
         await trio.lowlevel.checkpoint()
 
 
-def _memory_options(chunking: bool) -> dict[str, Any]:
+def _memory_options(
+    chunking: bool, *, pipelining: bool = True, streams: list[ScriptedStream] | None = None
+) -> dict[str, Any]:
+    """Connection options for a pool or session over :class:`ScriptedStream`\\ s
+    (each one made is appended to *streams*)."""
+
     async def connect(_host: str, _port: int) -> trio.abc.Stream:
-        return ScriptedStream(chunking=chunking)
+        stream = ScriptedStream(
+            chunking=chunking, pipelining=pipelining, record=streams is not None
+        )
+        if streams is not None:
+            streams.append(stream)
+        return stream
 
     return {
         "port": 25,
