@@ -99,3 +99,24 @@ async def test_the_delay_proxy_delays_each_direction_in_order() -> None:
                 await stream.send_all(payload)
             assert bytes(got) == payload
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+@pytest.mark.parametrize("how", ["bulk", "session", "ceiling"])
+async def test_the_hot_path_bench_server_takes_every_message(
+    variant: ServerVariant, how: str
+) -> None:
+    # bench/hot.py's in-memory server answers every command at once; the
+    # figures assume it takes whole messages as a server would.
+    hot = _bench("hot")
+    streams: list[object] = []
+    options = hot._memory_options(variant.chunking, pipelining=variant.pipelining, streams=streams)
+    body = b"Subject: x\r\n\r\n.a dot\r\nline.\r\n"
+    runner = {"bulk": hot.run_bulk, "session": hot.run_session, "ceiling": hot.run_ceiling}[how]
+    await runner(options, 5, 2, body)
+    assert sum(stream.messages for stream in streams) == 5  # type: ignore[attr-defined]
+    data = b"".join(bytes(stream.data) for stream in streams)  # type: ignore[attr-defined]
+    if variant.chunking and how != "ceiling":  # BDAT: the message as it is
+        assert data == body * 5
+    else:  # DATA: dot-stuffed, each from the CRLF before it on
+        assert data == (b"\r\n" + body.replace(b"\r\n.", b"\r\n..")) * 5

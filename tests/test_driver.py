@@ -79,3 +79,22 @@ async def test_replies_split_at_any_byte(
         result = await session.send("a@example.com", ["b@example.com"], b"x")
     assert result.reply.lines == ("queued", "as 123")
     assert result.reply.enhanced_status == ts.EnhancedStatus(2, 0, 0)
+
+
+async def test_the_probe_follows_the_stream_into_tls() -> None:
+    # _readable() finds a stream's TLS layers once per stream: after STARTTLS
+    # (a new stream) it must look into the TLS layer's undecrypted bytes too.
+    import ssl
+
+    from trio_sendmail._driver import Driver
+    from trio_sendmail._settings import DEFAULT_TIMEOUTS
+
+    plain, _peer = trio.testing.memory_stream_pair()
+    driver = Driver(plain, session_id=1, hostname="mx.example", timeouts=DEFAULT_TIMEOUTS,
+                    send_size=65536, receive_size=65536)  # fmt: skip
+    assert not driver._readable()  # no socket, nothing buffered
+    tls = trio.SSLStream(plain, ssl.create_default_context(), server_hostname="mx.example")
+    driver.stream = tls
+    assert not driver._readable()
+    tls._incoming.write(b"\x17\x03\x03")  # read from the transport, not decrypted yet
+    assert driver._readable()

@@ -326,20 +326,24 @@ class _PathBase:
     mailbox: Mailbox | None
     _text: str
 
+    _utf8: bool
+
     def __attrs_post_init__(self) -> None:
-        text = self._NULL_TEXT if self.mailbox is None else f"<{self.mailbox}>"
+        mailbox = self.mailbox
+        text = self._NULL_TEXT if mailbox is None else f"<{mailbox}>"
         object.__setattr__(self, "_text", text)
+        object.__setattr__(self, "_utf8", mailbox is not None and mailbox.needs_smtputf8)
 
     @property
     def needs_smtputf8(self) -> bool:
         """Whether the path has non-ASCII characters, and so needs SMTPUTF8 (RFC 6531)."""
-        return self.mailbox is not None and self.mailbox.needs_smtputf8
+        return self._utf8
 
     def __str__(self) -> str:
         return self._text
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)  # hashed for every message (its SendResult)
 class ReversePath(_PathBase):
     """The reverse path of ``MAIL FROM:`` (RFC 5321 §4.1.1.2): a mailbox, or the null path.
 
@@ -354,6 +358,7 @@ class ReversePath(_PathBase):
 
     mailbox: Mailbox | None = attrs.field(default=None, validator=_validate_path_mailbox)
     _text: str = attrs.field(init=False, repr=False, eq=False)
+    _utf8: bool = attrs.field(init=False, repr=False, eq=False)
     _NULL_TEXT: ClassVar[str] = "<>"
 
     @classmethod
@@ -409,7 +414,7 @@ class ReversePath(_PathBase):
         return self.mailbox is None
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)  # hashed for every message (its SendResult)
 class ForwardPath(_PathBase):
     """The forward path of ``RCPT TO:`` (RFC 5321 §4.1.1.3): a mailbox, or ``<Postmaster>``.
 
@@ -428,12 +433,15 @@ class ForwardPath(_PathBase):
     #: A local part sent without a domain (``<root>``), only from :meth:`unqualified`.
     unqualified_local_part: str | None = attrs.field(default=None, kw_only=True)
     _text: str = attrs.field(init=False, repr=False, eq=False)
+    _utf8: bool = attrs.field(init=False, repr=False, eq=False)
     _NULL_TEXT: ClassVar[str] = "<Postmaster>"
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        if self.unqualified_local_part is not None:
-            object.__setattr__(self, "_text", f"<{self.unqualified_local_part}>")
+        local = self.unqualified_local_part
+        if local is not None:
+            object.__setattr__(self, "_text", f"<{local}>")
+            object.__setattr__(self, "_utf8", self._utf8 or not local.isascii())
 
     @classmethod
     def postmaster(cls) -> ForwardPath:
@@ -513,12 +521,6 @@ class ForwardPath(_PathBase):
     def is_postmaster(self) -> bool:
         """Whether this is the bare ``<Postmaster>`` path (without a domain)."""
         return self.mailbox is None and self.unqualified_local_part is None
-
-    @property
-    def needs_smtputf8(self) -> bool:
-        """Whether the path has non-ASCII characters, and so needs SMTPUTF8 (RFC 6531)."""
-        local = self.unqualified_local_part
-        return super().needs_smtputf8 or (local is not None and not local.isascii())
 
 
 # Bulk senders pass the same address strings over and over; the values are

@@ -410,7 +410,7 @@ class _Run:
     def finish(self, job: Job, result: BulkResult) -> None:
         """Report *job*'s final result; raise if it ended the run."""
         self.report(result, job)
-        if any(result.error is error for error in self.fatal):
+        if self.fatal and any(result.error is error for error in self.fatal):
             raise self.fatal[0]
 
     @staticmethod

@@ -60,14 +60,22 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable, Iterable
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 from ._address import Domain, ForwardPath, ReversePath
 from ._capabilities import Capabilities
 from ._data import DataEncoder
 from ._errors import SMTPInputError, SMTPProtocolError, SMTPUsageError
-from ._inputs import check_argument, ehlo_ascii
-from ._pipeline import MARK_DATA, MARK_END, MARK_ENVELOPE, MARK_GATE, Command, CommandPipeline
+from ._inputs import CONTROL_CHARACTER, check_argument, ehlo_ascii
+from ._pipeline import (
+    MARK_DATA,
+    MARK_END,
+    MARK_ENVELOPE,
+    MARK_GATE,
+    Command,
+    CommandPipeline,
+    new_tuple,
+)
 from ._reply import Reply, ReplyParser
 from ._reply_errors import SMTPAuthenticationError
 from ._sasl import Mechanism
@@ -78,6 +86,8 @@ __all__ = ["TABLE", "ClientCore", "Event", "Rule", "State", "Verb"]
 
 _END_OF_DATA = (Verb.END_DATA, Verb.BDAT_LAST)
 _HELLOS = (Verb.EHLO, Verb.HELO, Verb.LHLO)
+_END_RULE = TABLE[Verb.END_DATA]
+_control = CONTROL_CHARACTER.search
 
 
 class Event(NamedTuple):
@@ -195,9 +205,12 @@ class ClientCore(CommandPipeline):
         params = tuple(params)
         utf8 = "SMTPUTF8" in map(str.upper, params)
         text = str(path)
-        check_argument(text, "the sender", utf8=utf8)
+        # check_argument()'s tests, inline: it runs (and raises) only on a bad one.
+        if _control(text) is not None or not (utf8 or text.isascii()):
+            check_argument(text, "the sender", utf8=utf8)
         for param in params:
-            check_argument(param, "a MAIL parameter", utf8=utf8)
+            if _control(param) is not None or not (utf8 or param.isascii()):
+                check_argument(param, "a MAIL parameter", utf8=utf8)
         line = "MAIL FROM:" + text
         if params:
             line = " ".join((line, *params))
@@ -214,7 +227,8 @@ class ClientCore(CommandPipeline):
     def rcpt(self, path: ForwardPath, params: Iterable[str] = ()) -> None:
         """Queue ``RCPT TO:<path> params…``."""
         text = str(path)
-        check_argument(text, "a recipient", utf8=self._utf8)
+        if _control(text) is not None or not (self._utf8 or text.isascii()):
+            check_argument(text, "a recipient", utf8=self._utf8)
         line = "RCPT TO:" + text
         if params:
             params = tuple(params)
@@ -302,7 +316,7 @@ class ClientCore(CommandPipeline):
             if self.transcript is not None:
                 self._log(f"C: <{self._encoder.bytes_out} bytes of message data>")
             self._encoder.reset()
-            self._inflight.append(Command(Verb.END_DATA, txn=txn))
+            self._inflight.append(new_tuple(Command, (Verb.END_DATA, None, _END_RULE, txn)))
             self._unsent += 1
             self._tail = State.READY
         if txn is not None:
@@ -451,33 +465,52 @@ class ClientCore(CommandPipeline):
                 return self._recipient_reply(first, txn, reply)
         command = self._inflight.popleft()
         verb = command.verb
-        if reply.code == 421:
+        code = reply.code
+        if code == 421:
             self.state = self._tail = State.CLOSED
-            if command.txn is not None:
-                self._record(command, reply)
+        else:
+            klass = code // 100
+            nxt = command.rule.replies.get(klass, ILLEGAL)
+            if nxt is ILLEGAL or (
+                klass == 3
+                and (
+                    (verb is Verb.DATA and code != 354)
+                    or (verb in (Verb.AUTH, Verb.AUTH_RESPONSE) and code != 334)
+                )
+            ):
+                raise SMTPProtocolError(f"unexpected reply to {verb.value}: {reply}")
+            if nxt is not SAME:
+                self.state = nxt
+            if not self._inflight:
+                self._tail = self.state
+        txn = command.txn
+        if txn is not None:
+            # Write the reply into the transaction's record.
+            if verb is Verb.RCPT:
+                txn.rcpt_answered += 1
+                path: ForwardPath = command.subject  # type: ignore[assignment]
+                if reply.is_positive:
+                    txn.accepted.append(path)
+                else:
+                    txn.refused[path] = reply
+            elif verb is Verb.MAIL:
+                txn.sender_reply = reply
+            elif verb is Verb.END_DATA or verb is Verb.BDAT_LAST:
+                txn.final_reply = reply
+            elif verb is Verb.DATA:
+                txn.data_reply = reply
+            elif verb is Verb.BDAT and not reply.is_positive and txn.chunk_refusal is None:
+                txn.chunk_refusal = reply
+            if code == 421 and txn.final_reply is None:
+                txn.closed_early = True
+        elif command.rule.special and code != 421:
+            self._special_reply(verb, reply)
+        if code == 421:
             # RFC 5321 §3.8: the server closes; it read nothing after this.
             self._drop_queued()
-            return Event(verb, reply, command.subject, command.txn)
-        klass = reply.code // 100
-        nxt = command.rule.replies.get(klass, ILLEGAL)
-        if nxt is ILLEGAL or (
-            klass == 3
-            and (
-                (verb is Verb.DATA and reply.code != 354)
-                or (verb in (Verb.AUTH, Verb.AUTH_RESPONSE) and reply.code != 334)
-            )
-        ):
-            raise SMTPProtocolError(f"unexpected reply to {verb.value}: {reply}")
-        if nxt is not SAME:
-            self.state = nxt
-        if not self._inflight:
-            self._tail = self.state
-        if command.txn is not None:
-            self._record(command, reply)
-        elif command.rule.special:
-            self._special_reply(verb, reply)
+            return new_tuple(Event, (verb, reply, command.subject, txn))
         if self._inflight:
-            return Event(verb, reply, command.subject, command.txn)
+            return new_tuple(Event, (verb, reply, command.subject, command.txn))
         head = self._parser.peek(3)
         if head and not b"421".startswith(head):
             # Only a 421 may come unasked (RFC 5321 §3.8); anything else means
@@ -485,7 +518,7 @@ class ClientCore(CommandPipeline):
             raise SMTPProtocolError(
                 f"the server sent more replies than commands (after: {verb.value} {reply})"
             )
-        return Event(verb, reply, command.subject, command.txn)
+        return new_tuple(Event, (verb, reply, command.subject, command.txn))
 
     def _recipient_reply(self, command: Command, txn: Transaction, reply: Reply) -> Event:
         """LMTP: one of the replies to the end of data, for the next accepted
@@ -525,30 +558,6 @@ class ClientCore(CommandPipeline):
                 f"the server sent more replies than recipients (after: {path} {reply})"
             )
         return Event(verb, reply, path, txn)
-
-    @staticmethod
-    def _record(command: Command, reply: Reply) -> None:
-        """Write a reply to a transaction's command into its record."""
-        txn = command.txn
-        assert txn is not None
-        verb = command.verb
-        if verb is Verb.RCPT:
-            txn.rcpt_answered += 1
-            path = cast("ForwardPath", command.subject)
-            if reply.is_positive:
-                txn.accepted.append(path)
-            else:
-                txn.refused[path] = reply
-        elif verb is Verb.MAIL:
-            txn.sender_reply = reply
-        elif verb is Verb.END_DATA or verb is Verb.BDAT_LAST:
-            txn.final_reply = reply
-        elif verb is Verb.DATA:
-            txn.data_reply = reply
-        elif verb is Verb.BDAT and not reply.is_positive and txn.chunk_refusal is None:
-            txn.chunk_refusal = reply
-        if reply.code == 421 and txn.final_reply is None:
-            txn.closed_early = True
 
     def _special_reply(self, verb: Verb, reply: Reply) -> None:
         """What a reply to the greeting, EHLO, HELO, STARTTLS or AUTH changes."""

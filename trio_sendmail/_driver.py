@@ -141,6 +141,8 @@ class Driver:
         self.session_id = session_id
         self.hostname = hostname
         self.timeouts = timeouts
+        # phase_timeout() of every verb, looked up once per wait.
+        self._phases = {verb: phase_timeout(timeouts, verb) for verb in Verb}
         self.send_size = send_size
         self.receive_size = receive_size
         self.core = ClientCore(
@@ -149,6 +151,10 @@ class Driver:
         )
         self.timer: trio.CancelScope | None = None
         self._clock = trio.lowlevel.current_clock()  # fixed for the whole run
+        # _readable(): the stream it looked at, its TLS layers and socket.
+        self._layers_of: trio.abc.Stream | None = None
+        self._layers: tuple[trio.SSLStream[trio.abc.Stream], ...] = ()
+        self._layers_socket: trio.socket.SocketType | None = None
         self._poller: select.poll | None = None
         self._poll_fd = -1
         self.phase = ""
@@ -214,7 +220,8 @@ class Driver:
     async def write(self, phase: str, timeout: float) -> None:
         """Write everything the core queued, in writes of at most ``send_size``."""
         core = self.core
-        if not core.has_output:
+        out = core._out  # the core's output buffer (has_output, without a call)
+        if not out:
             return
         if core.wire_idle and not core.body_open:
             if self._skip_probe:
@@ -225,9 +232,9 @@ class Driver:
         # A message's end of data waiting at its gate: the bytes before it wait
         # too (they are at most a block, write_data sends the others), so that
         # they leave in the same write as the end (and the next envelope).
-        while core.gate is not None and core.output_size <= size:
+        while core._marks and core.gate is not None and len(out) <= size:
             await self._open_gate()
-        while core.has_output:
+        while out:
             data = core.take_output(size)
             if not data:
                 await self._open_gate()
@@ -276,16 +283,17 @@ class Driver:
             SMTPServiceClosing: the reply was 421; the session is closed.
         """
         core = self.core
+        out = core._out  # the core's output buffer (has_output, without a call)
         event = None
-        if not core.has_output:  # under PIPELINING, the reply is often here already
+        if not out:  # under PIPELINING, the reply is often here already
             try:
                 event = core.next_event()
             except SMTPError:
                 await self.fail()
                 raise
         if event is None:
-            phase, timeout = phase_timeout(self.timeouts, core.oldest)
-            if core.has_output:
+            phase, timeout = self._phases[core._inflight[0].verb]
+            if out:
                 if phase == "data_end":
                     # Writing the end of data is a write of data like any other
                     # (RFC 5321 §4.5.3.2.5); the wait for its reply is data_end.
@@ -304,17 +312,25 @@ class Driver:
         arrived is taken without a call of its own (four per message under
         PIPELINING)."""
         core = self.core
-        while core.awaiting_reply:
+        inflight, out = core._inflight, core._out  # awaiting_reply, has_output
+        while inflight:
             event = None
-            if not core.has_output:
+            if not out:
                 try:
                     event = core.next_event()
                 except SMTPError:
                     await self.fail()
                     raise
             if event is None:
-                await self.event()  # writes what is queued, then waits
-            elif event.reply.code == 421:
+                # event() without its call: write what is queued, then wait.
+                phase, timeout = self._phases[inflight[0].verb]
+                if out:
+                    if phase == "data_end":  # see event()
+                        await self.write("data_block", self.timeouts.data_block)
+                    else:
+                        await self.write(phase, timeout)
+                event = await self._receive(phase, timeout)
+            if event.reply.code == 421:
                 await self.fail()
                 raise SMTPServiceClosing.from_reply(event.reply, event.verb.value)
 
@@ -348,7 +364,8 @@ class Driver:
         """Read until the oldest command in flight has its reply."""
         core = self.core
         try:
-            event = core.next_event()
+            # Nothing buffered is no reply (the look costs no call).
+            event = core.next_event() if core._parser._buf else None
             if event is None:
                 self.arm(phase, timeout, "a reply from the server")
                 if self._unanswered_write:
@@ -383,12 +400,21 @@ class Driver:
         """True when the server sent something that was not read yet (looked
         up without waiting; always False for streams without a socket)."""
         stream = self.stream
-        while isinstance(stream, trio.SSLStream):
-            incoming = getattr(stream, "_incoming", None)  # read, not decrypted yet
-            if stream.pending() or getattr(incoming, "pending", 0):
+        if stream is not self._layers_of:
+            # The TLS layers and the socket under them, found once per stream
+            # (this runs per message; isinstance() on trio's ABCs is not free).
+            layers = []
+            while isinstance(stream, trio.SSLStream):
+                layers.append(stream)
+                stream = stream.transport_stream
+            self._layers = tuple(layers)
+            self._layers_socket = _socket_of(stream)
+            self._layers_of = self.stream
+        for layer in self._layers:
+            incoming = getattr(layer, "_incoming", None)  # read, not decrypted yet
+            if layer.pending() or getattr(incoming, "pending", 0):
                 return True
-            stream = stream.transport_stream
-        sock = _socket_of(stream)
+        sock = self._layers_socket
         if sock is None:
             return False
         fd = sock.fileno()

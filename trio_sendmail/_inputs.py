@@ -20,11 +20,22 @@ from typing import Final, TypeAlias, TypeVar
 
 import idna
 
-from ._address import Domain, ForwardPath, Mailbox, ReversePath, domain, forward_path, reverse_path
+from ._address import (
+    Domain,
+    ForwardPath,
+    Mailbox,
+    ReversePath,
+    _parse_forward_path,
+    _parse_reverse_path,
+    domain,
+    forward_path,
+    reverse_path,
+)
 from ._errors import Outcome, SMTPInputError
 from ._message import Mail, MailBody, header_recipients, header_sender, prepare_mail
 
 __all__ = [
+    "CONTROL_CHARACTER",
     "check_argument",
     "check_recipients",
     "ehlo_ascii",
@@ -41,13 +52,13 @@ Recipient: TypeAlias = ForwardPath | Mailbox | str | Address
 
 #: What no command argument may hold (the same set as ``_core.check_argument``):
 #: C0 and C1 controls, DEL, the Unicode line and paragraph separators, and BOM.
-_CONTROL: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
+CONTROL_CHARACTER: Final = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
 
 
 def check_argument(text: str, what: str, *, utf8: bool = False) -> None:
     """Refuse control characters (and non-ASCII unless *utf8*) in a command
     argument (RFC 5321 §2.3.8, §4.1.1): no CR/LF injection."""
-    bad = _CONTROL.search(text)
+    bad = CONTROL_CHARACTER.search(text)
     if bad is not None:
         raise SMTPInputError(f"{what} contains the control character {bad[0]!r}")
     if not utf8 and not text.isascii():
@@ -71,7 +82,7 @@ def check_recipients(recipients: Iterable[_R]) -> Iterable[_R]:
     Raises:
         TypeError: *recipients* is a single address rather than an iterable of them.
     """
-    if is_single_address(recipients):
+    if isinstance(recipients, _SINGLE_ADDRESS):  # is_single_address()
         raise TypeError("recipients must be an iterable of addresses, not a single address")
     return recipients
 
@@ -95,8 +106,12 @@ def envelope(
         TypeError: *recipients* is a single address rather than an iterable of
             them, or an address has a wrong type.
     """
-    rpath = reverse_path(sender)
-    fpaths = [forward_path(r) for r in check_recipients(recipients)]
+    # A path given as text (the usual case) goes straight to the cached parser.
+    rpath = _parse_reverse_path(sender) if type(sender) is str else reverse_path(sender)
+    fpaths = [
+        _parse_forward_path(r) if type(r) is str else forward_path(r)
+        for r in check_recipients(recipients)
+    ]
     if len(fpaths) > 1:
         fpaths = list(dict.fromkeys(fpaths))  # duplicates are sent once
     elif not fpaths:

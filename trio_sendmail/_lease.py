@@ -192,7 +192,8 @@ class Lease:
             stream = OneShotStream(body.chunks)
             body = MailBody(chunks=stream)
         while True:
-            connection = self._held()
+            connection = self._connection
+            assert connection is not None, "the lease lost its connection"
             first = self._sends == 0 and connection.messages > 0
             self._sends += 1
             try:
@@ -223,7 +224,8 @@ class Lease:
             except BaseException:
                 pool._failures += 1
                 raise
-            self._count_pending()
+            if self._pending is not None:
+                self._count_pending()
             connection.messages += 1
             if out is None:
                 self._pending = tracker

@@ -38,12 +38,22 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 from ._errors import SMTPUsageError
 from ._table import SAME, TABLE, Rule, State, Verb
 from ._transaction import Transaction
 
-__all__ = ["MARK_DATA", "MARK_END", "MARK_ENVELOPE", "MARK_GATE", "Command", "CommandPipeline"]
+__all__ = [
+    "MARK_DATA",
+    "MARK_END",
+    "MARK_ENVELOPE",
+    "MARK_GATE",
+    "Command",
+    "CommandPipeline",
+    "command",
+    "new_tuple",
+]
 
 
 # What a mark in the output buffer notes when its byte is handed out; a gate
@@ -51,23 +61,25 @@ __all__ = ["MARK_DATA", "MARK_END", "MARK_ENVELOPE", "MARK_GATE", "Command", "Co
 MARK_ENVELOPE, MARK_DATA, MARK_END, MARK_GATE = 0, 1, 2, 3
 
 
-class Command:
+#: ``tuple.__new__``: builds a :class:`Command` (or the core's ``Event``) from
+#: its fields in C, skipping the named tuple's Python ``__new__``.
+new_tuple = tuple.__new__
+
+
+class Command(NamedTuple):
     """A command in flight, with its rule (looked up once, when issued) and the
-    transaction it belongs to (``None`` outside a mail transaction)."""
+    transaction it belongs to (``None`` outside a mail transaction). A tuple:
+    :data:`new_tuple` makes one without a Python call (several per message)."""
 
-    __slots__ = ("rule", "subject", "txn", "verb")
+    verb: Verb
+    subject: object
+    rule: Rule
+    txn: Transaction | None
 
-    def __init__(
-        self,
-        verb: Verb,
-        subject: object = None,
-        rule: Rule | None = None,
-        txn: Transaction | None = None,
-    ) -> None:
-        self.verb = verb
-        self.rule = TABLE[verb] if rule is None else rule
-        self.subject = subject
-        self.txn = txn
+
+def command(verb: Verb, subject: object = None, txn: Transaction | None = None) -> Command:
+    """A :class:`Command` for *verb*, with its rule from the table."""
+    return new_tuple(Command, (verb, subject, TABLE[verb], txn))
 
 
 class CommandPipeline:
@@ -88,7 +100,9 @@ class CommandPipeline:
         self.state = State.CONNECTED
         # The state once every command in flight succeeds.
         self._tail = State.CONNECTED
-        self._inflight: deque[Command] = deque([Command(Verb.CONNECT)])
+        # Neither of these two is ever rebound: the driver's pump reads them
+        # directly (``has_output`` and ``awaiting_reply`` without a call).
+        self._inflight: deque[Command] = deque([command(Verb.CONNECT)])
         self._out = out_buffer if out_buffer is not None else bytearray()
         del self._out[:]
         self.transcript = transcript
@@ -225,7 +239,7 @@ class CommandPipeline:
         out = self._out
         out += line.encode("utf-8" if utf8 else "ascii")
         out += b"\r\n"
-        inflight.append(Command(verb, subject, rule, txn))
+        inflight.append(new_tuple(Command, (verb, subject, rule, txn)))
         self._unsent += 1
         if rule.success is not SAME:
             self._tail = rule.success

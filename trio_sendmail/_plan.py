@@ -23,7 +23,7 @@ from ._dsn import DSN
 from ._errors import SMTPMessageTooLarge, SMTPNotSupportedError
 from ._message import MailBody
 
-__all__ = ["NO_OPTIONS", "Options", "Plan", "message_options", "plan"]
+__all__ = ["NO_OPTIONS", "Options", "Plan", "PlanMemo", "message_options", "plan"]
 
 
 @attrs.frozen
@@ -66,6 +66,35 @@ class Plan:
         return self.dsn.rcpt_params(path) if self.dsn is not None else []
 
 
+class PlanMemo:
+    """What :func:`plan` learned once for a session: the capabilities it
+    reads (looked up again only when they change, after EHLO) and the MAIL
+    parameters that depend on the addresses' SMTPUTF8 alone, when no
+    per-message option is set (a bulk run plans the same envelope over and
+    over). A failed plan is never remembered."""
+
+    __slots__ = ("caps", "flags", "tails", "tls", "use_chunking")
+
+    def __init__(self) -> None:
+        self.caps: Capabilities | None = None
+        self.tls = False
+        self.use_chunking = False
+        self.flags: tuple[bool, bool, bool, int | None, bool] = (False, False, False, None, False)
+        #: needs SMTPUTF8 → the parameters after BODY= and SIZE= (NO_OPTIONS only).
+        self.tails: dict[bool, tuple[str, ...]] = {}
+
+
+def _flags(caps: Capabilities) -> tuple[bool, bool, bool, int | None, bool]:
+    """CHUNKING, BINARYMIME (with CHUNKING), 8BITMIME, the SIZE limit, SIZE offered."""
+    return (
+        caps.chunking,
+        caps.chunking and "BINARYMIME" in caps,
+        caps.eightbitmime,
+        caps.size_limit,
+        "SIZE" in caps,
+    )
+
+
 def plan(
     caps: Capabilities,
     *,
@@ -75,6 +104,7 @@ def plan(
     recipients: list[ForwardPath],
     body: MailBody,
     options: Options,
+    memo: PlanMemo | None = None,
 ) -> Plan:
     """Decide the transaction's parameters; raise before anything is sent.
 
@@ -82,14 +112,24 @@ def plan(
         caps: what the server announced.
         tls: the session runs TLS (REQUIRETLS needs it).
         use_chunking: the caller allows BDAT when the server offers CHUNKING.
+        memo: the session's :class:`PlanMemo` (the same decisions, made once).
     """
-    chunking = use_chunking and caps.chunking
+    if memo is None:
+        flags = _flags(caps)
+    elif memo.caps is caps and memo.tls is tls and memo.use_chunking is use_chunking:
+        flags = memo.flags
+    else:
+        flags = memo.flags = _flags(caps)
+        memo.caps, memo.tls, memo.use_chunking = caps, tls, use_chunking
+        memo.tails = {}
+    offers_chunking, offers_binarymime, eightbitmime, limit, offers_size = flags
+    chunking = use_chunking and offers_chunking
     params: list[str] = []
     clean = False
     size: int | None = None
     data = body.data
     if options.binary:
-        if not (caps.chunking and "BINARYMIME" in caps):
+        if not offers_binarymime:
             raise SMTPNotSupportedError(
                 "binary=True needs CHUNKING and BINARYMIME (RFC 3030), "
                 "which the server does not offer"
@@ -98,13 +138,13 @@ def plan(
         params.append("BODY=BINARYMIME")
     elif data is not None:
         if not data.isascii():
-            if not caps.eightbitmime:
+            if not eightbitmime:
                 raise SMTPNotSupportedError(
                     "the message has 8-bit bytes and the server does not offer 8BITMIME "
                     "(encode it as 7-bit, e.g. with base64 or quoted-printable)"
                 )
             params.append("BODY=8BITMIME")
-    elif caps.eightbitmime:
+    elif eightbitmime:
         # A stream of unknown content: declaring 8BITMIME is always safe.
         params.append("BODY=8BITMIME")
     if data is not None:
@@ -112,16 +152,35 @@ def plan(
             size = len(data)
         else:
             size, clean = measure(data)
-        limit = caps.size_limit
         if limit is not None and size > limit:
             raise SMTPMessageTooLarge(
                 f"the message is {size} bytes; the server accepts at most {limit}",
                 size=size,
                 limit=limit,
             )
-        if "SIZE" in caps:
+        if offers_size:
             params.append(f"SIZE={size}")
-    if sender.needs_smtputf8 or any(f.needs_smtputf8 for f in recipients):
+    utf8 = sender._utf8  # needs_smtputf8, without a call
+    if not utf8:
+        for path in recipients:
+            if path._utf8:
+                utf8 = True
+                break
+    if memo is not None and options is NO_OPTIONS:
+        tail = memo.tails.get(utf8)
+        if tail is None:
+            tail = memo.tails[utf8] = _tail(caps, tls, utf8, options)
+    else:
+        tail = _tail(caps, tls, utf8, options)
+    params.extend(tail)
+    return Plan(params, options.dsn, chunking, options.binary, clean, size)
+
+
+def _tail(caps: Capabilities, tls: bool, utf8: bool, options: Options) -> tuple[str, ...]:
+    """The MAIL parameters after ``BODY=`` and ``SIZE=``; raises when the
+    server cannot take them."""
+    params: list[str] = []
+    if utf8:
         if not caps.smtputf8:
             raise SMTPNotSupportedError(
                 "a non-ASCII address needs SMTPUTF8, which the server does not offer"
@@ -137,4 +196,4 @@ def plan(
         if "REQUIRETLS" not in caps:
             raise SMTPNotSupportedError("the server does not offer REQUIRETLS (RFC 8689)")
         params.append("REQUIRETLS")
-    return Plan(params, options.dsn, chunking, options.binary, clean, size)
+    return tuple(params)

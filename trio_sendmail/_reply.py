@@ -188,16 +188,17 @@ class Reply:
     code: int
     lines: tuple[str, ...] = ("",)
     enhanced_status: EnhancedStatus | None = None
+    #: A 2xx reply: the command was completed. (Set once, when the reply is
+    #: made: it is read several times for every message.)
+    is_positive: bool = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "is_positive", 200 <= self.code < 300)
 
     @property
     def text(self) -> str:
         """All the lines, joined with newlines."""
         return "\n".join(self.lines)
-
-    @property
-    def is_positive(self) -> bool:
-        """A 2xx reply: the command was completed."""
-        return 200 <= self.code < 300
 
     @property
     def is_intermediate(self) -> bool:

@@ -93,10 +93,11 @@ async def run_transaction(
                 core.rcpt(path, plan.rcpt_params(path))
                 await driver.event()
     else:
+        dsn = plan.dsn
         for i, path in enumerate(recipients, 1):
-            core.rcpt(path, plan.rcpt_params(path))
+            core.rcpt(path, () if dsn is None else dsn.rcpt_params(path))  # plan.rcpt_params
             if i % PIPELINE_BATCH == 0:
-                await _drain(driver)
+                await driver.drain()
     if pipelining or txn.accepted:
         if single:
             assert whole is not None
@@ -105,7 +106,7 @@ async def run_transaction(
             core.end_body()
         elif not plan.chunking:
             core.data()
-    await _drain(driver)
+    await driver.drain()
 
     sender_reply = txn.sender_reply
     if sender_reply is not None and not sender_reply.is_positive:
@@ -153,12 +154,6 @@ def _lmtp_result(txn: Transaction, command: str) -> SendResult:
     refusals = list(replies.values())
     reply = next((r for r in refusals if not r.is_transient), refusals[0])
     raise SMTPResponseError.from_reply(reply, command)
-
-
-async def _drain(driver: Driver) -> None:
-    """Read the reply of every command in flight (the core records them; one
-    may answer a message whose end of data was deferred)."""
-    await driver.drain()
 
 
 async def _send_data(driver: Driver, body: MailBody, plan: Plan) -> Reply:
@@ -223,7 +218,7 @@ async def _send_chunks(
     except _ChunkRefused as refusal:
         error = SMTPResponseError.from_reply(refusal.reply, "BDAT")
         try:
-            await _drain(driver)  # RFC 3030 §4.2: read every reply
+            await driver.drain()  # RFC 3030 §4.2: read every reply
         except SMTPError as exc:  # the server refused, then dropped the connection
             error.__context__ = exc
             raise error from None

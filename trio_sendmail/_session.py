@@ -57,7 +57,7 @@ from ._errors import (
 from ._inputs import Recipient, Sender, envelope, message_envelope
 from ._message import Mail, MailBody, prepare_mail
 from ._opening import open_steps
-from ._plan import Options, message_options, plan
+from ._plan import Options, PlanMemo, message_options, plan
 from ._reply import Reply
 from ._runner import run_transaction
 from ._settings import (
@@ -125,6 +125,7 @@ class Session(trio.abc.AsyncResource):
         self._last_error: Outcome | None = None  # the outcome of the error it raised
         #: A message whose end of data is queued or written, not answered yet.
         self._pending: Transaction | None = None
+        self._plans = PlanMemo()
 
     def __repr__(self) -> str:
         driver = self._driver
@@ -328,14 +329,15 @@ class Session(trio.abc.AsyncResource):
         this call reads; its own transaction records it.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._check_open()
+        driver = self._driver
+        core = self._core
+        if self._closed or core.state is State.BROKEN or core.state is State.CLOSED:
+            self._check_open()  # raises
         if self._busy:
             raise trio.BusyResourceError("another task is sending on this session")
         if tracker is None:
             tracker = OutcomeTracker()
-        opened = tracker.transaction
-        driver = self._driver
-        core = self._core
+        opened = tracker._transaction
         # LMTP answers each recipient after the end of data: no deferring it.
         defer = defer and not core.lmtp
         self._busy = True
@@ -345,18 +347,26 @@ class Session(trio.abc.AsyncResource):
         try:
             rpath, fpaths = envelope(sender, recipients)
             body = mail if isinstance(mail, MailBody) else prepare_mail(mail)
-            if not self.is_usable:
+            # is_usable and capabilities, without their calls:
+            state = core.state
+            if driver.transport_closed or not (
+                state is State.READY or (state is State.DATA and self._pending is not None)
+            ):
                 raise SMTPUsageError(f"session not ready (state: {core.state.value})")
+            caps = core.capabilities
+            if caps is None:
+                caps = _NO_CAPABILITIES
             decided = plan(
-                self.capabilities,
+                caps,
                 tls=core.tls,
                 use_chunking=self._chunking,
                 sender=rpath,
                 recipients=fpaths,
                 body=body,
                 options=options,
+                memo=self._plans,
             )
-            pipelining = self._pipelining and self.capabilities.pipelining
+            pipelining = self._pipelining and caps.pipelining
             timer = driver.timer
             if timer is None:
                 with driver.timed():
@@ -371,7 +381,7 @@ class Session(trio.abc.AsyncResource):
                         raise  # someone else's cancellation
                     raise driver.timeout_error() from None
         except BaseException as exc:
-            txn = tracker.transaction if tracker.transaction is not opened else None
+            txn = tracker._transaction if tracker._transaction is not opened else None
             if isinstance(exc, SMTPError):
                 settle_error(exc, txn, tracker)
             self._failed += 1
@@ -384,8 +394,9 @@ class Session(trio.abc.AsyncResource):
             raise
         finally:
             self._busy = False
-            self._answered()
-        txn = tracker.transaction
+            if self._pending is not None:
+                self._answered()
+        txn = tracker._transaction
         self._last = txn
         self._last_raised = False
         if result is None:
