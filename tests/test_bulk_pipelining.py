@@ -883,7 +883,10 @@ async def test_a_waiting_pool_user_gets_the_connection_between_two_messages(
     assert summary.accepted == 200
     order = [key_of(m.data) for m in server.messages]
     assert sorted(order) == [*range(200), 999]
-    assert order.index(999) < 10  # served between two messages of the run, not after it
+    # Served between two messages of the run, not after it (the run has 200;
+    # how many go before depends on when the handler's task is scheduled,
+    # which a loaded machine delays).
+    assert order.index(999) < 50
 
 
 # --------------------------------------------------------------------------------------------
