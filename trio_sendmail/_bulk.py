@@ -221,7 +221,8 @@ async def send_bulk(
             durable queue records there that the message may now be delivered.
             If it raises, that attempt's end of data is never written: its
             connection is closed and the message is reported
-            :attr:`Outcome.NOT_SENT` with the error (an :class:`SMTPError`;
+            :attr:`Outcome.NOT_SENT` with the error (an :class:`SMTPError`,
+            :class:`TypeError` or :class:`ValueError`;
             any other exception ends the run).
         options: with *server*, the connection options of :func:`open_pool`
             (:class:`ConnectionOptions`: ``port``, ``tls``, ``authentication``, …).
