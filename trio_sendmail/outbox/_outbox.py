@@ -81,7 +81,7 @@ class Outbox(trio.abc.AsyncResource):
         self._store = store
         self._retry = retry
         self._limiter = trio.CapacityLimiter(
-            store._pool.max_size if isinstance(store, PostgresStore) else 1
+            store._pool.max_size if isinstance(store, PostgresStore) else 2
         )
         self._closed = False
 

@@ -57,6 +57,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import attrs
 import trio
 
 from .._bulk_types import BulkMessage, BulkResult
@@ -92,6 +93,10 @@ __all__ = ["Worker"]
 #: together. A worker killed meanwhile leaves them ``unknown``.
 FLUSH_DELAY = 0.005
 FLUSH_SIZE = 32
+
+#: Journal transactions handed to database threads at once: the next one's
+#: thread hop overlaps the current one (the database runs them one at a time).
+COMMITS_IN_FLIGHT = 2
 
 #: How often a worker looks for expired claims of other workers.
 RECOVER_INTERVAL = 1.0
@@ -157,6 +162,19 @@ class _Group:
         self.failed = False
 
 
+@attrs.frozen
+class _Journal:
+    """One transaction of the journal: the rows to arm and the outcomes to record."""
+
+    group: _Group
+    results: list[BulkResult]
+    held: list[BulkResult]
+    settlements: list[Settlement]
+    #: id -> the worker's entry for each settled row, taken out of ``rows``.
+    entries: dict[int, tuple[float, int] | None]
+    now: float
+
+
 class Worker:
     """The state of one work() call."""
 
@@ -203,7 +221,8 @@ class Worker:
         self.has_work = trio.Event()
         #: The journal gathers outcomes for one transaction (see on_result).
         self.gathering = False
-        self.lock = trio.Lock()
+        #: Journal transactions that may be in flight (see journal()).
+        self.slots = trio.Semaphore(COMMITS_IN_FLIGHT)
         self.started = trio.current_time()
         self.last_recover = -math.inf
         self.failure: BaseException | None = None
@@ -299,38 +318,48 @@ class Worker:
                 self.has_work.set()
 
     async def journal(self) -> None:
-        """Commit the rows waiting at the gate and the outcomes received, one
-        transaction at a time."""
-        while True:
-            await self.has_work.wait()
-            # Rows at the gate: let the other connections whose replies are in
-            # reach theirs too, so that one commit arms them all.
-            count = len(self.group.ids)
-            while count:
-                await trio.lowlevel.checkpoint()
-                if len(self.group.ids) == count:
-                    break
+        """Commit the rows waiting at the gate and the outcomes received:
+        one transaction at a time in the database, up to
+        :data:`COMMITS_IN_FLIGHT` handed to threads (the next one's thread hop
+        overlaps the current one's work)."""
+        async with trio.open_nursery() as commits:
+            while True:
+                await self.has_work.wait()
+                # Rows at the gate: let the other connections whose replies are
+                # in reach theirs too, so that one commit arms them all.
                 count = len(self.group.ids)
-            if not self.group.ids:
-                # Only outcomes: gather what arrives meanwhile (one transaction
-                # for many), unless a row comes to the gate.
-                self.gathering = True
-                try:
-                    with trio.move_on_after(FLUSH_DELAY):
-                        while len(self.results) < FLUSH_SIZE and not self.group.ids:
-                            self.has_work = trio.Event()
-                            await self.has_work.wait()
-                finally:
-                    self.gathering = False
-            await self.flush()
+                while count:
+                    await trio.lowlevel.checkpoint()
+                    if len(self.group.ids) == count:
+                        break
+                    count = len(self.group.ids)
+                if not self.group.ids:
+                    # Only outcomes: gather what arrives meanwhile (one
+                    # transaction for many), unless a row comes to the gate.
+                    self.gathering = True
+                    try:
+                        with trio.move_on_after(FLUSH_DELAY):
+                            while len(self.results) < FLUSH_SIZE and not self.group.ids:
+                                self.has_work = trio.Event()
+                                await self.has_work.wait()
+                    finally:
+                        self.gathering = False
+                await self.slots.acquire()  # rows reaching the gate meanwhile join
+                commits.start_soon(self._write, self._take(final=False), True)
 
     async def flush(self, *, final: bool = False) -> None:
-        """Arm the rows at the gate and record the outcomes received so far
-        (one transaction)."""
-        async with self.lock:
-            await self._commit(final)
+        """Once every transaction in flight is over: arm the rows at the gate
+        and record the outcomes received so far (one transaction)."""
+        for _ in range(COMMITS_IN_FLIGHT):
+            await self.slots.acquire()
+        try:
+            await self._write(self._take(final), False)
+        finally:
+            for _ in range(COMMITS_IN_FLIGHT):
+                self.slots.release()
 
-    async def _commit(self, final: bool) -> None:
+    def _take(self, final: bool) -> _Journal:
+        """What the next transaction writes, taken now (synchronously)."""
         group, self.group = self.group, _Group()
         results, self.results = self.results, []
         held: list[BulkResult] = []
@@ -348,12 +377,17 @@ class Worker:
         # may claim a row again (a retry due at once), and its new entry must
         # stay.
         entries = {s.id: self.rows.pop(s.id, None) for s in settlements}
+        return _Journal(group, results, held, settlements, entries, now)
+
+    async def _write(self, work: _Journal, release: bool) -> None:
+        """Make the transaction *work* (releasing its slot if *release*)."""
+        group, settlements, now = work.group, work.settlements, work.now
         try:
             if group.ids or settlements:
-                # Shielded: these results left self.results above, so a
-                # cancellation here (say, while waiting for a database thread)
-                # would lose them, and rows whose answer came back would end
-                # "unknown". The transaction is short.
+                # Shielded: these results left self.results, so a cancellation
+                # here (say, while waiting for a database thread) would lose
+                # them, and rows whose answer came back would end "unknown".
+                # The transaction is short.
                 with trio.CancelScope(shield=True):
                     group.armed = await self.call(
                         self.store.record, self.id, group.ids, settlements
@@ -362,14 +396,16 @@ class Worker:
             group.failed = True
             # Not recorded: kept for the final flush (the run ends with this
             # error; a database that answers again records them then).
-            self.results[:0] = results
-            self.held[:0] = held
-            for row_id, entry in entries.items():
+            self.results[:0] = work.results
+            self.held[:0] = work.held
+            for row_id, entry in work.entries.items():
                 if entry is not None:
                     self.rows.setdefault(row_id, entry)
             raise
         finally:
             group.done.set()
+            if release:
+                self.slots.release()
         for row_id, attempts in group.armed.items():
             created_at, _ = self.rows.get(row_id, (now, attempts))
             self.rows[row_id] = (created_at, attempts)
