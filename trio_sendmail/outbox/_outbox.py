@@ -80,6 +80,8 @@ class Outbox(trio.abc.AsyncResource):
     def __init__(self, store: Store, *, retry: RetryPolicy) -> None:
         self._store = store
         self._retry = retry
+        # SQLite: the store runs one transaction at a time (its own lock); a
+        # second thread lets the worker's next call hop over meanwhile.
         self._limiter = trio.CapacityLimiter(
             store._pool.max_size if isinstance(store, PostgresStore) else 2
         )

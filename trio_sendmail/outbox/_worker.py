@@ -21,8 +21,10 @@ Four tasks and a loop of send_bulk *rounds*:
   row is **armed** (``claimed`` → ``sending``), and the end waits for that
   commit. A row still ``claimed`` when its worker died provably never
   reached the end of data, and goes back to ``pending``;
-* the **journal** (:meth:`Worker.journal`) makes every write of the run in
-  one transaction at a time: the rows waiting at the gate are armed together
+* the **journal** (:meth:`Worker.journal`) makes every write of the run,
+  one transaction at a time in the database (up to ``COMMITS_IN_FLIGHT``
+  handed to threads, so that the next one's hop overlaps the current one's
+  work): the rows waiting at the gate are armed together
   (group commit: one commit for every connection that reached an end of data
   meanwhile, not one per message), and the outcomes that came back through
   send_bulk's ``on_result`` are recorded in the same transaction (an outcome
@@ -322,6 +324,15 @@ class Worker:
         one transaction at a time in the database, up to
         :data:`COMMITS_IN_FLIGHT` handed to threads (the next one's thread hop
         overlaps the current one's work)."""
+        try:
+            await self._journal()
+        except BaseExceptionGroup as group:  # a transaction's error, as it raised it
+            if len(group.exceptions) == 1:
+                leaf = group.exceptions[0]
+                raise leaf.with_traceback(leaf.__traceback__) from leaf.__cause__
+            raise
+
+    async def _journal(self) -> None:
         async with trio.open_nursery() as commits:
             while True:
                 await self.has_work.wait()
