@@ -17,7 +17,8 @@ private ``smtp-sink`` on loopback:
   each (8 in all).
 
 The outbox rows are enqueued before the clock starts; every client warms up on
-its pool first. The rate counts messages from the first worker's start to the
+its pool first, and the order of the clients rotates from one repetition to
+the next. The rate counts messages from the first worker's start to the
 last one's end; CPU time is summed over the processes and reported per
 message. The ratios (outbox / plain) are taken inside each repetition, and
 the figures are medians (min-max). Goal (issue #16): SQLite >= 0.5x plain.
@@ -196,30 +197,52 @@ def pg_schema(url: str, action: str, name: str) -> str:
     return f"{url}?options=-csearch_path%3D{name}"
 
 
-def repetition(port: int, params: dict[str, Any], pg_url: str | None) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    row["plain"] = collect([spawn("plain", port, params)])
+def run_plain(port: int, params: dict[str, Any]) -> dict[str, Any]:
+    return collect([spawn("plain", port, params)])
+
+
+def run_sqlite(port: int, params: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite:///{folder}/w7.db"
         fill(url, params)
-        row["sqlite"] = collect([spawn("sqlite", port, {**params, "url": url})])
-    if pg_url is not None:
-        schema = f"w7_{uuid.uuid4().hex[:12]}"
-        url = pg_schema(pg_url, "create", schema)
-        try:
-            fill(url, params)
-            each = {**params, "url": url, "go": True,
-                    "connections": params["connections"] // PG_WORKERS}  # fmt: skip
-            procs = [spawn("postgres", port, each) for _ in range(PG_WORKERS)]
-            time.sleep(3.0)  # the workers open their pools and warm up
-            for proc in procs:
-                assert proc.stdin is not None
-                proc.stdin.write(b"go\n")
-                proc.stdin.flush()
-            row["postgres"] = collect(procs)
-        finally:
-            pg_schema(pg_url, "drop", schema)
-    return row
+        return collect([spawn("sqlite", port, {**params, "url": url})])
+
+
+def run_postgres(port: int, params: dict[str, Any], pg_url: str) -> dict[str, Any]:
+    schema = f"w7_{uuid.uuid4().hex[:12]}"
+    url = pg_schema(pg_url, "create", schema)
+    try:
+        fill(url, params)
+        each = {**params, "url": url, "go": True,
+                "connections": params["connections"] // PG_WORKERS}  # fmt: skip
+        procs = [spawn("postgres", port, each) for _ in range(PG_WORKERS)]
+        time.sleep(3.0)  # the workers open their pools and warm up
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+        return collect(procs)
+    finally:
+        pg_schema(pg_url, "drop", schema)
+
+
+def repetition(
+    port: int, params: dict[str, Any], pg_url: str | None, index: int
+) -> dict[str, Any]:
+    """One repetition: every client once, in an order rotated by *index* (so
+    that no client always runs first, or right after the same one)."""
+    kinds = ["plain", "sqlite"] + ([] if pg_url is None else ["postgres"])
+    shift = index % len(kinds)
+    row: dict[str, Any] = {}
+    for kind in kinds[shift:] + kinds[:shift]:
+        if kind == "plain":
+            row[kind] = run_plain(port, params)
+        elif kind == "sqlite":
+            row[kind] = run_sqlite(port, params)
+        else:
+            assert pg_url is not None
+            row[kind] = run_postgres(port, params, pg_url)
+    return {kind: row[kind] for kind in kinds}
 
 
 def spread(values: list[float], fmt: str) -> str:
@@ -247,7 +270,7 @@ def main() -> int:
     rows = []
     with smtp_sink() as port:
         for n in range(reps):
-            row = repetition(port, params, pg_url)
+            row = repetition(port, params, pg_url, n)
             rows.append(row)
             print(f"repetition {n + 1}: " + ", ".join(
                 f"{k} {v['rate']:.0f} msgs/s {v['cpu_us']:.0f} us cpu/msg" for k, v in row.items()
