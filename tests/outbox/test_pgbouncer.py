@@ -26,15 +26,10 @@ from trio_sendmail.outbox import State, open_outbox
 from trio_sendmail.testing import FakeSMTPServer, serve_fake_smtp
 
 from ..helpers import CLIENT_NAME, ServerVariant
+from ..interop.free_ports import free_ports
 from ..postgres_plugin import PostgresEnv
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -51,7 +46,7 @@ def bouncer_url(postgres: PostgresEnv, tmp_path: Path) -> Iterator[str]:
         conn.execute(f"CREATE DATABASE {database}")
     # Readable by the user pgbouncer switches to (tmp_path's parents are not).
     folder = Path(tempfile.mkdtemp(prefix="outbox_bouncer_bouncer_"))
-    port = _free_port()
+    (port,) = free_ports(1)
     (folder / "users.txt").write_text(f'"{postgres.user}" ""\n')
     (folder / "pgbouncer.ini").write_text(
         "[databases]\n"
