@@ -15,6 +15,7 @@ import trio
 import trio_sendmail as ts
 from trio_sendmail.outbox import RetryPolicy, State, open_outbox
 from trio_sendmail.outbox._model import Settlement
+from trio_sendmail.outbox._store import Store
 from trio_sendmail.testing import FakeSMTPServer, serve_fake_smtp
 
 from ..helpers import CLIENT_NAME, ServerVariant
@@ -24,6 +25,30 @@ def message(n: int) -> ts.BulkMessage:
     return ts.BulkMessage(
         "news@example.com", [f"r{n}@example.com"], b"Subject: %d\r\n\r\nx\r\n" % n
     )
+
+
+def steal_at_arm(store: Store, row_id: int) -> list[int]:
+    """Make the first transaction that arms *row_id* find it claimed by another
+    worker (as after its claim expired and another worker took it); returns
+    the list that gets *row_id* once that happened."""
+    original = store.record
+    stolen: list[int] = []
+
+    def record(
+        worker: str, arm: Sequence[int], settlements: Sequence[Settlement]
+    ) -> dict[int, int]:
+        if row_id in arm and not stolen:
+            stolen.append(row_id)
+            with store.transaction() as cur:
+                store._x(
+                    cur,
+                    "UPDATE outbox_messages SET worker = ? WHERE id = ?",
+                    ("another-worker", row_id),
+                )
+        return original(worker, arm, settlements)
+
+    store.record = record  # type: ignore[method-assign]
+    return stolen
 
 
 async def test_a_lost_claim_does_not_cost_the_next_message_an_attempt(
@@ -40,24 +65,7 @@ async def test_a_lost_claim_does_not_cost_the_next_message_an_attempt(
         open_outbox(outbox_url, retry=RetryPolicy(max_attempts=1, backoff=0.0)) as outbox,
     ):
         ids = await outbox.enqueue(message(n) for n in range(3))
-        store = outbox._store
-        original = store.record
-        stolen: list[int] = []
-
-        def record(
-            worker: str, arm: Sequence[int], settlements: Sequence[Settlement]
-        ) -> dict[int, int]:
-            if ids[0] in arm and not stolen:
-                stolen.append(ids[0])
-                with store.transaction() as cur:
-                    store._x(
-                        cur,
-                        "UPDATE outbox_messages SET worker = ? WHERE id = ?",
-                        ("another-worker", ids[0]),
-                    )
-            return original(worker, arm, settlements)
-
-        store.record = record  # type: ignore[method-assign]
+        stolen = steal_at_arm(outbox._store, ids[0])
         with trio.fail_after(30):
             await outbox.work(
                 "127.0.0.1", port=port, tls=ts.TLSMode.INSECURE_PLAINTEXT,
@@ -117,24 +125,7 @@ async def test_a_lost_claim_is_not_counted_failed_in_the_summary(
     server = FakeSMTPServer(extensions=server_variant.extensions())
     async with serve_fake_smtp(server) as port, open_outbox(outbox_url) as outbox:
         ids = await outbox.enqueue(message(n) for n in range(2))
-        store = outbox._store
-        original = store.record
-        stolen: list[int] = []
-
-        def record(
-            worker: str, arm: Sequence[int], settlements: Sequence[Settlement]
-        ) -> dict[int, int]:
-            if ids[0] in arm and not stolen:
-                stolen.append(ids[0])
-                with store.transaction() as cur:
-                    store._x(
-                        cur,
-                        "UPDATE outbox_messages SET worker = ? WHERE id = ?",
-                        ("another-worker", ids[0]),
-                    )
-            return original(worker, arm, settlements)
-
-        store.record = record  # type: ignore[method-assign]
+        stolen = steal_at_arm(outbox._store, ids[0])
         with trio.fail_after(30):
             summary = await outbox.work(
                 "127.0.0.1", port=port, tls=ts.TLSMode.INSECURE_PLAINTEXT,
@@ -142,5 +133,6 @@ async def test_a_lost_claim_is_not_counted_failed_in_the_summary(
                 lease=1.0,
             )  # fmt: skip
         entries = await outbox.entries()
+    assert stolen == [ids[0]]
     assert [e.state for e in entries] == [State.SENT] * 2
     assert (summary.sent, summary.failed) == (2, 0), summary

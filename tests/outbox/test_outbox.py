@@ -451,7 +451,8 @@ async def test_recipients_refused_with_4xx_are_sent_again_in_a_follow_up(
 ) -> None:
     """The server takes the message for one recipient and says 450 to the
     other, once: the row is ``sent`` with the refusal kept, and a follow-up row
-    (key ``…#retry-1``) delivers it to the refused recipient."""
+    (key ``…#retry-1``) delivers it to the refused recipient. Each row counts
+    its own attempts: ``statistics().attempts`` counts each attempt once."""
     busy = {"n": 0}
 
     async def command(conn: Conn, line: str) -> Action:
@@ -470,6 +471,7 @@ async def test_recipients_refused_with_4xx_are_sent_again_in_a_follow_up(
         (first,) = await outbox.enqueue([mail])
         await outbox.work("127.0.0.1", **work_options(port))
         entries = await outbox.entries()
+        stats = await outbox.statistics()
     original, follow_up = entries
     assert original.id == first and original.state is State.SENT
     assert original.refused_recipients == {"<busy@example.com>": (450, "mailbox busy, try later")}
@@ -479,3 +481,5 @@ async def test_recipients_refused_with_4xx_are_sent_again_in_a_follow_up(
         "RCPT TO:<ok@example.com>", "RCPT TO:<busy@example.com>", "RCPT TO:<busy@example.com>"
     ]  # fmt: skip
     assert [data for _, data in stub.received] == [body(1), body(1)]
+    # The follow-up counts its own attempts: each of the two is counted once.
+    assert stats.attempts == len(stub.received) == 2, (stats, entries)
