@@ -288,7 +288,11 @@ class Job:
         self.attempts += 1
         gate = self.gate
         if gate is None:
-            self.tracker = OutcomeTracker()
+            tracker = self.tracker
+            if not (self.attempts == 1 and tracker.attempts == 0 and tracker._gate is None
+                    and tracker._transaction is None and tracker._raised is None):  # fmt: skip
+                # (The job's first tracker, never used, serves the first attempt.)
+                self.tracker = OutcomeTracker()
         else:
             self.tracker = OutcomeTracker(before_end_of_data=functools.partial(gate, self.message))
         return self.tracker

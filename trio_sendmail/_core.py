@@ -204,7 +204,7 @@ class ClientCore(CommandPipeline):
         """Queue ``MAIL FROM:<path> params…``; returns the transaction it opens."""
         params = tuple(params)
         utf8 = "SMTPUTF8" in map(str.upper, params)
-        text = str(path)
+        text = path._text  # str(path), without its call
         # check_argument()'s tests, inline: it runs (and raises) only on a bad one.
         if _control(text) is not None or not (utf8 or text.isascii()):
             check_argument(text, "the sender", utf8=utf8)
@@ -226,7 +226,7 @@ class ClientCore(CommandPipeline):
 
     def rcpt(self, path: ForwardPath, params: Iterable[str] = ()) -> None:
         """Queue ``RCPT TO:<path> params…``."""
-        text = str(path)
+        text = path._text  # str(path), without its call
         if _control(text) is not None or not (self._utf8 or text.isascii()):
             check_argument(text, "a recipient", utf8=self._utf8)
         line = "RCPT TO:" + text
@@ -312,10 +312,12 @@ class ClientCore(CommandPipeline):
                 raise SMTPUsageError(f"end of data outside DATA (state: {self.state.value})")
             if txn is not None and txn.gate is not None:
                 self._marks.append((len(self._out), txn, MARK_GATE))
-            self._out += self._encoder.finish()
+            encoder = self._encoder
+            self._out += encoder.finish()
             if self.transcript is not None:
-                self._log(f"C: <{self._encoder.bytes_out} bytes of message data>")
-            self._encoder.reset()
+                self._log(f"C: <{encoder.bytes_out} bytes of message data>")
+            # reset(), without its call: finish() already reset the rest.
+            encoder.bytes_in = encoder.bytes_out = 0
             self._inflight.append(new_tuple(Command, (Verb.END_DATA, None, _END_RULE, txn)))
             self._unsent += 1
             self._tail = State.READY
@@ -336,7 +338,17 @@ class ClientCore(CommandPipeline):
         """Queue the rest of the message after 354 and its end (:meth:`body`
         then :meth:`end_body`)."""
         if tail:
-            self.body(tail, clean=clean)
+            if self._bdat:
+                self.body(tail, clean=clean)
+            else:  # body() for DATA, without its call (once per message)
+                if self.state is not State.DATA or self._inflight:
+                    raise SMTPUsageError(f"message data outside DATA (state: {self.state.value})")
+                encoded = self._encoder.encode(tail, clean=clean)
+                txn = self._txn
+                if encoded and txn is not None and not self._data_marked:
+                    self._marks.append((len(self._out), txn, MARK_DATA))
+                    self._data_marked = True
+                self._out += encoded
         self.end_body()
 
     def encode_data(self, chunk: bytes | bytearray | memoryview) -> bytes:
@@ -511,7 +523,7 @@ class ClientCore(CommandPipeline):
             return new_tuple(Event, (verb, reply, command.subject, txn))
         if self._inflight:
             return new_tuple(Event, (verb, reply, command.subject, command.txn))
-        head = self._parser.peek(3)
+        head = self._parser._buf[:3]  # peek(3), without its call
         if head and not b"421".startswith(head):
             # Only a 421 may come unasked (RFC 5321 §3.8); anything else means
             # the replies and the commands are out of step.

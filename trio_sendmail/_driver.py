@@ -53,8 +53,9 @@ from ._errors import (
     SMTPTimeoutError,
     SMTPTLSError,
 )
+from ._pipeline import MARK_GATE
 from ._reply import ReplyParser
-from ._reply_errors import SMTPResponseError, SMTPServiceClosing
+from ._reply_errors import SMTPAuthenticationError, SMTPResponseError, SMTPServiceClosing
 from ._settings import Timeouts
 
 __all__ = ["Driver", "phase_timeout"]
@@ -223,7 +224,8 @@ class Driver:
         out = core._out  # the core's output buffer (has_output, without a call)
         if not out:
             return
-        if core.wire_idle and not core.body_open:
+        # wire_idle, without its call:
+        if core._unsent == len(core._inflight) and not core.body_open:
             if self._skip_probe:
                 self._skip_probe = False
             else:
@@ -232,7 +234,13 @@ class Driver:
         # A message's end of data waiting at its gate: the bytes before it wait
         # too (they are at most a block, write_data sends the others), so that
         # they leave in the same write as the end (and the next envelope).
-        while core._marks and core.gate is not None and len(out) <= size:
+        marks = core._marks
+        while marks and len(out) <= size:
+            for mark in marks:  # core.gate, without its call
+                if mark[2] == MARK_GATE:
+                    break
+            else:
+                break
             await self._open_gate()
         while out:
             data = core.take_output(size)
@@ -313,11 +321,19 @@ class Driver:
         PIPELINING)."""
         core = self.core
         inflight, out = core._inflight, core._out  # awaiting_reply, has_output
+        next_reply, apply = core._parser.next_reply, core._apply
         while inflight:
             event = None
             if not out:
                 try:
-                    event = core.next_event()
+                    # core.next_event(), without its call:
+                    reply = next_reply()
+                    if reply is not None:
+                        event = apply(reply)
+                except (SMTPProtocolError, SMTPAuthenticationError):
+                    core.broken()  # as next_event() does
+                    await self.fail()
+                    raise
                 except SMTPError:
                     await self.fail()
                     raise
@@ -345,7 +361,15 @@ class Driver:
         return event
 
     async def _send(self, data: bytes, phase: str, timeout: float) -> None:
-        self.arm(phase, timeout, "the server to take our data")
+        # self.arm(phase, timeout, "the server to take our data"), without its call:
+        timer = self.timer
+        assert timer is not None, "I/O outside a timed operation"
+        self.phase = phase
+        self.waiting_for = "the server to take our data"
+        self.timeout = timeout
+        deadline = self._clock.current_time() + timeout
+        if not deadline - timeout / 1000 <= timer.deadline <= deadline:
+            timer.deadline = deadline
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, OSError) as exc:
@@ -367,7 +391,15 @@ class Driver:
             # Nothing buffered is no reply (the look costs no call).
             event = core.next_event() if core._parser._buf else None
             if event is None:
-                self.arm(phase, timeout, "a reply from the server")
+                # self.arm(phase, timeout, "a reply from the server"), without its call:
+                timer = self.timer
+                assert timer is not None, "I/O outside a timed operation"
+                self.phase = phase
+                self.waiting_for = "a reply from the server"
+                self.timeout = timeout
+                deadline = self._clock.current_time() + timeout
+                if not deadline - timeout / 1000 <= timer.deadline <= deadline:
+                    timer.deadline = deadline
                 if self._unanswered_write:
                     # A round trip: we wait for the server after sending.
                     self.round_trips += 1
