@@ -101,9 +101,20 @@ class _Timed:
 
     __slots__ = ("_driver", "_scope")
 
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: Driver, first: Verb | None = None) -> None:
         self._driver = driver
-        self._scope = trio.CancelScope()
+        if first is None:
+            self._scope = trio.CancelScope()
+            return
+        # Armed already for the first I/O (the wait for *first*'s reply, or
+        # the write before it): its arm() then finds the deadline within its
+        # tolerance and leaves it (one deadline move less). Nothing but CPU
+        # work comes before that I/O, and arm() corrects any other bound.
+        phase, timeout = driver._phases[first]
+        driver.phase = phase
+        driver.waiting_for = "the server to take our data"
+        driver.timeout = timeout
+        self._scope = trio.CancelScope(deadline=driver._clock.current_time() + timeout)
 
     def __enter__(self) -> None:
         driver = self._driver
@@ -175,14 +186,15 @@ class Driver:
 
     # ------------------------------------------------------------- timing
 
-    def timed(self) -> _Timed:
+    def timed(self, first: Verb | None = None) -> _Timed:
         """Bound one operation's I/O with a single cancel scope, armed with
         each I/O's phase bound (:meth:`arm`). Between two I/Os the last bound
         still runs: a message source slower than the data-block bound ends the
         send, as the server would end it. A timeout is raised as
         :class:`SMTPTimeoutError`. (A plain class, not a generator: it runs
-        once per message.)"""
-        return _Timed(self)
+        once per message.) With *first*, the scope starts armed with the bound
+        of the wait for *first*'s reply (see :class:`_Timed`)."""
+        return _Timed(self, first)
 
     @contextlib.contextmanager
     def timer_scope(self, what: str) -> Iterator[trio.CancelScope]:
@@ -464,7 +476,8 @@ class Driver:
         """Before a new exchange: whatever the server sent unasked ends the
         session, before any byte of the queued commands is written."""
         core = self.core
-        if core.in_reply:
+        parser = core._parser
+        if parser._buf or parser._lines:  # core.in_reply, without its two calls
             await self.fail()
             raise SMTPProtocolError("the server sent bytes that answer no command")
         if not self._readable():
