@@ -237,7 +237,10 @@ class Driver:
         if not out:
             return
         # wire_idle, without its call:
-        if core._unsent == len(core._inflight) and not core.body_open:
+        if core._unsent == len(core._inflight) and not (
+            # body_open, without its call:
+            core._bdat or (core.state is State.DATA and core._tail is State.DATA)
+        ):
             if self._skip_probe:
                 self._skip_probe = False
             else:

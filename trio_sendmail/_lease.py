@@ -272,8 +272,19 @@ class Lease:
         except BaseException:
             pool._failures += 1
             raise
-        if self._pending is not None:
-            self._count_pending()
+        pending = self._pending
+        if pending is not None:
+            # _count_pending(), without its call when its reply is in:
+            txn = pending._transaction
+            reply = None if txn is None else txn.final_reply
+            if reply is None:
+                self._count_pending()
+            else:
+                self._pending = None
+                if reply.is_positive:
+                    pool._sent += 1
+                else:
+                    pool._failures += 1
         connection.messages += 1
         if out is None:
             self._pending = tracker
