@@ -109,6 +109,10 @@ logger = logging.getLogger("trio_sendmail.bulk")
 # connection error, which the pool raises only after its connect_retries.
 _FATAL = (*FATAL_CONNECT_ERRORS, SMTPConnectionError)
 
+# An enum member read for every message, as a module constant: reading one from
+# its class costs several times a global's lookup (Python 3.11).
+_ACCEPTED = Outcome.ACCEPTED
+
 # The commands of a mail transaction: a refusal of one of them refuses the message.
 _TRANSACTION_COMMANDS = frozenset({"MAIL", "RCPT", "DATA", "BDAT", "BDAT-LAST", "."})
 
@@ -297,17 +301,17 @@ class _Run:
     def report(self, result: BulkResult, job: Job | None = None) -> None:
         summary = self.summary
         status = result.status
-        if status is Outcome.ACCEPTED:
+        if status is _ACCEPTED:
             summary.accepted += 1
-        elif status is Outcome.REFUSED:
-            summary.refused += 1
-        elif status is Outcome.UNKNOWN:
-            summary.unknown += 1
-        elif status is Outcome.PARTIAL:
-            summary.partial += 1
         else:
-            summary.not_sent += 1
-        if status is not Outcome.ACCEPTED:
+            if status is Outcome.REFUSED:
+                summary.refused += 1
+            elif status is Outcome.UNKNOWN:
+                summary.unknown += 1
+            elif status is Outcome.PARTIAL:
+                summary.partial += 1
+            else:
+                summary.not_sent += 1
             _log_result(result)
         if job is not None:
             job.reported = True
@@ -416,7 +420,7 @@ class _Run:
 
     @staticmethod
     def accepted(job: Job, result: SendResult) -> BulkResult:
-        return BulkResult(job.message, Outcome.ACCEPTED, result=result, attempts=job.attempts)
+        return BulkResult(job.message, _ACCEPTED, result=result, attempts=job.attempts)
 
     # ---------------------------------------------------------- one at a time
 
@@ -619,7 +623,7 @@ class _Run:
             else:
                 accepted = tracker.result
             assert accepted is not None
-            self.finish(job, BulkResult(job.message, Outcome.ACCEPTED, result=accepted,
+            self.finish(job, BulkResult(job.message, _ACCEPTED, result=accepted,
                                         attempts=job.attempts))  # fmt: skip
             return None
         else:

@@ -91,6 +91,10 @@ logger = logging.getLogger("trio_sendmail.transcript")
 
 _session_ids = itertools.count(1)
 _NO_CAPABILITIES = Capabilities()
+# Enum members read on the hot path, as module constants: reading one from its
+# class costs several times a global's lookup (Python 3.11).
+_READY, _DATA = State.READY, State.DATA
+_V_MAIL = Verb.MAIL
 
 
 @attrs.frozen
@@ -332,7 +336,7 @@ class Session(trio.abc.AsyncResource):
                 tracker = OutcomeTracker()
             driver = self._driver
             if driver.timer is None:
-                with driver.timed(Verb.MAIL):
+                with driver.timed(_V_MAIL):
                     result = await self._send_next(sender, recipients, mail, tracker, defer=False)
             else:  # inside _batch()
                 result = await self._send_next(sender, recipients, mail, tracker, defer=False)
@@ -492,7 +496,7 @@ class Session(trio.abc.AsyncResource):
             or self._closed
             or driver.transport_closed
             or core.lmtp
-            or not (state is State.READY or (state is State.DATA and self._pending is not None))
+            or not (state is _READY or (state is _DATA and self._pending is not None))
             or (not bdat and len(data) > size)
         ):
             return await self._send_op(
