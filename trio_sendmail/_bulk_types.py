@@ -29,7 +29,7 @@ import trio
 
 from ._dsn import DSN
 from ._errors import Outcome
-from ._inputs import Recipient, Sender, check_recipients, message_envelope
+from ._inputs import _SINGLE_ADDRESS, Recipient, Sender, check_recipients, message_envelope
 from ._message import Mail, OneShotStream, close_early, prepare_mail
 from ._transaction import OutcomeTracker, SendResult
 
@@ -47,7 +47,9 @@ __all__ = [
 
 
 def _recipients(value: Iterable[Recipient]) -> tuple[Recipient, ...]:
-    return tuple(check_recipients(value))
+    if isinstance(value, _SINGLE_ADDRESS):  # check_recipients(), without its call
+        check_recipients(value)  # raises
+    return tuple(value)
 
 
 @attrs.frozen(init=False)
@@ -99,7 +101,9 @@ class BulkMessage:
         requiretls: bool = False,
         binary: bool = False,
     ) -> None:
-        sender, recipients, mail = message_envelope(sender, recipients, mail)
+        if sender is None or recipients is None or mail is None:
+            sender, recipients, mail = message_envelope(sender, recipients, mail)
+        # (else message_envelope() returns them as they are: no call)
         self.__attrs_init__(sender, recipients, mail, key, dsn, requiretls, binary)
 
 
@@ -288,7 +292,11 @@ class Job:
         self.attempts += 1
         gate = self.gate
         if gate is None:
-            self.tracker = OutcomeTracker()
+            tracker = self.tracker
+            if not (self.attempts == 1 and tracker.attempts == 0 and tracker._gate is None
+                    and tracker._transaction is None and tracker._raised is None):  # fmt: skip
+                # (The job's first tracker, never used, serves the first attempt.)
+                self.tracker = OutcomeTracker()
         else:
             self.tracker = OutcomeTracker(before_end_of_data=functools.partial(gate, self.message))
         return self.tracker

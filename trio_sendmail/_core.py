@@ -88,6 +88,13 @@ _END_OF_DATA = (Verb.END_DATA, Verb.BDAT_LAST)
 _HELLOS = (Verb.EHLO, Verb.HELO, Verb.LHLO)
 _END_RULE = TABLE[Verb.END_DATA]
 _control = CONTROL_CHARACTER.search
+# Enum members read on the hot path, as module constants: reading one from its
+# class costs several times a global's lookup (Python 3.11).
+_DATA, _READY, _CLOSED, _TLS = State.DATA, State.READY, State.CLOSED, State.TLS
+_BDAT_AFTER = (State.RCPT, State.BDAT)  # the states begin_bdat() may follow
+_V_MAIL, _V_RCPT, _V_DATA, _V_BDAT = Verb.MAIL, Verb.RCPT, Verb.DATA, Verb.BDAT
+_V_END_DATA, _V_BDAT_LAST, _V_NOOP = Verb.END_DATA, Verb.BDAT_LAST, Verb.NOOP
+_V_AUTH, _V_AUTH_RESPONSE = Verb.AUTH, Verb.AUTH_RESPONSE
 
 
 class Event(NamedTuple):
@@ -150,7 +157,7 @@ class ClientCore(CommandPipeline):
     def body_open(self) -> bool:
         """True while a message body is being queued (after 354, or between
         :meth:`begin_bdat` and :meth:`end_body`)."""
-        return self._bdat or (self.state is State.DATA and self._tail is State.DATA)
+        return self._bdat or (self.state is _DATA and self._tail is _DATA)
 
     @property
     def transaction(self) -> Transaction | None:
@@ -204,7 +211,7 @@ class ClientCore(CommandPipeline):
         """Queue ``MAIL FROM:<path> params…``; returns the transaction it opens."""
         params = tuple(params)
         utf8 = "SMTPUTF8" in map(str.upper, params)
-        text = str(path)
+        text = path._text  # str(path), without its call
         # check_argument()'s tests, inline: it runs (and raises) only on a bad one.
         if _control(text) is not None or not (utf8 or text.isascii()):
             check_argument(text, "the sender", utf8=utf8)
@@ -216,7 +223,7 @@ class ClientCore(CommandPipeline):
             line = " ".join((line, *params))
         txn = Transaction(lmtp=self.lmtp)
         offset = len(self._out)
-        self._issue(Verb.MAIL, line, subject=path, utf8=utf8, txn=txn)
+        self._issue(_V_MAIL, line, subject=path, utf8=utf8, txn=txn)
         self._marks.append((offset, txn, MARK_ENVELOPE))
         self._utf8 = utf8
         self._txn = txn
@@ -226,7 +233,7 @@ class ClientCore(CommandPipeline):
 
     def rcpt(self, path: ForwardPath, params: Iterable[str] = ()) -> None:
         """Queue ``RCPT TO:<path> params…``."""
-        text = str(path)
+        text = path._text  # str(path), without its call
         if _control(text) is not None or not (self._utf8 or text.isascii()):
             check_argument(text, "a recipient", utf8=self._utf8)
         line = "RCPT TO:" + text
@@ -236,13 +243,13 @@ class ClientCore(CommandPipeline):
                 check_argument(param, "an RCPT parameter", utf8=self._utf8)
             line = " ".join((line, *params))
         txn = self._txn
-        self._issue(Verb.RCPT, line, subject=path, utf8=self._utf8, txn=txn)
+        self._issue(_V_RCPT, line, subject=path, utf8=self._utf8, txn=txn)
         if txn is not None:
             txn.rcpt_sent += 1
 
     def data(self) -> None:
         """Queue ``DATA``."""
-        self._issue(Verb.DATA, "DATA", txn=self._txn)
+        self._issue(_V_DATA, "DATA", txn=self._txn)
 
     # ------------------------------------------------------------ body framing
 
@@ -253,7 +260,7 @@ class ClientCore(CommandPipeline):
         the RCPT commands at once (RFC 3030 §4.2 allows pipelining BDAT)."""
         if chunk_size < 1:
             raise SMTPInputError("the BDAT chunk size must be positive")
-        if self._tail not in (State.RCPT, State.BDAT):
+        if self._tail not in _BDAT_AFTER:
             raise SMTPUsageError(f"BDAT is not allowed now (session state: {self._tail.value})")
         self._bdat = True
         self._chunk_size = chunk_size
@@ -270,7 +277,7 @@ class ClientCore(CommandPipeline):
             encoder = self._bdat_encoder
             self._stage += chunk if encoder is None else encoder.encode(chunk, clean=clean)
             return
-        if self.state is not State.DATA or self._inflight:
+        if self.state is not _DATA or self._inflight:
             raise SMTPUsageError(f"message data outside DATA (state: {self.state.value})")
         encoded = self._encoder.encode(chunk, clean=clean)
         if encoded and txn is not None and not self._data_marked:
@@ -287,7 +294,7 @@ class ClientCore(CommandPipeline):
         if not self._bdat or len(stage) < size:
             return False
         with memoryview(stage) as view:
-            self._chunk(Verb.BDAT, f"BDAT {size}", view[:size])
+            self._chunk(_V_BDAT, f"BDAT {size}", view[:size])
         del stage[:size]
         return True
 
@@ -303,22 +310,24 @@ class ClientCore(CommandPipeline):
             stage = self._stage
             if self._bdat_encoder is not None:
                 stage += self._bdat_encoder.finish()
-            self._chunk(Verb.BDAT_LAST, f"BDAT {len(stage)} LAST", stage)
+            self._chunk(_V_BDAT_LAST, f"BDAT {len(stage)} LAST", stage)
             del stage[:]
             self._bdat = False
             self._bdat_encoder = None
         else:
-            if self.state is not State.DATA or self._inflight:
+            if self.state is not _DATA or self._inflight:
                 raise SMTPUsageError(f"end of data outside DATA (state: {self.state.value})")
             if txn is not None and txn.gate is not None:
                 self._marks.append((len(self._out), txn, MARK_GATE))
-            self._out += self._encoder.finish()
+            encoder = self._encoder
+            self._out += encoder.finish()
             if self.transcript is not None:
-                self._log(f"C: <{self._encoder.bytes_out} bytes of message data>")
-            self._encoder.reset()
-            self._inflight.append(new_tuple(Command, (Verb.END_DATA, None, _END_RULE, txn)))
+                self._log(f"C: <{encoder.bytes_out} bytes of message data>")
+            # reset(), without its call: finish() already reset the rest.
+            encoder.bytes_in = encoder.bytes_out = 0
+            self._inflight.append(new_tuple(Command, (_V_END_DATA, None, _END_RULE, txn)))
             self._unsent += 1
-            self._tail = State.READY
+            self._tail = _READY
         if txn is not None:
             self._marks.append((len(self._out) - 1, txn, MARK_END))
 
@@ -336,7 +345,17 @@ class ClientCore(CommandPipeline):
         """Queue the rest of the message after 354 and its end (:meth:`body`
         then :meth:`end_body`)."""
         if tail:
-            self.body(tail, clean=clean)
+            if self._bdat:
+                self.body(tail, clean=clean)
+            else:  # body() for DATA, without its call (once per message)
+                if self.state is not _DATA or self._inflight:
+                    raise SMTPUsageError(f"message data outside DATA (state: {self.state.value})")
+                encoded = self._encoder.encode(tail, clean=clean)
+                txn = self._txn
+                if encoded and txn is not None and not self._data_marked:
+                    self._marks.append((len(self._out), txn, MARK_DATA))
+                    self._data_marked = True
+                self._out += encoded
         self.end_body()
 
     def encode_data(self, chunk: bytes | bytearray | memoryview) -> bytes:
@@ -380,7 +399,7 @@ class ClientCore(CommandPipeline):
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         """Take bytes received from the server (use :meth:`receive_eof` for EOF)."""
-        if self.state is State.TLS:
+        if self.state is _TLS:
             # RFC 3207 §4.2: after the 220, the next bytes must be a TLS handshake.
             self.broken()
             raise SMTPProtocolError(
@@ -442,11 +461,11 @@ class ClientCore(CommandPipeline):
             self._log_reply(reply)
         if not self._inflight:
             if reply.code == 421:
-                self.state = self._tail = State.CLOSED
-                return Event(Verb.NOOP, reply)
+                self.state = self._tail = _CLOSED
+                return Event(_V_NOOP, reply)
             txn = self._txn
             if (
-                self.state is State.DATA
+                self.state is _DATA
                 and txn is not None
                 and txn.final_reply is None
                 and not reply.is_positive
@@ -456,7 +475,7 @@ class ClientCore(CommandPipeline):
                 # and close. The message is refused; the session is over.
                 txn.final_reply = reply
                 self.broken()
-                return Event(Verb.END_DATA, reply, None, txn)
+                return Event(_V_END_DATA, reply, None, txn)
             raise SMTPProtocolError(f"unsolicited reply: {reply}")
         if self.lmtp:
             first = self._inflight[0]
@@ -467,15 +486,15 @@ class ClientCore(CommandPipeline):
         verb = command.verb
         code = reply.code
         if code == 421:
-            self.state = self._tail = State.CLOSED
+            self.state = self._tail = _CLOSED
         else:
             klass = code // 100
             nxt = command.rule.replies.get(klass, ILLEGAL)
             if nxt is ILLEGAL or (
                 klass == 3
                 and (
-                    (verb is Verb.DATA and code != 354)
-                    or (verb in (Verb.AUTH, Verb.AUTH_RESPONSE) and code != 334)
+                    (verb is _V_DATA and code != 354)
+                    or (verb in (_V_AUTH, _V_AUTH_RESPONSE) and code != 334)
                 )
             ):
                 raise SMTPProtocolError(f"unexpected reply to {verb.value}: {reply}")
@@ -486,20 +505,20 @@ class ClientCore(CommandPipeline):
         txn = command.txn
         if txn is not None:
             # Write the reply into the transaction's record.
-            if verb is Verb.RCPT:
+            if verb is _V_RCPT:
                 txn.rcpt_answered += 1
                 path: ForwardPath = command.subject  # type: ignore[assignment]
                 if reply.is_positive:
                     txn.accepted.append(path)
                 else:
                     txn.refused[path] = reply
-            elif verb is Verb.MAIL:
+            elif verb is _V_MAIL:
                 txn.sender_reply = reply
-            elif verb is Verb.END_DATA or verb is Verb.BDAT_LAST:
+            elif verb is _V_END_DATA or verb is _V_BDAT_LAST:
                 txn.final_reply = reply
-            elif verb is Verb.DATA:
+            elif verb is _V_DATA:
                 txn.data_reply = reply
-            elif verb is Verb.BDAT and not reply.is_positive and txn.chunk_refusal is None:
+            elif verb is _V_BDAT and not reply.is_positive and txn.chunk_refusal is None:
                 txn.chunk_refusal = reply
             if code == 421 and txn.final_reply is None:
                 txn.closed_early = True
@@ -511,7 +530,7 @@ class ClientCore(CommandPipeline):
             return new_tuple(Event, (verb, reply, command.subject, txn))
         if self._inflight:
             return new_tuple(Event, (verb, reply, command.subject, command.txn))
-        head = self._parser.peek(3)
+        head = self._parser._buf[:3]  # peek(3), without its call
         if head and not b"421".startswith(head):
             # Only a 421 may come unasked (RFC 5321 §3.8); anything else means
             # the replies and the commands are out of step.

@@ -53,13 +53,18 @@ from ._errors import (
     SMTPTimeoutError,
     SMTPTLSError,
 )
+from ._pipeline import MARK_GATE
 from ._reply import ReplyParser
-from ._reply_errors import SMTPResponseError, SMTPServiceClosing
+from ._reply_errors import SMTPAuthenticationError, SMTPResponseError, SMTPServiceClosing
 from ._settings import Timeouts
 
 __all__ = ["Driver", "phase_timeout"]
 
 logger = logging.getLogger("trio_sendmail.transcript")
+
+# An enum member read on the hot path, as a module constant: reading one from
+# its class costs several times a global's lookup (Python 3.11).
+_DATA = State.DATA
 
 #: How long a look at bytes that are already there may wait for the rest of
 #: them (a TLS record that held only a session ticket yields nothing).
@@ -100,9 +105,20 @@ class _Timed:
 
     __slots__ = ("_driver", "_scope")
 
-    def __init__(self, driver: Driver) -> None:
+    def __init__(self, driver: Driver, first: Verb | None = None) -> None:
         self._driver = driver
-        self._scope = trio.CancelScope()
+        if first is None:
+            self._scope = trio.CancelScope()
+            return
+        # Armed already for the first I/O (the wait for *first*'s reply, or
+        # the write before it): its arm() then finds the deadline within its
+        # tolerance and leaves it (one deadline move less). Nothing but CPU
+        # work comes before that I/O, and arm() corrects any other bound.
+        phase, timeout = driver._phases[first]
+        driver.phase = phase
+        driver.waiting_for = "the server to take our data"
+        driver.timeout = timeout
+        self._scope = trio.CancelScope(deadline=driver._clock.current_time() + timeout)
 
     def __enter__(self) -> None:
         driver = self._driver
@@ -174,14 +190,15 @@ class Driver:
 
     # ------------------------------------------------------------- timing
 
-    def timed(self) -> _Timed:
+    def timed(self, first: Verb | None = None) -> _Timed:
         """Bound one operation's I/O with a single cancel scope, armed with
         each I/O's phase bound (:meth:`arm`). Between two I/Os the last bound
         still runs: a message source slower than the data-block bound ends the
         send, as the server would end it. A timeout is raised as
         :class:`SMTPTimeoutError`. (A plain class, not a generator: it runs
-        once per message.)"""
-        return _Timed(self)
+        once per message.) With *first*, the scope starts armed with the bound
+        of the wait for *first*'s reply (see :class:`_Timed`)."""
+        return _Timed(self, first)
 
     @contextlib.contextmanager
     def timer_scope(self, what: str) -> Iterator[trio.CancelScope]:
@@ -223,7 +240,11 @@ class Driver:
         out = core._out  # the core's output buffer (has_output, without a call)
         if not out:
             return
-        if core.wire_idle and not core.body_open:
+        # wire_idle, without its call:
+        if core._unsent == len(core._inflight) and not (
+            # body_open, without its call:
+            core._bdat or (core.state is _DATA and core._tail is _DATA)
+        ):
             if self._skip_probe:
                 self._skip_probe = False
             else:
@@ -232,7 +253,13 @@ class Driver:
         # A message's end of data waiting at its gate: the bytes before it wait
         # too (they are at most a block, write_data sends the others), so that
         # they leave in the same write as the end (and the next envelope).
-        while core._marks and core.gate is not None and len(out) <= size:
+        marks = core._marks
+        while marks and len(out) <= size:
+            for mark in marks:  # core.gate, without its call
+                if mark[2] == MARK_GATE:
+                    break
+            else:
+                break
             await self._open_gate()
         while out:
             data = core.take_output(size)
@@ -313,11 +340,19 @@ class Driver:
         PIPELINING)."""
         core = self.core
         inflight, out = core._inflight, core._out  # awaiting_reply, has_output
+        next_reply, apply = core._parser.next_reply, core._apply
         while inflight:
             event = None
             if not out:
                 try:
-                    event = core.next_event()
+                    # core.next_event(), without its call:
+                    reply = next_reply()
+                    if reply is not None:
+                        event = apply(reply)
+                except (SMTPProtocolError, SMTPAuthenticationError):
+                    core.broken()  # as next_event() does
+                    await self.fail()
+                    raise
                 except SMTPError:
                     await self.fail()
                     raise
@@ -345,7 +380,15 @@ class Driver:
         return event
 
     async def _send(self, data: bytes, phase: str, timeout: float) -> None:
-        self.arm(phase, timeout, "the server to take our data")
+        # self.arm(phase, timeout, "the server to take our data"), without its call:
+        timer = self.timer
+        assert timer is not None, "I/O outside a timed operation"
+        self.phase = phase
+        self.waiting_for = "the server to take our data"
+        self.timeout = timeout
+        deadline = self._clock.current_time() + timeout
+        if not deadline - timeout / 1000 <= timer.deadline <= deadline:
+            timer.deadline = deadline
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, OSError) as exc:
@@ -367,7 +410,15 @@ class Driver:
             # Nothing buffered is no reply (the look costs no call).
             event = core.next_event() if core._parser._buf else None
             if event is None:
-                self.arm(phase, timeout, "a reply from the server")
+                # self.arm(phase, timeout, "a reply from the server"), without its call:
+                timer = self.timer
+                assert timer is not None, "I/O outside a timed operation"
+                self.phase = phase
+                self.waiting_for = "a reply from the server"
+                self.timeout = timeout
+                deadline = self._clock.current_time() + timeout
+                if not deadline - timeout / 1000 <= timer.deadline <= deadline:
+                    timer.deadline = deadline
                 if self._unanswered_write:
                     # A round trip: we wait for the server after sending.
                     self.round_trips += 1
@@ -432,7 +483,8 @@ class Driver:
         """Before a new exchange: whatever the server sent unasked ends the
         session, before any byte of the queued commands is written."""
         core = self.core
-        if core.in_reply:
+        parser = core._parser
+        if parser._buf or parser._lines:  # core.in_reply, without its two calls
             await self.fail()
             raise SMTPProtocolError("the server sent bytes that answer no command")
         if not self._readable():

@@ -1,0 +1,127 @@
+"""The fused send path (``Session._send_next``): the bulk sender's every message
+after a lease's first, and ``Session.send`` of bytes with no options. Its
+refusal and batching branches, which the wider suites reach rarely, end as
+``_send_op`` and ``run_transaction`` end them."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+import trio_sendmail as ts
+
+from . import defaults
+from .test_bulk import by_key, message
+from .test_pool import (
+    LOCAL,
+    PLAIN,
+    SENDER,
+    Action,
+    CommandHook,
+    Conn,
+    StubServer,
+    body,
+    pool_at,
+    serve_tcp,
+)
+
+Status = ts.Outcome
+
+
+def refuse_nth_data(n: int) -> CommandHook:
+    """A command hook that refuses the *n*-th DATA (from 1) with 554."""
+    seen = [0]
+
+    async def hook(_conn: Conn, line: str) -> Action:
+        if line.upper() == "DATA":
+            seen[0] += 1
+            if seen[0] == n:
+                return b"554 5.3.0 no data for you\r\n"
+        return None
+
+    return hook
+
+
+async def test_bulk_data_refused_mid_lease_fails_alone(
+    loopback_clock: trio.testing.MockClock,
+) -> None:
+    # DATA (no CHUNKING), pipelined: the second message goes through the fused path.
+    stub = StubServer(extensions=["PIPELINING"], command=refuse_nth_data(2))
+    async with serve_tcp(stub.handle) as port, pool_at(port, max_connections=1) as pool:
+        summary = await ts.send_bulk([message(k) for k in range(4)], pool=pool, max_retries=0)
+    table = by_key(summary.results)
+    refused = table[1]
+    assert (refused.status, refused.attempts) == (Status.REFUSED, 1)
+    assert isinstance(refused.error, ts.SMTPResponseError)
+    assert (refused.error.code, refused.error.command) == (554, "DATA")
+    assert refused.error.outcome is Status.NOT_SENT
+    for key in (0, 2, 3):
+        assert table[key].status is Status.ACCEPTED
+    # The session stayed usable: one connection carried them all.
+    assert len(stub.conns) == 1
+    assert len(stub.commands("RSET")) == 1
+
+
+async def test_bulk_many_recipients_after_the_first_message(
+    loopback_clock: trio.testing.MockClock,
+) -> None:
+    # More recipients than one pipelined batch (PIPELINE_BATCH = 100).
+    many = [f"r{i}@example.com" for i in range(250)]
+    batch = [message(0), ts.BulkMessage(SENDER, many, body(1), key=1), message(2)]
+    stub = StubServer(extensions=["PIPELINING"])
+    async with serve_tcp(stub.handle) as port, pool_at(port, max_connections=1) as pool:
+        summary = await ts.send_bulk(batch, pool=pool)
+    table = by_key(summary.results)
+    assert all(table[k].status is Status.ACCEPTED for k in range(3))
+    result = table[1].result
+    assert result is not None and len(result.accepted) == 250
+    assert len(stub.commands("RCPT")) == 252
+
+
+@pytest.mark.parametrize("chunking", [False, True], ids=["data", "bdat"])
+async def test_session_send_refusal_then_success(
+    loopback_clock: trio.testing.MockClock, chunking: bool
+) -> None:
+    refusal = b"554 5.7.1 not this one\r\n"
+    sent = [0]
+
+    async def end(_conn: Conn, _data: bytes) -> Action:
+        sent[0] += 1
+        return refusal if sent[0] == 2 else None
+
+    extensions = ["PIPELINING", "CHUNKING"] if chunking else ["PIPELINING"]
+    stub = StubServer(extensions=extensions, end_of_data=end)
+    async with (
+        serve_tcp(stub.handle) as port,
+        defaults.open_session(LOCAL, port=port, tls=PLAIN) as session,
+    ):
+        first = await session.send(SENDER, ["b@example.com"], body(0))
+        assert first.reply.code == 250
+        tracker = ts.OutcomeTracker()
+        with pytest.raises(ts.SMTPResponseError) as info:
+            await session.send(SENDER, ["b@example.com"], body(1), tracker=tracker)
+        assert (info.value.code, info.value.command) == (554, "BDAT" if chunking else ".")
+        assert info.value.outcome is Status.REFUSED
+        assert tracker.outcome is Status.REFUSED
+        assert session.is_usable
+        third = await session.send(SENDER, ["b@example.com"], body(2))
+        assert third.reply.code == 250
+        stats = session.statistics()
+        assert (stats.messages_sent, stats.messages_failed) == (2, 1)
+    assert len(stub.conns) == 1
+
+
+async def test_session_send_data_refused(loopback_clock: trio.testing.MockClock) -> None:
+    stub = StubServer(extensions=["PIPELINING"], command=refuse_nth_data(1))
+    async with (
+        serve_tcp(stub.handle) as port,
+        defaults.open_session(LOCAL, port=port, tls=PLAIN) as session,
+    ):
+        with pytest.raises(ts.SMTPResponseError) as info:
+            await session.send(SENDER, ["b@example.com"], body(0))
+        assert (info.value.code, info.value.command) == (554, "DATA")
+        assert info.value.outcome is Status.NOT_SENT
+        assert session.is_usable
+        again = await session.send(SENDER, ["b@example.com"], body(1))
+        assert again.reply.code == 250
