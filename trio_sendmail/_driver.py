@@ -105,20 +105,9 @@ class _Timed:
 
     __slots__ = ("_driver", "_scope")
 
-    def __init__(self, driver: Driver, first: Verb | None = None) -> None:
+    def __init__(self, driver: Driver) -> None:
         self._driver = driver
-        if first is None:
-            self._scope = trio.CancelScope()
-            return
-        # Armed already for the first I/O (the wait for *first*'s reply, or
-        # the write before it): its arm() then finds the deadline within its
-        # tolerance and leaves it (one deadline move less). Nothing but CPU
-        # work comes before that I/O, and arm() corrects any other bound.
-        phase, timeout = driver._phases[first]
-        driver.phase = phase
-        driver.waiting_for = "the server to take our data"
-        driver.timeout = timeout
-        self._scope = trio.CancelScope(deadline=driver._clock.current_time() + timeout)
+        self._scope = trio.CancelScope()
 
     def __enter__(self) -> None:
         driver = self._driver
@@ -190,15 +179,14 @@ class Driver:
 
     # ------------------------------------------------------------- timing
 
-    def timed(self, first: Verb | None = None) -> _Timed:
+    def timed(self) -> _Timed:
         """Bound one operation's I/O with a single cancel scope, armed with
         each I/O's phase bound (:meth:`arm`). Between two I/Os the last bound
         still runs: a message source slower than the data-block bound ends the
         send, as the server would end it. A timeout is raised as
         :class:`SMTPTimeoutError`. (A plain class, not a generator: it runs
-        once per message.) With *first*, the scope starts armed with the bound
-        of the wait for *first*'s reply (see :class:`_Timed`)."""
-        return _Timed(self, first)
+        once per message.)"""
+        return _Timed(self)
 
     @contextlib.contextmanager
     def timer_scope(self, what: str) -> Iterator[trio.CancelScope]:
@@ -483,8 +471,7 @@ class Driver:
         """Before a new exchange: whatever the server sent unasked ends the
         session, before any byte of the queued commands is written."""
         core = self.core
-        parser = core._parser
-        if parser._buf or parser._lines:  # core.in_reply, without its two calls
+        if core.in_reply:
             await self.fail()
             raise SMTPProtocolError("the server sent bytes that answer no command")
         if not self._readable():

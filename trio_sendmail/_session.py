@@ -44,7 +44,7 @@ import trio
 
 from ._address import ForwardPath, Mailbox, ReversePath
 from ._capabilities import Capabilities
-from ._core import State, Verb
+from ._core import State
 from ._driver import Driver
 from ._dsn import DSN
 from ._errors import (
@@ -322,28 +322,9 @@ class Session(trio.abc.AsyncResource):
         """
         if self._pending is not None:
             raise trio.BusyResourceError("a pipelined send is in progress on this session")
-        if (
-            type(mail) is bytes
-            and sender is not None
-            and recipients is not None
-            and dsn is None
-            and not requiretls
-            and not binary
-        ):
-            # The usual message (bytes, its envelope given, no options): the
-            # fused path, in a cancel scope armed for its first write.
-            if tracker is None:
-                tracker = OutcomeTracker()
-            driver = self._driver
-            if driver.timer is None:
-                with driver.timed(_V_MAIL):
-                    result = await self._send_next(sender, recipients, mail, tracker, defer=False)
-            else:  # inside _batch()
-                result = await self._send_next(sender, recipients, mail, tracker, defer=False)
-        else:
-            sender, recipients, mail = message_envelope(sender, recipients, mail)
-            options = message_options(dsn, requiretls, binary)
-            result = await self._send_op(sender, recipients, mail, options, tracker=tracker)
+        sender, recipients, mail = message_envelope(sender, recipients, mail)
+        options = message_options(dsn, requiretls, binary)
+        result = await self._send_op(sender, recipients, mail, options, tracker=tracker)
         assert result is not None
         return result
 
@@ -462,20 +443,16 @@ class Session(trio.abc.AsyncResource):
         recipients: Iterable[ForwardPath | Mailbox | str | Address],
         data: bytes,
         tracker: OutcomeTracker,
-        *,
-        defer: bool = True,
     ) -> SendResult | None:
-        """:meth:`_send_op` of a whole message of bytes with no options, in a
-        timed scope (:meth:`_batch`, or :meth:`send`'s own): the bulk sender's
-        every message after a lease's first (with *defer*), and
-        :meth:`send`'s usual message. ``None`` when its end of data was left
-        queued (*defer*).
+        """:meth:`_send_op` with *defer* of a whole message of bytes, no
+        options, inside :meth:`_batch`: the bulk sender's every message after
+        a lease's first. ``None`` when its end of data was left queued.
 
         When the session speaks PIPELINING (not LMTP) and is ready, this is
         :meth:`_send_op` and :func:`~trio_sendmail._runner.run_transaction`'s
         pipelined path (with :meth:`Driver.drain`) in one frame, which every
-        wait passes through: with DATA, for a message that fits in one write
-        (its end of data deferred with *defer*), or with BDAT. Otherwise it is
+        wait passes through twice: with DATA, for a message that fits in one
+        write (its end of data is deferred), or with BDAT. Otherwise it is
         :meth:`_send_op` itself. Every check and every error stays theirs.
         """
         driver = self._driver
@@ -500,7 +477,7 @@ class Session(trio.abc.AsyncResource):
             or (not bdat and len(data) > size)
         ):
             return await self._send_op(
-                sender, recipients, MailBody(data=data), NO_OPTIONS, tracker=tracker, defer=defer
+                sender, recipients, MailBody(data=data), NO_OPTIONS, tracker=tracker, defer=True
             )
         assert caps is not None
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -586,26 +563,18 @@ class Session(trio.abc.AsyncResource):
                         await _refuse(
                             driver, txn, SMTPResponseError.from_reply(data_reply, "DATA")
                         )
-                    # A small whole message: body and final dot in one write.
+                    # The body and the final dot wait for the next message's
+                    # envelope: one write and one wait for both (RFC 2920 §3.1).
                     core.end_data(data, clean=decided.clean)
-                    if defer:
-                        # They wait for the next message's envelope: one write
-                        # and one wait for both (RFC 2920 §3.1).
-                        final = None
-                    else:
-                        await driver.drain()  # the reply to the end of data
-                        final = txn.final_reply
-                        assert final is not None
+                    final = None
                 if final is None:
                     result = None
                 elif final.is_positive:
                     accepted = tuple(txn.accepted)
                     result = SendResult(final, accepted, txn.refused,
                                         final_replies=dict.fromkeys(accepted, final))  # fmt: skip
-                elif bdat:  # a refused BDAT leaves the transaction open
+                else:  # a refused BDAT leaves the transaction open
                     await _refuse(driver, txn, SMTPResponseError.from_reply(final, "BDAT"))
-                else:
-                    raise SMTPResponseError.from_reply(final, ".")
             except trio.Cancelled:
                 if not timer.cancel_called:
                     raise  # someone else's cancellation
