@@ -84,8 +84,8 @@ from ._errors import (
     SMTPTransientError,
 )
 from ._lease import Lease
-from ._message import prepare_mail
-from ._plan import message_options
+from ._message import MailBody, prepare_mail
+from ._plan import NO_OPTIONS, message_options
 from ._pool import DEFAULT_LIMITS, FATAL_CONNECT_ERRORS, Pool, open_pool
 from ._pool_limits import PoolLimits, RateLimiter
 from ._reply_errors import (
@@ -502,25 +502,18 @@ class _Run:
                             # always holds its envelope (read from the headers
                             # when it was made), and one frame less is one less
                             # to pass through at every wait.
-                            if (
-                                type(mail) is bytes
-                                and message.dsn is None
-                                and not message.requiretls
-                                and not message.binary
-                            ):
-                                # Bytes with no options (the usual message):
-                                # the lease's fused path.
-                                out = await lease._send_next(
-                                    message.sender, message.recipients, mail, current.tracker
-                                )
-                            else:
-                                out = await lease._send(
-                                    message.sender, message.recipients,
-                                    prepare_mail(current.body()),
-                                    message_options(message.dsn, message.requiretls,
-                                                    message.binary),
-                                    tracker=current.tracker, defer=True,
-                                )  # fmt: skip
+                            out = await lease._send(
+                                message.sender, message.recipients,
+                                # prepare_mail(current.body()) of bytes, and
+                                # message_options() of none, without their calls:
+                                MailBody(data=mail) if type(mail) is bytes
+                                else prepare_mail(current.body()),
+                                NO_OPTIONS if message.dsn is None
+                                and not message.requiretls and not message.binary
+                                else message_options(message.dsn, message.requiretls,
+                                                     message.binary),
+                                tracker=current.tracker, defer=True,
+                            )  # fmt: skip
                         except (SMTPError, TypeError, ValueError) as exc:
                             gated = False
                             if pending is not None:

@@ -27,7 +27,7 @@ from ._dsn import DSN
 from ._errors import Outcome, SMTPConnectionError, SMTPError, SMTPProtocolError
 from ._inputs import Recipient, Sender, is_single_address, message_envelope
 from ._message import Mail, MailBody, OneShotStream, prepare_mail
-from ._plan import NO_OPTIONS, Options, message_options
+from ._plan import Options, message_options
 from ._reply_errors import SMTPServiceClosing
 from ._session import Session
 from ._transaction import OutcomeTracker, SendResult
@@ -234,63 +234,6 @@ class Lease:
             else:
                 pool._sent += 1
             return out
-
-    async def _send_next(
-        self,
-        sender: ReversePath | Mailbox | str | Address,
-        recipients: Iterable[ForwardPath | Mailbox | str | Address],
-        data: bytes,
-        tracker: OutcomeTracker,
-    ) -> SendResult | None:
-        """:meth:`_send` with *defer* of a whole message of bytes with no
-        options (the bulk sender's): after the lease's first send (which alone
-        may go again on another connection), through
-        :meth:`Session._send_next`, one frame less at every wait."""
-        connection = self._connection
-        assert connection is not None, "the lease lost its connection"
-        if self._sends == 0:
-            return await self._send(
-                sender, recipients, MailBody(data=data), NO_OPTIONS, tracker=tracker, defer=True
-            )
-        if not isinstance(recipients, list | tuple) and not is_single_address(recipients):
-            recipients = list(recipients)  # as _send() does
-        self._sends += 1
-        pool = self._pool
-        try:
-            out = await connection.session._send_next(sender, recipients, data, tracker)
-        except SMTPError as exc:
-            self._count_pending()
-            pool._failures += 1
-            if exc.outcome is Outcome.UNKNOWN:
-                logger.warning(
-                    "connection #%d: the message's outcome is unknown (the server may "
-                    "have queued it; resending risks a duplicate): %s",
-                    connection.session._driver.session_id,
-                    exc,
-                )
-            raise
-        except BaseException:
-            pool._failures += 1
-            raise
-        pending = self._pending
-        if pending is not None:
-            # _count_pending(), without its call when its reply is in:
-            txn = pending._transaction
-            reply = None if txn is None else txn.final_reply
-            if reply is None:
-                self._count_pending()
-            else:
-                self._pending = None
-                if reply.is_positive:
-                    pool._sent += 1
-                else:
-                    pool._failures += 1
-        connection.messages += 1
-        if out is None:
-            self._pending = tracker
-        else:
-            pool._sent += 1
-        return out
 
     async def settle(self) -> None:
         """Read the reply to a pending message's end of data (writing it first

@@ -51,23 +51,15 @@ from ._errors import (
     Outcome,
     SMTPConnectionError,
     SMTPError,
-    SMTPProtocolError,
     SMTPTimeoutError,
     SMTPUsageError,
 )
 from ._inputs import Recipient, Sender, envelope, message_envelope
 from ._message import Mail, MailBody, prepare_mail
 from ._opening import open_steps
-from ._plan import NO_OPTIONS, Options, PlanMemo, message_options, plan
+from ._plan import Options, PlanMemo, message_options, plan
 from ._reply import Reply
-from ._reply_errors import (
-    SMTPAuthenticationError,
-    SMTPRecipientsRefused,
-    SMTPResponseError,
-    SMTPSenderRefused,
-    SMTPServiceClosing,
-)
-from ._runner import PIPELINE_BATCH, _refuse, _send_chunks, run_transaction
+from ._runner import run_transaction
 from ._settings import (
     ConnectionOptions,
     ConnectionSettings,
@@ -91,10 +83,6 @@ logger = logging.getLogger("trio_sendmail.transcript")
 
 _session_ids = itertools.count(1)
 _NO_CAPABILITIES = Capabilities()
-# Enum members read on the hot path, as module constants: reading one from its
-# class costs several times a global's lookup (Python 3.11).
-_READY, _DATA = State.READY, State.DATA
-_V_MAIL = Verb.MAIL
 
 
 @attrs.frozen
@@ -138,11 +126,6 @@ class Session(trio.abc.AsyncResource):
         #: A message whose end of data is queued or written, not answered yet.
         self._pending: Transaction | None = None
         self._plans = PlanMemo()
-        # _send_next(): the capabilities it last looked at, and whether they
-        # allow its fused path (PIPELINING), and BDAT (CHUNKING used).
-        self._fused_caps: Capabilities | None = None
-        self._fused = False
-        self._fused_bdat = False
 
     def __repr__(self) -> str:
         driver = self._driver
@@ -398,7 +381,16 @@ class Session(trio.abc.AsyncResource):
                         raise  # someone else's cancellation
                     raise driver.timeout_error() from None
         except BaseException as exc:
-            await self._send_failed(exc, tracker, opened)
+            txn = tracker._transaction if tracker._transaction is not opened else None
+            if isinstance(exc, SMTPError):
+                settle_error(exc, txn, tracker)
+            self._failed += 1
+            if txn is not None:
+                self._last = txn
+                self._last_raised = True
+                self._last_error = exc.outcome if isinstance(exc, SMTPError) else None
+                if not self._clean():
+                    await driver.fail()
             raise
         finally:
             self._busy = False
@@ -411,187 +403,6 @@ class Session(trio.abc.AsyncResource):
                 else:
                     self._failed += 1
         txn = tracker._transaction
-        self._last = txn
-        self._last_raised = False
-        if result is None:
-            self._pending = txn
-        else:
-            self._sent += 1
-        return result
-
-    async def _send_failed(
-        self, exc: BaseException, tracker: OutcomeTracker, opened: Transaction | None
-    ) -> None:
-        """The error boundary of a send (see the module's docstring): *exc*
-        gets its outcome, and a transaction left open other than by a clean
-        refusal drops the connection. *opened* is the tracker's transaction
-        before the send began."""
-        txn = tracker._transaction if tracker._transaction is not opened else None
-        if isinstance(exc, SMTPError):
-            settle_error(exc, txn, tracker)
-        self._failed += 1
-        if txn is not None:
-            self._last = txn
-            self._last_raised = True
-            self._last_error = exc.outcome if isinstance(exc, SMTPError) else None
-            if not self._clean():
-                await self._driver.fail()
-
-    async def _send_next(
-        self,
-        sender: ReversePath | Mailbox | str | Address,
-        recipients: Iterable[ForwardPath | Mailbox | str | Address],
-        data: bytes,
-        tracker: OutcomeTracker,
-    ) -> SendResult | None:
-        """:meth:`_send_op` with *defer* of a whole message of bytes, no
-        options, inside :meth:`_batch`: the bulk sender's every message after
-        a lease's first. ``None`` when its end of data was left queued.
-
-        When the session speaks PIPELINING (not LMTP) and is ready, this is
-        :meth:`_send_op` and :func:`~trio_sendmail._runner.run_transaction`'s
-        pipelined path (with :meth:`Driver.drain`) in one frame, which every
-        wait passes through twice: with DATA, for a message that fits in one
-        write (its end of data is deferred), or with BDAT. Otherwise it is
-        :meth:`_send_op` itself. Every check and every error stays theirs.
-        """
-        driver = self._driver
-        core = self._core
-        caps = core.capabilities
-        if caps is not self._fused_caps:
-            self._fused_caps = caps
-            self._fused = caps is not None and self._pipelining and caps.pipelining
-            self._fused_bdat = caps is not None and self._chunking and caps.chunking
-        state = core.state
-        timer = driver.timer
-        size = driver.send_size
-        bdat = self._fused_bdat
-        if (
-            not self._fused
-            or timer is None
-            or self._busy
-            or self._closed
-            or driver.transport_closed
-            or core.lmtp
-            or not (state is _READY or (state is _DATA and self._pending is not None))
-            or (not bdat and len(data) > size)
-        ):
-            return await self._send_op(
-                sender, recipients, MailBody(data=data), NO_OPTIONS, tracker=tracker, defer=True
-            )
-        assert caps is not None
-        await trio.lowlevel.checkpoint_if_cancelled()
-        opened = tracker._transaction
-        self._busy = True
-        self._last = None
-        # Format transcript lines only when someone reads them.
-        core.transcript = driver.log if logger.isEnabledFor(logging.DEBUG) else None
-        try:
-            rpath, fpaths = envelope(sender, recipients)
-            body = MailBody(data=data)
-            decided = plan(
-                caps,
-                tls=core.tls,
-                use_chunking=self._chunking,
-                sender=rpath,
-                recipients=fpaths,
-                body=body,
-                options=NO_OPTIONS,
-                memo=self._plans,
-            )
-            try:
-                # run_transaction(), pipelined (see there):
-                txn = core.mail(rpath, decided.mail_params)
-                tracker._follow(txn)
-                for i, path in enumerate(fpaths, 1):
-                    core.rcpt(path, ())  # no DSN: no parameters
-                    if i % PIPELINE_BATCH == 0:
-                        await driver.drain()
-                # With CHUNKING, a whole message that fits one chunk rides with
-                # the envelope.
-                single = bdat and decided.size is not None and decided.size < size
-                if single:
-                    core.begin_bdat(chunk_size=size, binary=False)
-                    core.body(data, clean=decided.clean)
-                    core.end_body()
-                elif not bdat:
-                    core.data()
-                # driver.drain(), without its call:
-                inflight, out = core._inflight, core._out
-                next_reply, apply = core._parser.next_reply, core._apply
-                phases = driver._phases
-                while inflight:
-                    event = None
-                    if not out:
-                        try:
-                            # core.next_event(), without its call:
-                            reply = next_reply()
-                            if reply is not None:
-                                event = apply(reply)
-                        except (SMTPProtocolError, SMTPAuthenticationError):
-                            core.broken()  # as next_event() does
-                            await driver.fail()
-                            raise
-                        except SMTPError:
-                            await driver.fail()
-                            raise
-                    if event is None:
-                        phase, timeout = phases[inflight[0].verb]
-                        if out:
-                            if phase == "data_end":  # see Driver.event()
-                                await driver.write("data_block", driver.timeouts.data_block)
-                            else:
-                                await driver.write(phase, timeout)
-                        event = await driver._receive(phase, timeout)
-                    if event.reply.code == 421:
-                        await driver.fail()
-                        raise SMTPServiceClosing.from_reply(event.reply, event.verb.value)
-                sender_reply = txn.sender_reply
-                if sender_reply is not None and not sender_reply.is_positive:
-                    await _refuse(driver, txn, SMTPSenderRefused.from_reply(sender_reply, "MAIL"))
-                if not txn.accepted:
-                    await _refuse(driver, txn, SMTPRecipientsRefused.from_replies(txn.refused))
-                if single:
-                    final = txn.final_reply
-                    assert final is not None
-                elif bdat:
-                    final = await _send_chunks(driver, txn, body, decided, True)
-                else:
-                    data_reply = txn.data_reply
-                    assert data_reply is not None
-                    if data_reply.code != 354:
-                        await _refuse(
-                            driver, txn, SMTPResponseError.from_reply(data_reply, "DATA")
-                        )
-                    # The body and the final dot wait for the next message's
-                    # envelope: one write and one wait for both (RFC 2920 §3.1).
-                    core.end_data(data, clean=decided.clean)
-                    final = None
-                if final is None:
-                    result = None
-                elif final.is_positive:
-                    accepted = tuple(txn.accepted)
-                    result = SendResult(final, accepted, txn.refused,
-                                        final_replies=dict.fromkeys(accepted, final))  # fmt: skip
-                else:  # a refused BDAT leaves the transaction open
-                    await _refuse(driver, txn, SMTPResponseError.from_reply(final, "BDAT"))
-            except trio.Cancelled:
-                if not timer.cancel_called:
-                    raise  # someone else's cancellation
-                raise driver.timeout_error() from None
-        except BaseException as exc:
-            await self._send_failed(exc, tracker, opened)
-            raise
-        finally:
-            self._busy = False
-            pending = self._pending
-            if pending is not None and pending.final_reply is not None:
-                # _answered(), without its call:
-                self._pending = None
-                if pending.final_reply.is_positive:
-                    self._sent += 1
-                else:
-                    self._failed += 1
         self._last = txn
         self._last_raised = False
         if result is None:
