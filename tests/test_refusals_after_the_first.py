@@ -1,7 +1,6 @@
-"""The fused send path (``Session._send_next``): the bulk sender's every message
-after a lease's first, and ``Session.send`` of bytes with no options. Its
-refusal and batching branches, which the wider suites reach rarely, end as
-``_send_op`` and ``run_transaction`` end them."""
+"""Refusals and large envelopes after a connection's first message: in a bulk
+lease (a refused DATA fails that message alone; more recipients than one
+pipelined batch), and on a session that goes on after a refusal."""
 
 from __future__ import annotations
 
@@ -46,7 +45,7 @@ def refuse_nth_data(n: int) -> CommandHook:
 async def test_bulk_data_refused_mid_lease_fails_alone(
     loopback_clock: trio.testing.MockClock,
 ) -> None:
-    # DATA (no CHUNKING), pipelined: the second message goes through the fused path.
+    # DATA (no CHUNKING), pipelined: the second message of the lease is refused.
     stub = StubServer(extensions=["PIPELINING"], command=refuse_nth_data(2))
     async with serve_tcp(stub.handle) as port, pool_at(port, max_connections=1) as pool:
         summary = await ts.send_bulk([message(k) for k in range(4)], pool=pool, max_retries=0)
