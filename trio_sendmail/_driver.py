@@ -368,15 +368,7 @@ class Driver:
         return event
 
     async def _send(self, data: bytes, phase: str, timeout: float) -> None:
-        # self.arm(phase, timeout, "the server to take our data"), without its call:
-        timer = self.timer
-        assert timer is not None, "I/O outside a timed operation"
-        self.phase = phase
-        self.waiting_for = "the server to take our data"
-        self.timeout = timeout
-        deadline = self._clock.current_time() + timeout
-        if not deadline - timeout / 1000 <= timer.deadline <= deadline:
-            timer.deadline = deadline
+        self.arm(phase, timeout, "the server to take our data")
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, OSError) as exc:
@@ -398,15 +390,7 @@ class Driver:
             # Nothing buffered is no reply (the look costs no call).
             event = core.next_event() if core._parser._buf else None
             if event is None:
-                # self.arm(phase, timeout, "a reply from the server"), without its call:
-                timer = self.timer
-                assert timer is not None, "I/O outside a timed operation"
-                self.phase = phase
-                self.waiting_for = "a reply from the server"
-                self.timeout = timeout
-                deadline = self._clock.current_time() + timeout
-                if not deadline - timeout / 1000 <= timer.deadline <= deadline:
-                    timer.deadline = deadline
+                self.arm(phase, timeout, "a reply from the server")
                 if self._unanswered_write:
                     # A round trip: we wait for the server after sending.
                     self.round_trips += 1

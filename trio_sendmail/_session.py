@@ -394,14 +394,8 @@ class Session(trio.abc.AsyncResource):
             raise
         finally:
             self._busy = False
-            pending = self._pending
-            if pending is not None and pending.final_reply is not None:
-                # _answered(), without its call:
-                self._pending = None
-                if pending.final_reply.is_positive:
-                    self._sent += 1
-                else:
-                    self._failed += 1
+            if self._pending is not None:
+                self._answered()
         txn = tracker._transaction
         self._last = txn
         self._last_raised = False
