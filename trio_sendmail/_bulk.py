@@ -84,8 +84,8 @@ from ._errors import (
     SMTPTransientError,
 )
 from ._lease import Lease
-from ._message import MailBody, prepare_mail
-from ._plan import NO_OPTIONS, message_options
+from ._message import prepare_mail
+from ._plan import message_options
 from ._pool import DEFAULT_LIMITS, FATAL_CONNECT_ERRORS, Pool, open_pool
 from ._pool_limits import PoolLimits, RateLimiter
 from ._reply_errors import (
@@ -496,7 +496,6 @@ class _Run:
                             current.attempt()
                         first = False
                         message = current.message
-                        mail = message.mail
                         try:
                             # Lease.send without its wrapper: a BulkMessage
                             # always holds its envelope (read from the headers
@@ -504,14 +503,8 @@ class _Run:
                             # to pass through at every wait.
                             out = await lease._send(
                                 message.sender, message.recipients,
-                                # prepare_mail(current.body()) of bytes, and
-                                # message_options() of none, without their calls:
-                                MailBody(data=mail) if type(mail) is bytes
-                                else prepare_mail(current.body()),
-                                NO_OPTIONS if message.dsn is None
-                                and not message.requiretls and not message.binary
-                                else message_options(message.dsn, message.requiretls,
-                                                     message.binary),
+                                prepare_mail(current.body()),
+                                message_options(message.dsn, message.requiretls, message.binary),
                                 tracker=current.tracker, defer=True,
                             )  # fmt: skip
                         except (SMTPError, TypeError, ValueError) as exc:
@@ -599,8 +592,7 @@ class _Run:
         connection failed before the answer (*error*: the next message's
         error, or its own if *own*); returns it while it still waits."""
         tracker = job.tracker
-        txn = tracker._transaction  # tracker.final_reply, without its call
-        final = None if txn is None else txn.final_reply
+        final = tracker.final_reply
         if final is None:
             if lease.session.is_usable:
                 return job  # the next message failed before any I/O
@@ -608,13 +600,7 @@ class _Run:
             # Its own error already tells its outcome; another message's does not.
             exc = error if own and isinstance(error, SMTPError) else _lost_error(error, tracker)
         elif final.is_positive:
-            assert txn is not None
-            if tracker._raised is None and txn.recipient_replies is None:
-                # SMTP, a 2xx to the end of data, no error raised: ACCEPTED
-                # (tracker.result without its three calls).
-                accepted: SendResult | None = txn.result()
-            else:
-                accepted = tracker.result
+            accepted = tracker.result
             assert accepted is not None
             self.finish(job, BulkResult(job.message, _ACCEPTED, result=accepted,
                                         attempts=job.attempts))  # fmt: skip

@@ -29,7 +29,7 @@ import trio
 
 from ._dsn import DSN
 from ._errors import Outcome
-from ._inputs import _SINGLE_ADDRESS, Recipient, Sender, check_recipients, message_envelope
+from ._inputs import Recipient, Sender, check_recipients, message_envelope
 from ._message import Mail, OneShotStream, close_early, prepare_mail
 from ._transaction import OutcomeTracker, SendResult
 
@@ -47,9 +47,7 @@ __all__ = [
 
 
 def _recipients(value: Iterable[Recipient]) -> tuple[Recipient, ...]:
-    if isinstance(value, _SINGLE_ADDRESS):  # check_recipients(), without its call
-        check_recipients(value)  # raises
-    return tuple(value)
+    return tuple(check_recipients(value))
 
 
 @attrs.frozen(init=False)
@@ -101,9 +99,7 @@ class BulkMessage:
         requiretls: bool = False,
         binary: bool = False,
     ) -> None:
-        if sender is None or recipients is None or mail is None:
-            sender, recipients, mail = message_envelope(sender, recipients, mail)
-        # (else message_envelope() returns them as they are: no call)
+        sender, recipients, mail = message_envelope(sender, recipients, mail)
         self.__attrs_init__(sender, recipients, mail, key, dsn, requiretls, binary)
 
 
@@ -292,11 +288,7 @@ class Job:
         self.attempts += 1
         gate = self.gate
         if gate is None:
-            tracker = self.tracker
-            if not (self.attempts == 1 and tracker.attempts == 0 and tracker._gate is None
-                    and tracker._transaction is None and tracker._raised is None):  # fmt: skip
-                # (The job's first tracker, never used, serves the first attempt.)
-                self.tracker = OutcomeTracker()
+            self.tracker = OutcomeTracker()
         else:
             self.tracker = OutcomeTracker(before_end_of_data=functools.partial(gate, self.message))
         return self.tracker

@@ -319,12 +319,10 @@ class ClientCore(CommandPipeline):
                 raise SMTPUsageError(f"end of data outside DATA (state: {self.state.value})")
             if txn is not None and txn.gate is not None:
                 self._marks.append((len(self._out), txn, MARK_GATE))
-            encoder = self._encoder
-            self._out += encoder.finish()
+            self._out += self._encoder.finish()
             if self.transcript is not None:
-                self._log(f"C: <{encoder.bytes_out} bytes of message data>")
-            # reset(), without its call: finish() already reset the rest.
-            encoder.bytes_in = encoder.bytes_out = 0
+                self._log(f"C: <{self._encoder.bytes_out} bytes of message data>")
+            self._encoder.reset()
             self._inflight.append(new_tuple(Command, (_V_END_DATA, None, _END_RULE, txn)))
             self._unsent += 1
             self._tail = _READY
@@ -345,17 +343,7 @@ class ClientCore(CommandPipeline):
         """Queue the rest of the message after 354 and its end (:meth:`body`
         then :meth:`end_body`)."""
         if tail:
-            if self._bdat:
-                self.body(tail, clean=clean)
-            else:  # body() for DATA, without its call (once per message)
-                if self.state is not _DATA or self._inflight:
-                    raise SMTPUsageError(f"message data outside DATA (state: {self.state.value})")
-                encoded = self._encoder.encode(tail, clean=clean)
-                txn = self._txn
-                if encoded and txn is not None and not self._data_marked:
-                    self._marks.append((len(self._out), txn, MARK_DATA))
-                    self._data_marked = True
-                self._out += encoded
+            self.body(tail, clean=clean)
         self.end_body()
 
     def encode_data(self, chunk: bytes | bytearray | memoryview) -> bytes:
@@ -530,7 +518,7 @@ class ClientCore(CommandPipeline):
             return new_tuple(Event, (verb, reply, command.subject, txn))
         if self._inflight:
             return new_tuple(Event, (verb, reply, command.subject, command.txn))
-        head = self._parser._buf[:3]  # peek(3), without its call
+        head = self._parser.peek(3)
         if head and not b"421".startswith(head):
             # Only a 421 may come unasked (RFC 5321 §3.8); anything else means
             # the replies and the commands are out of step.

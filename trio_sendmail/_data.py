@@ -131,8 +131,7 @@ def measure(body: bytes) -> tuple[int, bool]:
     if not body:
         return 0, True
     # Each bare CR or LF grows by one octet: CR + LF count, minus the pairs.
-    # (_line_breaks(), inline: this runs once per message.)
-    bare = len(body) - len(body.translate(None, b"\r\n")) - 2 * body.count(b"\r\n")
+    bare = _line_breaks(body) - 2 * body.count(b"\r\n")
     size = len(body) + bare
     if body[-1] not in (_CR, _LF):
         size += 2

@@ -53,18 +53,13 @@ from ._errors import (
     SMTPTimeoutError,
     SMTPTLSError,
 )
-from ._pipeline import MARK_GATE
 from ._reply import ReplyParser
-from ._reply_errors import SMTPAuthenticationError, SMTPResponseError, SMTPServiceClosing
+from ._reply_errors import SMTPResponseError, SMTPServiceClosing
 from ._settings import Timeouts
 
 __all__ = ["Driver", "phase_timeout"]
 
 logger = logging.getLogger("trio_sendmail.transcript")
-
-# An enum member read on the hot path, as a module constant: reading one from
-# its class costs several times a global's lookup (Python 3.11).
-_DATA = State.DATA
 
 #: How long a look at bytes that are already there may wait for the rest of
 #: them (a TLS record that held only a session ticket yields nothing).
@@ -228,11 +223,7 @@ class Driver:
         out = core._out  # the core's output buffer (has_output, without a call)
         if not out:
             return
-        # wire_idle, without its call:
-        if core._unsent == len(core._inflight) and not (
-            # body_open, without its call:
-            core._bdat or (core.state is _DATA and core._tail is _DATA)
-        ):
+        if core.wire_idle and not core.body_open:
             if self._skip_probe:
                 self._skip_probe = False
             else:
@@ -241,13 +232,7 @@ class Driver:
         # A message's end of data waiting at its gate: the bytes before it wait
         # too (they are at most a block, write_data sends the others), so that
         # they leave in the same write as the end (and the next envelope).
-        marks = core._marks
-        while marks and len(out) <= size:
-            for mark in marks:  # core.gate, without its call
-                if mark[2] == MARK_GATE:
-                    break
-            else:
-                break
+        while core._marks and core.gate is not None and len(out) <= size:
             await self._open_gate()
         while out:
             data = core.take_output(size)
@@ -328,19 +313,11 @@ class Driver:
         PIPELINING)."""
         core = self.core
         inflight, out = core._inflight, core._out  # awaiting_reply, has_output
-        next_reply, apply = core._parser.next_reply, core._apply
         while inflight:
             event = None
             if not out:
                 try:
-                    # core.next_event(), without its call:
-                    reply = next_reply()
-                    if reply is not None:
-                        event = apply(reply)
-                except (SMTPProtocolError, SMTPAuthenticationError):
-                    core.broken()  # as next_event() does
-                    await self.fail()
-                    raise
+                    event = core.next_event()
                 except SMTPError:
                     await self.fail()
                     raise

@@ -108,11 +108,10 @@ def envelope(
     """
     # A path given as text (the usual case) goes straight to the cached parser.
     rpath = _parse_reverse_path(sender) if type(sender) is str else reverse_path(sender)
-    if isinstance(recipients, _SINGLE_ADDRESS):  # check_recipients(), without its call
-        raise TypeError("recipients must be an iterable of addresses, not a single address")
-    fpaths = []  # a loop, not a list comprehension: one call less per message
-    for r in recipients:
-        fpaths.append(_parse_forward_path(r) if type(r) is str else forward_path(r))
+    fpaths = [
+        _parse_forward_path(r) if type(r) is str else forward_path(r)
+        for r in check_recipients(recipients)
+    ]
     if len(fpaths) > 1:
         fpaths = list(dict.fromkeys(fpaths))  # duplicates are sent once
     elif not fpaths:

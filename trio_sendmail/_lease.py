@@ -111,10 +111,8 @@ class Lease:
         """True when the connection should go back to the pool now: another
         task waits for one, it is due for retirement, or the pool is closing."""
         pool = self._pool
-        connection = self._connection
-        assert connection is not None, "the lease lost its connection"
-        # trio.current_time(), with one call instead of three:
-        connection.last_used = now = connection.session._driver._clock.current_time()
+        connection = self._held()
+        connection.last_used = now = trio.current_time()
         return bool(pool._lot) or pool._retire(connection, now) or pool._closed
 
     @overload
@@ -250,8 +248,7 @@ class Lease:
         pending = self._pending
         if pending is None:
             return
-        txn = pending._transaction  # pending.final_reply, without its call
-        reply = None if txn is None else txn.final_reply
+        reply = pending.final_reply
         if reply is None and self._held().session.is_usable:
             return  # still waiting for its reply
         self._pending = None

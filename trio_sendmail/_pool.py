@@ -49,7 +49,6 @@ from typing import Unpack, overload
 
 import trio
 
-from ._core import State
 from ._dsn import DSN
 from ._errors import (
     SMTPError,
@@ -96,10 +95,6 @@ FATAL_CONNECT_ERRORS = (
     # The proxy refused our credentials: every attempt would fail the same way.
     SMTPProxyAuthenticationError,
 )
-
-# Enum members read once per message, as module constants: reading one from its
-# class costs several times a global's lookup (Python 3.11).
-_READY, _DATA = State.READY, State.DATA
 
 
 class Pool(trio.abc.AsyncResource):
@@ -381,12 +376,8 @@ class Pool(trio.abc.AsyncResource):
         return base * (0.5 + random.random() / 2)  # jitter: 50 to 100 %
 
     def _retire(self, connection: _Connection, now: float) -> bool:
-        session = connection.session
-        state = session._core.state
         return (
-            # not session.is_usable, without its call (once per message):
-            session._driver.transport_closed
-            or not (state is _READY or (state is _DATA and session._pending is not None))
+            not connection.session.is_usable
             or connection.messages >= self._limits.max_messages_per_connection
             or now - connection.created >= self._limits.max_age
             or now - connection.last_used >= self._limits.max_idle

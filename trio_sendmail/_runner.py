@@ -136,9 +136,7 @@ async def run_transaction(
         if plan.chunking:  # a refused BDAT leaves the transaction open
             await _refuse(driver, txn, error)
         raise error
-    accepted = tuple(txn.accepted)
-    # final_replies given, not made by its factory (one call less per message).
-    return SendResult(final, accepted, txn.refused, final_replies=dict.fromkeys(accepted, final))
+    return SendResult(final, tuple(txn.accepted), txn.refused)
 
 
 def _lmtp_result(txn: Transaction, command: str) -> SendResult:

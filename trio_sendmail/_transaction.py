@@ -230,10 +230,7 @@ class Transaction:
         if replies:
             return SendResult(final, tuple(self.accepted), dict(self.refused),
                               final_replies=dict(replies))  # fmt: skip
-        accepted = tuple(self.accepted)
-        # final_replies given, not made by its factory (one call less per message).
-        return SendResult(final, accepted, dict(self.refused),
-                          final_replies=dict.fromkeys(accepted, final))  # fmt: skip
+        return SendResult(final, tuple(self.accepted), dict(self.refused))
 
 
 _TAKEN = (Outcome.ACCEPTED, Outcome.PARTIAL)
