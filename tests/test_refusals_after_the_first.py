@@ -11,6 +11,7 @@ import trio.testing
 import trio_sendmail as ts
 
 from . import defaults
+from .helpers import ServerVariant
 from .test_bulk import by_key, message
 from .test_pool import (
     LOCAL,
@@ -19,6 +20,7 @@ from .test_pool import (
     Action,
     CommandHook,
     Conn,
+    DataHook,
     StubServer,
     body,
     pool_at,
@@ -42,33 +44,61 @@ def refuse_nth_data(n: int) -> CommandHook:
     return hook
 
 
-async def test_bulk_data_refused_mid_lease_fails_alone(
-    loopback_clock: trio.testing.MockClock,
+def refuse_nth_end(n: int) -> DataHook:
+    """An end-of-data hook that refuses the *n*-th message (from 1) with 554."""
+    seen = [0]
+
+    async def hook(_conn: Conn, _data: bytes) -> Action:
+        seen[0] += 1
+        return b"554 5.7.1 not this one\r\n" if seen[0] == n else None
+
+    return hook
+
+
+async def test_bulk_refusal_mid_lease_fails_that_message_alone(
+    loopback_clock: trio.testing.MockClock, server_variant: ServerVariant
 ) -> None:
-    # DATA (no CHUNKING), pipelined: the second message of the lease is refused.
-    stub = StubServer(extensions=["PIPELINING"], command=refuse_nth_data(2))
+    """The second message of a lease is refused: at DATA (without CHUNKING,
+    never stored: NOT_SENT) or at its ``BDAT … LAST`` (with CHUNKING: the server
+    refused what it got). It alone is refused; the others are ACCEPTED, stored
+    once each, on the one connection."""
+    if server_variant.chunking:
+        stub = StubServer(variant=server_variant, end_of_data=refuse_nth_end(2))
+    else:
+        stub = StubServer(variant=server_variant, command=refuse_nth_data(2))
     async with serve_tcp(stub.handle) as port, pool_at(port, max_connections=1) as pool:
         summary = await ts.send_bulk([message(k) for k in range(4)], pool=pool, max_retries=0)
     table = by_key(summary.results)
     refused = table[1]
     assert (refused.status, refused.attempts) == (Status.REFUSED, 1)
     assert isinstance(refused.error, ts.SMTPResponseError)
-    assert (refused.error.code, refused.error.command) == (554, "DATA")
-    assert refused.error.outcome is Status.NOT_SENT
+    if server_variant.chunking:
+        assert (refused.error.code, refused.error.command) == (554, "BDAT")
+        assert refused.error.outcome is Status.REFUSED
+    else:
+        assert (refused.error.code, refused.error.command) == (554, "DATA")
+        assert refused.error.outcome is Status.NOT_SENT
     for key in (0, 2, 3):
         assert table[key].status is Status.ACCEPTED
-    # The session stayed usable: one connection carried them all.
+    stored = [data for _, data in stub.received]
+    for key in (0, 2, 3):
+        assert stored.count(body(key)) == 1
+    if not server_variant.chunking:
+        assert body(1) not in stored
+    # The session stayed usable: one connection carried them all, and the
+    # refused transaction was closed with one RSET.
     assert len(stub.conns) == 1
     assert len(stub.commands("RSET")) == 1
 
 
 async def test_bulk_many_recipients_after_the_first_message(
-    loopback_clock: trio.testing.MockClock,
+    loopback_clock: trio.testing.MockClock, server_variant: ServerVariant
 ) -> None:
-    # More recipients than one pipelined batch (PIPELINE_BATCH = 100).
+    """More recipients than one pipelined batch (PIPELINE_BATCH = 100) in a
+    lease's second message: all accepted, each message stored once."""
     many = [f"r{i}@example.com" for i in range(250)]
     batch = [message(0), ts.BulkMessage(SENDER, many, body(1), key=1), message(2)]
-    stub = StubServer(extensions=["PIPELINING"])
+    stub = StubServer(variant=server_variant)
     async with serve_tcp(stub.handle) as port, pool_at(port, max_connections=1) as pool:
         summary = await ts.send_bulk(batch, pool=pool)
     table = by_key(summary.results)
@@ -76,21 +106,15 @@ async def test_bulk_many_recipients_after_the_first_message(
     result = table[1].result
     assert result is not None and len(result.accepted) == 250
     assert len(stub.commands("RCPT")) == 252
+    assert sorted(data for _, data in stub.received) == [body(0), body(1), body(2)]
 
 
-@pytest.mark.parametrize("chunking", [False, True], ids=["data", "bdat"])
 async def test_session_send_refusal_then_success(
-    loopback_clock: trio.testing.MockClock, chunking: bool
+    loopback_clock: trio.testing.MockClock, server_variant: ServerVariant
 ) -> None:
-    refusal = b"554 5.7.1 not this one\r\n"
-    sent = [0]
-
-    async def end(_conn: Conn, _data: bytes) -> Action:
-        sent[0] += 1
-        return refusal if sent[0] == 2 else None
-
-    extensions = ["PIPELINING", "CHUNKING"] if chunking else ["PIPELINING"]
-    stub = StubServer(extensions=extensions, end_of_data=end)
+    """A session's second message is refused at its end of data: REFUSED (in
+    the error and the tracker), and the session goes on with the third."""
+    stub = StubServer(variant=server_variant, end_of_data=refuse_nth_end(2))
     async with (
         serve_tcp(stub.handle) as port,
         defaults.open_session(LOCAL, port=port, tls=PLAIN) as session,
@@ -100,7 +124,8 @@ async def test_session_send_refusal_then_success(
         tracker = ts.OutcomeTracker()
         with pytest.raises(ts.SMTPResponseError) as info:
             await session.send(SENDER, ["b@example.com"], body(1), tracker=tracker)
-        assert (info.value.code, info.value.command) == (554, "BDAT" if chunking else ".")
+        command = "BDAT" if server_variant.chunking else "."
+        assert (info.value.code, info.value.command) == (554, command)
         assert info.value.outcome is Status.REFUSED
         assert tracker.outcome is Status.REFUSED
         assert session.is_usable
@@ -111,8 +136,14 @@ async def test_session_send_refusal_then_success(
     assert len(stub.conns) == 1
 
 
-async def test_session_send_data_refused(loopback_clock: trio.testing.MockClock) -> None:
-    stub = StubServer(extensions=["PIPELINING"], command=refuse_nth_data(1))
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipe", "lock"])
+async def test_session_send_data_refused(
+    loopback_clock: trio.testing.MockClock, pipelining: bool
+) -> None:
+    """DATA refused (a server without CHUNKING): NOT_SENT, nothing stored, and
+    the session sends the next message."""
+    extensions = ["PIPELINING"] if pipelining else []
+    stub = StubServer(extensions=extensions, command=refuse_nth_data(1))
     async with (
         serve_tcp(stub.handle) as port,
         defaults.open_session(LOCAL, port=port, tls=PLAIN) as session,
@@ -124,3 +155,4 @@ async def test_session_send_data_refused(loopback_clock: trio.testing.MockClock)
         assert session.is_usable
         again = await session.send(SENDER, ["b@example.com"], body(1))
         assert again.reply.code == 250
+    assert [data for _, data in stub.received] == [body(1)]
