@@ -22,13 +22,20 @@ Four tasks and a loop of send_bulk *rounds*:
   commit. A row still ``claimed`` when its worker died provably never
   reached the end of data, and goes back to ``pending``;
 * the **journal** (:meth:`Worker.journal`) makes every write of the run,
-  one transaction at a time in the database (up to ``COMMITS_IN_FLIGHT``
-  handed to threads, so that the next one's hop overlaps the current one's
-  work): the rows waiting at the gate are armed together
+  one transaction at a time: the rows waiting at the gate are armed together
   (group commit: one commit for every connection that reached an end of data
   meanwhile, not one per message), and the outcomes that came back through
   send_bulk's ``on_result`` are recorded in the same transaction (an outcome
-  waits at most ``FLUSH_DELAY`` for others when no row waits to be armed);
+  waits at most ``FLUSH_DELAY`` for others when no row waits to be armed).
+  The transactions go, through a queue, to the journal's own database
+  thread (the **writer**: one :func:`trio.to_thread.run_sync` call that lasts
+  the whole run), up to ``COMMITS_IN_FLIGHT`` at once, so that the next one
+  is queued while the current one is made. The writer reports each commit
+  back with :meth:`trio.lowlevel.TrioToken.run_sync_soon`, whose callback
+  opens the gate itself. Every connection waits for one commit per message,
+  so this hop is on every message's path: a thread started per commit, and a
+  task that resumes to open the gate, cost the event loop about 8 % of W7's
+  rate (``docs/design.rst``);
 * the **heartbeat** extends the worker's claims every third of the lease.
 
 So when a worker dies, the rows it leaves ``sending`` (``unknown`` once its
@@ -55,6 +62,7 @@ from __future__ import annotations
 
 import collections
 import math
+import queue
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -225,6 +233,11 @@ class Worker:
         self.gathering = False
         #: Journal transactions that may be in flight (see journal()).
         self.slots = trio.Semaphore(COMMITS_IN_FLIGHT)
+        #: The journal's transactions, for its writer thread (None: stop).
+        self.jobs: queue.SimpleQueue[_Journal | None] = queue.SimpleQueue()
+        #: The first error of a journal transaction (or of the bookkeeping
+        #: after it), which the journal raises.
+        self.journal_error: BaseException | None = None
         self.started = trio.current_time()
         self.last_recover = -math.inf
         self.failure: BaseException | None = None
@@ -321,50 +334,114 @@ class Worker:
 
     async def journal(self) -> None:
         """Commit the rows waiting at the gate and the outcomes received:
-        one transaction at a time in the database, up to
-        :data:`COMMITS_IN_FLIGHT` handed to threads (the next one's thread hop
-        overlaps the current one's work)."""
+        one transaction at a time, made by the writer thread, up to
+        :data:`COMMITS_IN_FLIGHT` queued at once."""
         try:
-            await self._journal()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._run_writer, trio.lowlevel.current_trio_token())
+                try:
+                    await self._gather()
+                finally:
+                    # The writer makes the transactions queued before this, then
+                    # ends (their results come back before it does).
+                    self.jobs.put(None)
         except BaseExceptionGroup as group:  # a transaction's error, as it raised it
             if len(group.exceptions) == 1:
                 leaf = group.exceptions[0]
                 raise leaf.with_traceback(leaf.__traceback__) from leaf.__cause__
             raise
 
-    async def _journal(self) -> None:
-        async with trio.open_nursery() as commits:
-            while True:
-                await self.has_work.wait()
-                # Rows at the gate: let the other connections whose replies are
-                # in reach theirs too, so that one commit arms them all.
+    async def _run_writer(
+        self, token: trio.lowlevel.TrioToken, task_status: trio.TaskStatus[None]
+    ) -> None:
+        # Shielded: once the journal may queue work, the thread must start and
+        # run until it is told to stop (a transaction queued and never made
+        # would leave its rows at the gate, and its slot taken, for ever).
+        with trio.CancelScope(shield=True):
+            task_status.started()
+            # A limiter of its own: the outbox's (for claims and heartbeats)
+            # is not held for the whole run.
+            await trio.to_thread.run_sync(self._writer, token, limiter=trio.CapacityLimiter(1))
+
+    def _writer(self, token: trio.lowlevel.TrioToken) -> None:
+        """The writer thread: make each queued transaction; report it back."""
+        store = self.store
+        while True:
+            work = self.jobs.get()
+            if work is None:
+                return
+            try:
+                armed = store.run(store.record, self.id, work.group.ids, work.settlements)
+            except BaseException as exc:  # reported to the trio thread, which raises it
+                token.run_sync_soon(self._committed, work, None, exc)
+            else:
+                token.run_sync_soon(self._committed, work, armed, None)
+
+    async def _gather(self) -> None:
+        while True:
+            await self.has_work.wait()
+            self._raise_failure()
+            # Rows at the gate: let the other connections whose replies are
+            # in reach theirs too, so that one commit arms them all.
+            count = len(self.group.ids)
+            while count:
+                await trio.lowlevel.checkpoint()
+                if len(self.group.ids) == count:
+                    break
                 count = len(self.group.ids)
-                while count:
-                    await trio.lowlevel.checkpoint()
-                    if len(self.group.ids) == count:
-                        break
-                    count = len(self.group.ids)
-                if not self.group.ids:
-                    # Only outcomes: gather what arrives meanwhile (one
-                    # transaction for many), unless a row comes to the gate.
-                    self.gathering = True
-                    try:
-                        with trio.move_on_after(FLUSH_DELAY):
-                            while len(self.results) < FLUSH_SIZE and not self.group.ids:
-                                self.has_work = trio.Event()
-                                await self.has_work.wait()
-                    finally:
-                        self.gathering = False
-                await self.slots.acquire()  # rows reaching the gate meanwhile join
-                commits.start_soon(self._write, self._take(final=False), True)
+            if not self.group.ids:
+                # Only outcomes: gather what arrives meanwhile (one
+                # transaction for many), unless a row comes to the gate.
+                self.gathering = True
+                try:
+                    with trio.move_on_after(FLUSH_DELAY):
+                        while len(self.results) < FLUSH_SIZE and not self.group.ids:
+                            self.has_work = trio.Event()
+                            await self.has_work.wait()
+                            self._raise_failure()
+                finally:
+                    self.gathering = False
+            await self.slots.acquire()  # rows reaching the gate meanwhile join
+            if self.journal_error is not None:
+                self.slots.release()
+                self._raise_failure()
+            work = self._take(final=False)
+            if work.group.ids or work.settlements:
+                self.jobs.put(work)
+            else:
+                self._committed(work, {}, None)
+
+    def _raise_failure(self) -> None:
+        if self.journal_error is not None:
+            raise self.journal_error
 
     async def flush(self, *, final: bool = False) -> None:
         """Once every transaction in flight is over: arm the rows at the gate
-        and record the outcomes received so far (one transaction)."""
+        and record the outcomes received so far (one transaction, in a
+        thread of the outbox: the writer may have stopped)."""
         for _ in range(COMMITS_IN_FLIGHT):
             await self.slots.acquire()
         try:
-            await self._write(self._take(final), False)
+            work = self._take(final)
+            armed: dict[int, int] = {}
+            if work.group.ids or work.settlements:
+                # Shielded: these results left self.results, so a cancellation
+                # here (say, while waiting for a database thread) would lose
+                # them, and rows whose answer came back would end "unknown".
+                # The transaction is short.
+                try:
+                    with trio.CancelScope(shield=True):
+                        armed = await self.call(
+                            self.store.record, self.id, work.group.ids, work.settlements
+                        )
+                except BaseException as exc:
+                    self._committed(work, None, exc, release=False)
+                    raise
+            before = self.journal_error
+            self._committed(work, armed, None, release=False)
+            error = self.journal_error
+            if error is not None and error is not before:  # raised by the bookkeeping
+                raise error
         finally:
             for _ in range(COMMITS_IN_FLIGHT):
                 self.slots.release()
@@ -390,38 +467,53 @@ class Worker:
         entries = {s.id: self.rows.pop(s.id, None) for s in settlements}
         return _Journal(group, results, held, settlements, entries, now)
 
-    async def _write(self, work: _Journal, release: bool) -> None:
-        """Make the transaction *work* (releasing its slot if *release*)."""
-        group, settlements, now = work.group, work.settlements, work.now
+    def _committed(
+        self,
+        work: _Journal,
+        armed: dict[int, int] | None,
+        error: BaseException | None,
+        *,
+        release: bool = True,
+    ) -> None:
+        """The transaction *work* was made (it armed *armed*), or failed with
+        *error*: open its gate, and account for it. Synchronous: the writer
+        thread has it called in the trio thread (``run_sync_soon``), so an
+        error here becomes the journal's, never trio's."""
+        group = work.group
         try:
-            if group.ids or settlements:
-                # Shielded: these results left self.results, so a cancellation
-                # here (say, while waiting for a database thread) would lose
-                # them, and rows whose answer came back would end "unknown".
-                # The transaction is short.
-                with trio.CancelScope(shield=True):
-                    group.armed = await self.call(
-                        self.store.record, self.id, group.ids, settlements
-                    )
-        except BaseException:
-            group.failed = True
-            # Not recorded: kept for the final flush (the run ends with this
-            # error; a database that answers again records them then).
-            self.results[:0] = work.results
-            self.held[:0] = work.held
-            for row_id, entry in work.entries.items():
-                if entry is not None:
-                    self.rows.setdefault(row_id, entry)
-            raise
+            if error is not None:
+                group.failed = True
+                # Not recorded: kept for the final flush (the run ends with this
+                # error; a database that answers again records them then).
+                self.results[:0] = work.results
+                self.held[:0] = work.held
+                for row_id, entry in work.entries.items():
+                    if entry is not None:
+                        self.rows.setdefault(row_id, entry)
+                self._fail(error)
+                return
+            assert armed is not None
+            group.armed = armed
+            now = work.now
+            for row_id, attempts in armed.items():
+                created_at, _ = self.rows.get(row_id, (now, attempts))
+                self.rows[row_id] = (created_at, attempts)
+            if work.settlements:
+                self._account(work.settlements)
+        except BaseException as exc:  # the progress callback's, say
+            self._fail(exc)
         finally:
             group.done.set()
             if release:
                 self.slots.release()
-        for row_id, attempts in group.armed.items():
-            created_at, _ = self.rows.get(row_id, (now, attempts))
-            self.rows[row_id] = (created_at, attempts)
-        if not settlements:
-            return
+
+    def _fail(self, error: BaseException) -> None:
+        """Make *error* the journal's (the first one wins), and wake it."""
+        if self.journal_error is None:
+            self.journal_error = error
+        self.has_work.set()
+
+    def _account(self, settlements: list[Settlement]) -> None:
         summary = self.summary
         for s in settlements:
             if s.state is State.SENT:

@@ -1,0 +1,138 @@
+"""The worker's journal: its writer thread, what it reports back, and the
+one-statement settlement of many rows, on both engines (the sends through the
+fake server with PIPELINING and CHUNKING on and off)."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any
+
+import pytest
+import trio
+
+import trio_sendmail as ts
+from trio_sendmail.outbox import State, WorkProgress, open_outbox
+from trio_sendmail.outbox._model import Settlement
+from trio_sendmail.outbox._store import Store
+from trio_sendmail.testing import FakeSMTPServer, serve_fake_smtp
+
+from ..helpers import ServerVariant
+from .test_outbox import body, message, work_options
+
+
+async def test_two_workers_on_one_outbox_object_share_its_queue(
+    outbox_url: str, server_variant: ServerVariant
+) -> None:
+    """Two ``work()`` calls at once on one :class:`Outbox`: each journal has a
+    writer thread of its own, outside the outbox's thread limiter (two for
+    SQLite), so their claims and heartbeats still get a thread; every message
+    goes out once."""
+    server = FakeSMTPServer(extensions=server_variant.extensions())
+    async with serve_fake_smtp(server) as port, open_outbox(outbox_url) as outbox:
+        await outbox.enqueue(message(n) for n in range(60))
+        summaries: list[Any] = []
+
+        async def work() -> None:
+            summaries.append(await outbox.work("127.0.0.1", **work_options(port)))
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(work)
+                nursery.start_soon(work)
+        entries = await outbox.entries()
+    assert sum(s.sent for s in summaries) == 60
+    assert [e.state for e in entries] == [State.SENT] * 60
+    assert sorted(m.data for m in server.messages) == sorted(body(n) for n in range(60))
+
+
+async def test_every_journal_transaction_of_a_run_is_made_by_one_thread(
+    outbox_url: str, server_variant: ServerVariant
+) -> None:
+    """The writer: one thread for the whole run, not the trio thread."""
+    server = FakeSMTPServer(extensions=server_variant.extensions())
+    async with serve_fake_smtp(server) as port, open_outbox(outbox_url) as outbox:
+        store: Store = outbox._store
+        threads: collections.Counter[int] = collections.Counter()
+        original = store.record
+
+        def record(worker: str, arm: Any, settlements: Any) -> dict[int, int]:
+            threads[threading.get_ident()] += 1
+            return original(worker, arm, settlements)
+
+        store.record = record  # type: ignore[method-assign]
+        await outbox.enqueue(message(n) for n in range(30))
+        summary = await outbox.work("127.0.0.1", **work_options(port))
+    assert summary.sent == 30
+    assert threading.get_ident() not in threads
+    # Every transaction but the final flush's (in a thread of the outbox).
+    _, count = threads.most_common(1)[0]
+    assert count >= sum(threads.values()) - 1 and count >= 2, threads
+
+
+async def test_an_error_of_the_progress_callback_ends_the_run_with_it(
+    outbox_url: str, server_variant: ServerVariant
+) -> None:
+    """The callback runs where a commit is reported back to the trio thread: its
+    error ends the run (not trio: a ``run_sync_soon`` callback must not raise),
+    and the rows stay exact: each sent row reached the server once, no pending
+    row reached it."""
+    server = FakeSMTPServer(extensions=server_variant.extensions())
+
+    class Stop(Exception):
+        pass
+
+    def progress(p: WorkProgress) -> None:
+        if p.sent >= 5:
+            raise Stop("enough")
+
+    async with serve_fake_smtp(server) as port, open_outbox(outbox_url) as outbox:
+        ids = await outbox.enqueue(message(n) for n in range(40))
+        with trio.fail_after(30), pytest.raises(Stop):
+            await outbox.work("127.0.0.1", **work_options(port), progress=progress)
+        entries = await outbox.entries()
+    delivered = collections.Counter(m.data for m in server.messages)
+    states = collections.Counter(e.state for e in entries)
+    assert states[State.SENT] >= 5 and states[State.PENDING] > 0, states
+    assert set(states) <= {State.SENT, State.PENDING, State.UNKNOWN}, states
+    number = {row_id: n for n, row_id in enumerate(ids)}
+    for e in entries:
+        n = number[e.id]
+        if e.state is State.SENT:
+            assert delivered[body(n)] == 1
+        elif e.state is State.PENDING:
+            assert delivered[body(n)] == 0
+        else:
+            assert delivered[body(n)] <= 1
+
+
+async def test_settles_more_rows_than_one_statement_takes(outbox_url: str) -> None:
+    """7,500 settlements in one transaction: 67,500 parameters, past
+    PostgreSQL's limit (65,535) and SQLite's default one (32,766; some builds
+    allow more) unless the statement is cut in parts; each row gets its own
+    outcome."""
+    count = 7_500
+    async with open_outbox(outbox_url) as outbox:
+        store: Store = outbox._store
+        ids = await outbox.enqueue(
+            ts.BulkMessage("a@example.com", ["b@example.com"], b"x\r\n") for _ in range(count)
+        )
+        claimed = await outbox._call(store.claim, "w1", count, 60.0, recover=False)
+        assert len(claimed.rows) == count
+        armed = await outbox._call(store.arm, "w1", ids)
+        assert len(armed) == count
+        settlements = [
+            Settlement(
+                id=row_id,
+                state=State.SENT if i % 3 else State.REFUSED,
+                reply_code=250 if i % 3 else 550,
+                reply_text=f"reply {i}",
+            )
+            for i, row_id in enumerate(ids)
+        ]
+        await outbox._call(store.settle, "w1", settlements)
+        entries = await outbox.entries()
+    assert [(e.state, e.reply_code, e.reply_text) for e in entries] == [
+        (s.state, s.reply_code, s.reply_text) for s in settlements
+    ]
+    assert all(e.attempts == 1 and e.worker == "w1" for e in entries)
