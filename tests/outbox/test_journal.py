@@ -136,3 +136,57 @@ async def test_settles_more_rows_than_one_statement_takes(outbox_url: str) -> No
         (s.state, s.reply_code, s.reply_text) for s in settlements
     ]
     assert all(e.attempts == 1 and e.worker == "w1" for e in entries)
+
+
+async def test_a_version_1_outbox_migrates_to_partial_indexes(
+    outbox_url: str, server_variant: ServerVariant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outbox made by a trio_sendmail with schema version 1 (full indexes
+    on the state) is migrated when opened: its rows are kept, the partial
+    indexes of version 2 replace the old ones, and every query still finds
+    its rows (a pending row is claimed and sent; an unknown one is listed)."""
+    from trio_sendmail.outbox import _store
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_store, "MIGRATIONS", _store.MIGRATIONS[:1])
+        patch.setattr(_store, "SCHEMA_VERSION", 1)
+        async with open_outbox(outbox_url) as outbox:
+            ids = await outbox.enqueue(message(n) for n in range(4))
+            store: Store = outbox._store
+            await outbox._call(store.claim, "old", 1, 0.01, recover=False)
+            await outbox._call(store.arm, "old", ids[:1])  # then the old worker dies
+            assert await _indexes(outbox) == {"outbox_due", "outbox_worker"}
+    await trio.sleep(0.05)  # its claim expires
+    server = FakeSMTPServer(extensions=server_variant.extensions())
+    async with serve_fake_smtp(server) as port, open_outbox(outbox_url) as outbox:
+        assert await _indexes(outbox) == {"outbox_due", "outbox_in_flight", "outbox_attention"}
+        summary = await outbox.work("127.0.0.1", **work_options(port))
+        unknown = await outbox.entries(state=State.UNKNOWN)
+        stats = await outbox.statistics()
+    assert summary.sent == 3
+    assert [e.id for e in unknown] == ids[:1]
+    assert stats.counts[State.SENT] == 3 and stats.counts[State.UNKNOWN] == 1
+    assert sorted(m.data for m in server.messages) == sorted(body(n) for n in range(1, 4))
+
+
+async def _indexes(outbox: Any) -> set[str]:
+    """The names of the indexes on outbox_messages (not the primary key's)."""
+    store: Store = outbox._store
+
+    def names() -> set[str]:
+        with store.transaction() as cur:
+            if "sqlite" in type(store).__name__.lower():
+                cur.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'index'"
+                    " AND tbl_name = 'outbox_messages' AND sql IS NOT NULL"
+                )
+            else:
+                cur.execute(
+                    "SELECT indexname FROM pg_indexes WHERE tablename = 'outbox_messages'"
+                    " AND schemaname = current_schema()"
+                    " AND indexname NOT IN ('outbox_messages_pkey', 'outbox_messages_key_key')"
+                )
+            return {str(row[0]) for row in cur.fetchall()}
+
+    found: set[str] = await outbox._call(names)
+    return found

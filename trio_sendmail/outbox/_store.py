@@ -49,6 +49,21 @@ T = TypeVar("T")
 _PENDING, _CLAIMED, _SENDING = State.PENDING.value, State.CLAIMED.value, State.SENDING.value
 _UNKNOWN = State.UNKNOWN.value
 
+#: The WHERE terms of the partial indexes of migration 2, written literally in
+#: the queries that must use them (with a parameter in their place, neither
+#: engine can prove that a query's rows are in the index).
+_IS_DUE = "state = 'pending'"
+_IN_FLIGHT = "state IN ('claimed', 'sending')"
+_ATTENTION = "state IN ('unknown', 'failed', 'refused')"
+_INDEXED: dict[State, str] = {
+    State.PENDING: _IS_DUE,
+    State.CLAIMED: _IN_FLIGHT,
+    State.SENDING: _IN_FLIGHT,
+    State.UNKNOWN: _ATTENTION,
+    State.FAILED: _ATTENTION,
+    State.REFUSED: _ATTENTION,
+}
+
 #: Versioned migrations: (version, statements). Types are filled in per engine.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (
@@ -83,6 +98,31 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                 burst {real} NOT NULL,
                 tokens {real} NOT NULL,
                 updated_at {real} NOT NULL)""",
+        ],
+    ),
+    (
+        # Partial indexes: each holds only the rows in the states its queries
+        # look for, so a row that moves between two states outside an index
+        # (sending -> sent) leaves it alone. Arming and settling a message then
+        # write fewer B-tree pages: in SQLite, about a third less CPU per
+        # journal transaction, which every connection waits for once per
+        # message. A query uses a partial index only when its WHERE clause
+        # names the index's states literally (a parameter cannot prove it):
+        # the statements below name them.
+        2,
+        [
+            "DROP INDEX outbox_due",
+            "DROP INDEX outbox_worker",
+            # Claims: the due pending rows, oldest first.
+            "CREATE INDEX outbox_due ON outbox_messages (next_attempt_at, id)"
+            " WHERE state = 'pending'",
+            # Heartbeats, releases and recovery: the rows of workers in flight.
+            "CREATE INDEX outbox_in_flight ON outbox_messages (worker)"
+            " WHERE state IN ('claimed', 'sending')",
+            # The operator's lists (entries(state=…), resolve-unknown): the rows
+            # that may need a look, rare in a healthy outbox.
+            "CREATE INDEX outbox_attention ON outbox_messages (state, id)"
+            " WHERE state IN ('unknown', 'failed', 'refused')",
         ],
     ),
 ]
@@ -247,14 +287,14 @@ class Store(abc.ABC):
     def _recover(self, cur: Any, now: float) -> None:
         self._x(
             cur,
-            "UPDATE outbox_messages SET state = ?, worker = NULL, claim_expires = NULL,"
-            " updated_at = ? WHERE state = ? AND claim_expires < ?",
+            "UPDATE outbox_messages SET state = ?, worker = NULL, claim_expires = NULL,"  # noqa: S608
+            f" updated_at = ? WHERE {_IN_FLIGHT} AND state = ? AND claim_expires < ?",
             (_PENDING, now, _CLAIMED, now),
         )
         self._x(
             cur,
-            "UPDATE outbox_messages SET state = ?, claim_expires = NULL, updated_at = ?,"
-            " error = ? WHERE state = ? AND claim_expires < ?",
+            "UPDATE outbox_messages SET state = ?, claim_expires = NULL, updated_at = ?,"  # noqa: S608
+            f" error = ? WHERE {_IN_FLIGHT} AND state = ? AND claim_expires < ?",
             (
                 _UNKNOWN,
                 now,
@@ -299,7 +339,7 @@ class Store(abc.ABC):
                     for s, b in buckets.items()
                     if s.startswith("domain:") and s != "domain:*" and b[2] < 1
                 ]
-                where, params = "state = ? AND next_attempt_at <= ?", [_PENDING, now]
+                where, params = f"{_IS_DUE} AND next_attempt_at <= ?", [now]
                 if exhausted:
                     where += f" AND sender_domain NOT IN ({','.join('?' * len(exhausted))})"
                     params += exhausted
@@ -360,8 +400,7 @@ class Store(abc.ABC):
             if not rows:
                 due = self._x(
                     cur,
-                    "SELECT min(next_attempt_at) FROM outbox_messages WHERE state = ?",
-                    (_PENDING,),
+                    f"SELECT min(next_attempt_at) FROM outbox_messages WHERE {_IS_DUE}",  # noqa: S608
                 ).fetchone()[0]
                 if due is not None:
                     wait = max(0.0, float(due) - now)
@@ -399,9 +438,9 @@ class Store(abc.ABC):
                     # Rows are locked in id order, as every other statement
                     # of a worker does, so two of its transactions never deadlock.
                     "UPDATE outbox_messages SET claim_expires = ? WHERE id IN (SELECT id"  # noqa: S608
-                    " FROM outbox_messages WHERE worker = ? AND state IN (?, ?) ORDER BY id"
+                    f" FROM outbox_messages WHERE worker = ? AND {_IN_FLIGHT} ORDER BY id"
                     f"{self.LOCK_ORDERED})",
-                    (now + lease, worker, _CLAIMED, _SENDING),
+                    (now + lease, worker),
                 ).rowcount
             )
 
@@ -532,8 +571,8 @@ class Store(abc.ABC):
             return int(
                 self._x(
                     cur,
-                    "UPDATE outbox_messages SET state = ?, worker = NULL, claim_expires = NULL,"
-                    " updated_at = ? WHERE worker = ? AND state = ?",
+                    "UPDATE outbox_messages SET state = ?, worker = NULL, claim_expires = NULL,"  # noqa: S608
+                    f" updated_at = ? WHERE worker = ? AND {_IN_FLIGHT} AND state = ?",
                     (_PENDING, now, worker, _CLAIMED),
                 ).rowcount
             )
@@ -544,13 +583,14 @@ class Store(abc.ABC):
         """Rows not final yet, and the wait until the first pending one is due."""
         with self.transaction() as cur:
             now = self.now(cur)
-            count, due = self._x(
+            pending, in_flight, due = self._x(
                 cur,
-                "SELECT count(*), min(CASE WHEN state = ? THEN next_attempt_at END)"
-                " FROM outbox_messages WHERE state IN (?, ?, ?)",
-                (_PENDING, _PENDING, _CLAIMED, _SENDING),
+                f"SELECT (SELECT count(*) FROM outbox_messages WHERE {_IS_DUE}),"  # noqa: S608
+                f" (SELECT count(*) FROM outbox_messages WHERE {_IN_FLIGHT}),"
+                f" (SELECT min(next_attempt_at) FROM outbox_messages WHERE {_IS_DUE})",
             ).fetchone()
-            return int(count), None if due is None else max(0.0, float(due) - now)
+            count = int(pending) + int(in_flight)
+            return count, None if due is None else max(0.0, float(due) - now)
 
     def statistics(self) -> tuple[dict[State, int], float | None, int, int]:
         with self.transaction() as cur:
@@ -566,7 +606,8 @@ class Store(abc.ABC):
                 attempts += int(tried or 0)
                 retried += int(again or 0)
             oldest = self._x(
-                cur, "SELECT min(created_at) FROM outbox_messages WHERE state = ?", (_PENDING,)
+                cur,
+                f"SELECT min(created_at) FROM outbox_messages WHERE {_IS_DUE}",  # noqa: S608
             ).fetchone()[0]
             age = None if oldest is None else max(0.0, now - float(oldest))
             return counts, age, attempts, retried
@@ -583,6 +624,8 @@ class Store(abc.ABC):
                 where.append(cond)
                 params += values
             if state is not None:
+                if state in _INDEXED:
+                    where.append(_INDEXED[state])
                 where.append("state = ?")
                 params.append(state.value)
             text = f"SELECT {_ENTRY_COLUMNS} FROM outbox_messages WHERE {' AND '.join(where)}"  # noqa: S608
