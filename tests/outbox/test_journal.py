@@ -159,7 +159,7 @@ async def test_a_version_1_outbox_migrates_to_partial_indexes(
     await trio.sleep(0.05)  # its claim expires
     server = FakeSMTPServer(extensions=server_variant.extensions())
     async with serve_fake_smtp(server) as port, open_outbox(outbox_url) as outbox:
-        assert await _indexes(outbox) == {"outbox_due", "outbox_in_flight", "outbox_attention"}
+        assert await _indexes(outbox) == {"outbox_due", "outbox_in_flight"}
         summary = await outbox.work("127.0.0.1", **work_options(port))
         unknown = await outbox.entries(state=State.UNKNOWN)
         stats = await outbox.statistics()
