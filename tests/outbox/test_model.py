@@ -101,3 +101,39 @@ def test_an_lmtp_partial_delivery_gets_a_follow_up_for_its_4xx_recipients() -> N
     )
     row = settled(ts.BulkResult(MESSAGE, ts.Outcome.PARTIAL, result=sent))
     assert row.state is State.SENT and row.follow_up == ["<bob@example.com>"]
+
+
+def test_rows_decode_to_their_messages_and_share_decoded_options() -> None:
+    """A row's columns give back its message (DSN, REQUIRETLS, 8-bit data); the
+    rows of one job, whose options are the same text, share one decoded DSN
+    (frozen) instead of parsing it once per message on the event loop."""
+    from trio_sendmail.outbox._model import decode_message, encode_message
+
+    dsn = ts.DSN(ret="HDRS", envid="job-1", notify={"FAILURE", "DELAY"}, orcpt=True)
+    rows = [
+        encode_message(
+            ts.BulkMessage(
+                "a@example.com",
+                [f"r{n}@example.com"],
+                b"x\r\n",
+                dsn=dsn,
+                requiretls=True,
+                binary=True,
+            ),
+            b"x\r\n",
+        )
+        for n in range(2)
+    ]
+    one, two = (
+        decode_message(7 + n, r["sender"], r["recipients"], r["mail"], r["options"])
+        for n, r in enumerate(rows)
+    )
+    assert (one.key, two.key) == (7, 8)
+    assert [str(p) for p in one.recipients] == ["<r0@example.com>"]
+    assert one.dsn == dsn and one.requiretls and one.binary and one.mail == b"x\r\n"
+    assert two.dsn is one.dsn
+    plain = encode_message(ts.BulkMessage("a@example.com", ["b@example.com"], b"y\r\n"), b"y\r\n")
+    other = decode_message(
+        9, plain["sender"], plain["recipients"], plain["mail"], plain["options"]
+    )
+    assert other.dsn is None and not other.requiretls and not other.binary

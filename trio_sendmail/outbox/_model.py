@@ -27,6 +27,7 @@ rule, and the reason why arming precedes the end of data.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import random
 from collections.abc import Mapping
@@ -237,10 +238,11 @@ def encode_message(message: BulkMessage, data: bytes) -> dict[str, Any]:
     }
 
 
-def decode_message(
-    row_id: int, sender: str, recipients: str, mail: bytes, options: str
-) -> BulkMessage:
-    """The :class:`BulkMessage` of a row; its ``key`` is the row id."""
+@functools.lru_cache(maxsize=64)
+def _decode_options(options: str) -> tuple[DSN | None, bool, bool]:
+    """``(dsn, requiretls, binary)`` of a row's options. Cached: the messages
+    of one job share their options (and DSN is frozen), and the claimer decodes
+    every message on the event loop's thread."""
     opts = json.loads(options)
     dsn_data = opts.get("dsn")
     dsn = None
@@ -251,14 +253,22 @@ def decode_message(
             notify=dsn_data["notify"],
             orcpt=dsn_data["orcpt"],
         )
+    return dsn, bool(opts.get("requiretls")), bool(opts.get("binary"))
+
+
+def decode_message(
+    row_id: int, sender: str, recipients: str, mail: bytes, options: str
+) -> BulkMessage:
+    """The :class:`BulkMessage` of a row; its ``key`` is the row id."""
+    dsn, requiretls, binary = _decode_options(options)
     return BulkMessage(
         sender,
         json.loads(recipients),
         bytes(mail),
         key=row_id,
         dsn=dsn,
-        requiretls=bool(opts.get("requiretls")),
-        binary=bool(opts.get("binary")),
+        requiretls=requiretls,
+        binary=binary,
     )
 
 
