@@ -190,3 +190,34 @@ async def _indexes(outbox: Any) -> set[str]:
 
     found: set[str] = await outbox._call(names)
     return found
+
+
+async def test_a_run_cancelled_at_any_moment_ends_and_loses_no_row(
+    outbox_url: str, server_variant: ServerVariant
+) -> None:
+    """``work()`` cancelled after 0 to 30 ms (while the pool opens, the writer
+    starts, a claim or a commit runs, messages are in flight): each run ends
+    promptly, and every row is ``sent`` (delivered once), ``pending`` (never
+    delivered) or ``unknown`` (cancelled between its end of data and the reply:
+    delivered at most once, and at most one per connection and run): the run
+    records every outcome it has before it ends."""
+    server = FakeSMTPServer(extensions=server_variant.extensions())
+    async with serve_fake_smtp(server) as port, open_outbox(outbox_url) as outbox:
+        ids = await outbox.enqueue(message(n) for n in range(200))
+        for step in range(16):
+            with trio.fail_after(10), trio.move_on_after(step * 0.002):
+                await outbox.work("127.0.0.1", **work_options(port))
+        entries = await outbox.entries()
+    number = {row_id: n for n, row_id in enumerate(ids)}
+    delivered = collections.Counter(m.data for m in server.messages)
+    unknown = 0
+    for e in entries:
+        if e.state is State.SENT:
+            assert delivered[body(number[e.id])] == 1
+        elif e.state is State.PENDING:
+            assert delivered[body(number[e.id])] == 0
+        else:
+            assert e.state is State.UNKNOWN, e
+            assert delivered[body(number[e.id])] <= 1
+            unknown += 1
+    assert unknown <= 3 * 16  # 3 connections, 16 runs

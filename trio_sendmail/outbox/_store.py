@@ -117,7 +117,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             # No index for the final states: every partial index costs each
             # journal transaction (SQLite evaluates its WHERE clause for every
             # row an UPDATE changes; one on ('unknown', 'failed', 'refused')
-            # made a commit of 8 arms and 8 outcomes cost 2.3x). The
+            # made a commit of 8 arms and 8 outcomes cost 1.8x). The
             # operator's lists of final rows (entries(state=…), purge) read
             # the table.
         ],

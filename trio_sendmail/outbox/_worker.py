@@ -338,7 +338,11 @@ class Worker:
         :data:`COMMITS_IN_FLIGHT` queued at once."""
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(self._run_writer, trio.lowlevel.current_trio_token())
+                # Not nursery.start(): a start cancelled before the writer says
+                # it started waits for the writer to end, which it does only
+                # once told to (below). A new task always runs its first step,
+                # where the writer shields itself and starts its thread.
+                nursery.start_soon(self._run_writer, trio.lowlevel.current_trio_token())
                 try:
                     await self._gather()
                 finally:
@@ -351,14 +355,12 @@ class Worker:
                 raise leaf.with_traceback(leaf.__traceback__) from leaf.__cause__
             raise
 
-    async def _run_writer(
-        self, token: trio.lowlevel.TrioToken, task_status: trio.TaskStatus[None]
-    ) -> None:
-        # Shielded: once the journal may queue work, the thread must start and
-        # run until it is told to stop (a transaction queued and never made
-        # would leave its rows at the gate, and its slot taken, for ever).
+    async def _run_writer(self, token: trio.lowlevel.TrioToken) -> None:
+        # Shielded from its first step: the thread must start, and run until
+        # it is told to stop, even when the run is cancelled at once (a
+        # transaction queued and never made would leave its rows at the gate,
+        # and its slot taken, for ever).
         with trio.CancelScope(shield=True):
-            task_status.started()
             # A limiter of its own: the outbox's (for claims and heartbeats)
             # is not held for the whole run.
             await trio.to_thread.run_sync(self._writer, token, limiter=trio.CapacityLimiter(1))
