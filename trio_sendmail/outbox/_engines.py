@@ -171,6 +171,11 @@ class PostgresStore(_Clock, Store):
 
     def lock_migrations(self, cur: Any) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        # A migration may build an index over every row (schema 2's partial
+        # indexes): no statement bound for this transaction, whose statements
+        # would otherwise be cut at POSTGRES_SETTINGS' 30 s on a large outbox,
+        # and roll back at each open. Waits for locks stay bounded.
+        cur.execute("SET LOCAL statement_timeout = 0")
 
     def close(self) -> None:
         self._pool.close()

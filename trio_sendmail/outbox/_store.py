@@ -207,7 +207,8 @@ class Store(abc.ABC):
     def lock_migrations(self, cur: Any) -> None:  # noqa: B027 - a no-op by default
         """Keep two processes from migrating at once (inside the transaction).
         Nothing to do by default: SQLite's ``BEGIN IMMEDIATE`` already lets one
-        writer in at a time; PostgreSQL takes an advisory lock."""
+        writer in at a time; PostgreSQL takes an advisory lock (and lifts the
+        statement timeout: a migration may index every row)."""
 
     @abc.abstractmethod
     def close(self) -> None:

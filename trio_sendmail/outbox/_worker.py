@@ -127,6 +127,21 @@ def _held(result: BulkResult) -> bool:
     )
 
 
+def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The only exception in *group* that is not a cancellation, if there is
+    exactly one."""
+    _, rest = group.split(trio.Cancelled)
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [] if rest is None else [rest]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None
+
+
 class _Round:
     """The input of one send_bulk call: the armed messages that are ready.
 
@@ -238,6 +253,14 @@ class Worker:
         #: The first error of a journal transaction (or of the bookkeeping
         #: after it), which the journal raises.
         self.journal_error: BaseException | None = None
+        #: The transaction the writer is making (for when the writer dies).
+        self.writing: _Journal | None = None
+        #: New outcomes were counted: the reporter calls ``progress`` (in a
+        #: task of the run, with the caller's context variables; not in the
+        #: writer's callback, which runs in trio's own task).
+        self.report_due = trio.Event()
+        #: The progress callback raised (the run's error): not called again.
+        self.progress_failed = False
         self.started = trio.current_time()
         self.last_recover = -math.inf
         self.failure: BaseException | None = None
@@ -361,9 +384,32 @@ class Worker:
         # transaction queued and never made would leave its rows at the gate,
         # and its slot taken, for ever).
         with trio.CancelScope(shield=True):
-            # A limiter of its own: the outbox's (for claims and heartbeats)
-            # is not held for the whole run.
-            await trio.to_thread.run_sync(self._writer, token, limiter=trio.CapacityLimiter(1))
+            try:
+                # A limiter of its own: the outbox's (for claims and
+                # heartbeats) is not held for the whole run.
+                await trio.to_thread.run_sync(self._writer, token, limiter=trio.CapacityLimiter(1))
+            except BaseException as exc:
+                # No thread (it could not start), or the writer died: every
+                # transaction it did not report fails, so that its gate opens,
+                # its slot is released and its outcomes wait for the final
+                # flush (which would otherwise wait for the slots for ever).
+                # The journal raises the error (raised here too, it would
+                # come out of the journal twice).
+                self._abandon(exc)
+
+    def _abandon(self, error: BaseException) -> None:
+        left = [] if self.writing is None else [self.writing]
+        self.writing = None
+        while True:
+            try:
+                work = self.jobs.get_nowait()
+            except queue.Empty:
+                break
+            if work is not None:
+                left.append(work)
+        for work in left:
+            self._committed(work, None, error)
+        self._fail(error)
 
     def _writer(self, token: trio.lowlevel.TrioToken) -> None:
         """The writer thread: make each queued transaction; report it back."""
@@ -372,13 +418,20 @@ class Worker:
             work = self.jobs.get()
             if work is None:
                 return
+            self.writing = work
             try:
                 armed = store.run(store.record, self.id, work.group.ids, work.settlements)
             except BaseException as exc:  # reported to the trio thread, which raises it
                 token.run_sync_soon(self._committed, work, None, exc)
             else:
                 token.run_sync_soon(self._committed, work, armed, None)
+            self.writing = None
 
+    # Protected from KeyboardInterrupt (trio delivers it elsewhere, as a
+    # cancellation here): between taking a slot and queueing the transaction,
+    # or in _take, it would lose the slot (the final flush would wait for it
+    # for ever) or the outcomes taken.
+    @trio.lowlevel.enable_ki_protection
     async def _gather(self) -> None:
         while True:
             await self.has_work.wait()
@@ -417,6 +470,7 @@ class Worker:
         if self.journal_error is not None:
             raise self.journal_error
 
+    @trio.lowlevel.enable_ki_protection
     async def flush(self, *, final: bool = False) -> None:
         """Once every transaction in flight is over: arm the rows at the gate
         and record the outcomes received so far (one transaction, in a
@@ -496,10 +550,12 @@ class Worker:
                 return
             assert armed is not None
             group.armed = armed
-            now = work.now
             for row_id, attempts in armed.items():
-                created_at, _ = self.rows.get(row_id, (now, attempts))
-                self.rows[row_id] = (created_at, attempts)
+                entry = self.rows.get(row_id)
+                # A row whose outcome was taken meanwhile (its gate waiter was
+                # cancelled) is not in flight any more: not put back.
+                if entry is not None:
+                    self.rows[row_id] = (entry[0], attempts)
             if work.settlements:
                 self._account(work.settlements)
         except BaseException as exc:  # the progress callback's, say
@@ -531,6 +587,21 @@ class Worker:
             else:
                 summary.retried += 1
         if self.progress is not None:
+            self.report_due.set()
+
+    async def reporter(self) -> None:
+        """Call ``progress`` after each transaction that recorded outcomes
+        (its error ends the run)."""
+        while True:
+            await self.report_due.wait()
+            self.report()
+
+    def report(self) -> None:
+        """Call ``progress`` with the counts so far."""
+        assert self.progress is not None
+        self.report_due = trio.Event()
+        summary = self.summary
+        try:
             self.progress(
                 WorkProgress(
                     sent=summary.sent,
@@ -542,6 +613,9 @@ class Worker:
                     elapsed=trio.current_time() - self.started,
                 )
             )
+        except BaseException:
+            self.progress_failed = True  # not called again
+            raise
 
     def _settlement(self, result: BulkResult, now: float, *, untried: bool = False) -> Settlement:
         key = result.message.key
@@ -589,10 +663,31 @@ class Worker:
             finally:
                 round_.ended.set()
 
+        try:
+            await self._run(send, claim, one_round, claimer_scope, claimer_done)
+        except BaseExceptionGroup as group:
+            # One error (the journal's, the progress callback's…) and the
+            # cancellations it caused: the run's error is that one.
+            error = _one_error(group)
+            if error is None:
+                raise
+            raise error.with_traceback(error.__traceback__) from error.__cause__
+        return self.summary
+
+    async def _run(
+        self,
+        send: Callable[[Iterator[BulkMessage]], Awaitable[Any]],
+        claim: Callable[[], Awaitable[None]],
+        one_round: Callable[[_Round], Awaitable[None]],
+        claimer_scope: trio.CancelScope,
+        claimer_done: trio.Event,
+    ) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.heartbeat)
             nursery.start_soon(self.journal)
             nursery.start_soon(claim)
+            if self.progress is not None:
+                nursery.start_soon(self.reporter)
             try:
                 async with trio.open_nursery() as rounds:
                     while not self.exhausted:
@@ -617,8 +712,14 @@ class Worker:
                     # returned: every row of this worker is ready (claimed),
                     # or has its outcome here.
                     await claimer_done.wait()
-                    await self.flush(final=True)
-                    self.ready.clear()
-                    await self.call(self.store.release, self.id)
+                    try:
+                        await self.flush(final=True)
+                    finally:
+                        # Even when the flush failed: the claimed rows that
+                        # were never sent go back now, not when the lease ends.
+                        self.ready.clear()
+                        await self.call(self.store.release, self.id)
                 nursery.cancel_scope.cancel()
-        return self.summary
+                due = self.report_due.is_set() and not self.progress_failed
+                if self.progress is not None and due:
+                    self.report()  # the final flush's outcomes
