@@ -173,7 +173,10 @@ class Outbox(trio.abc.AsyncResource):
             worker_id: this worker's name in the database (default: host name,
                 process id and a random suffix).
             progress: called with a :class:`WorkProgress` after each batch of
-                outcomes is recorded.
+                outcomes is recorded (in a task of this call, which sees the
+                caller's context variables; once more at the end). An error
+                it raises ends the run with that error, after every outcome
+                is recorded.
 
         Returns:
             :class:`WorkSummary`: what this call recorded.
@@ -183,6 +186,10 @@ class Outbox(trio.abc.AsyncResource):
             SMTPConnectionError: as :func:`~trio_sendmail.send_bulk`, when no
                 connection can be opened; every outcome is recorded first, and
                 the messages that were not tried go back to ``pending``.
+            sqlite3.Error, psycopg.Error: a transaction failed (the database
+                is locked past its busy timeout, or unreachable): the rows
+                waiting to be armed are not sent, and the outcomes received are
+                recorded by one last transaction if the database answers.
         """
         if rate is not None and not rate > 0:
             raise ValueError("rate must be > 0 or None")
