@@ -43,7 +43,7 @@ from ._model import (
     encode_message,
 )
 from ._store import Store
-from ._worker import Worker
+from ._worker import Worker, reraise
 
 __all__ = ["Outbox", "open_outbox"]
 
@@ -174,9 +174,9 @@ class Outbox(trio.abc.AsyncResource):
                 process id and a random suffix).
             progress: called with a :class:`WorkProgress` after each batch of
                 outcomes is recorded (in a task of this call, which sees the
-                caller's context variables; once more at the end). An error
-                it raises ends the run with that error, after every outcome
-                is recorded.
+                caller's context variables), the last time after the run's
+                last transaction. An error it raises ends the run with that
+                error, after every outcome is recorded.
 
         Returns:
             :class:`WorkSummary`: what this call recorded.
@@ -244,7 +244,7 @@ class Outbox(trio.abc.AsyncResource):
         except BaseExceptionGroup as group:
             leaves = group.exceptions
             if len(leaves) == 1:
-                raise leaves[0] from leaves[0].__cause__
+                reraise(leaves[0])
             raise
 
     # ---------------------------------------------------------------- operator

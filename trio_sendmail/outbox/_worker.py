@@ -65,7 +65,7 @@ import math
 import queue
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, TypeVar
 
 import attrs
 import trio
@@ -125,6 +125,18 @@ def _held(result: BulkResult) -> bool:
         # outcome: it is settled now (as failed), never held.
         and error.outcome is None
     )
+
+
+def reraise(error: BaseException) -> NoReturn:
+    """Raise *error* (taken out of an exception group) as it was raised: with
+    its own traceback, cause and context (``raise error`` in an ``except``
+    clause would make the group its context)."""
+    context, suppress = error.__context__, error.__suppress_context__
+    try:
+        raise error
+    finally:
+        error.__context__ = context
+        error.__suppress_context__ = suppress
 
 
 def _one_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
@@ -261,6 +273,8 @@ class Worker:
         self.report_due = trio.Event()
         #: The progress callback raised (the run's error): not called again.
         self.progress_failed = False
+        #: Stops the reporter when the run ends: the last report is the run's.
+        self.reporter_scope = trio.CancelScope()
         self.started = trio.current_time()
         self.last_recover = -math.inf
         self.failure: BaseException | None = None
@@ -355,6 +369,10 @@ class Worker:
             if not self.gathering or len(results) >= FLUSH_SIZE:
                 self.has_work.set()
 
+    # Protected from KeyboardInterrupt (here and in _run_writer): raised in
+    # its finally clause, or before the writer's thread starts, it would leave
+    # the writer waiting for work for ever, and the run with it.
+    @trio.lowlevel.enable_ki_protection
     async def journal(self) -> None:
         """Commit the rows waiting at the gate and the outcomes received:
         one transaction at a time, made by the writer thread, up to
@@ -375,9 +393,10 @@ class Worker:
         except BaseExceptionGroup as group:  # a transaction's error, as it raised it
             if len(group.exceptions) == 1:
                 leaf = group.exceptions[0]
-                raise leaf.with_traceback(leaf.__traceback__) from leaf.__cause__
+                reraise(leaf)
             raise
 
+    @trio.lowlevel.enable_ki_protection
     async def _run_writer(self, token: trio.lowlevel.TrioToken) -> None:
         # Shielded from its first step: the thread must start, and run until
         # it is told to stop, even when the run is cancelled at once (a
@@ -589,12 +608,27 @@ class Worker:
         if self.progress is not None:
             self.report_due.set()
 
+    async def _finish(self) -> None:
+        """The run's last transaction, then the claimed rows that were never
+        sent go back (even when that transaction failed: now, not when the
+        lease ends)."""
+        try:
+            await self.flush(final=True)
+        finally:
+            for message in self.ready:
+                key = message.key
+                assert isinstance(key, int)
+                self.rows.pop(key, None)  # not in flight any more
+            self.ready.clear()
+            await self.call(self.store.release, self.id)
+
     async def reporter(self) -> None:
         """Call ``progress`` after each transaction that recorded outcomes
         (its error ends the run)."""
-        while True:
-            await self.report_due.wait()
-            self.report()
+        with self.reporter_scope:
+            while True:
+                await self.report_due.wait()
+                self.report()
 
     def report(self) -> None:
         """Call ``progress`` with the counts so far."""
@@ -664,14 +698,20 @@ class Worker:
                 round_.ended.set()
 
         try:
-            await self._run(send, claim, one_round, claimer_scope, claimer_done)
+            # In a task of its own: trio delivers a KeyboardInterrupt to the
+            # main task at its next wait, shielded or not, and the run's
+            # cleanup (the last transaction, giving back the claimed rows)
+            # waits. Here the main task only waits for this task, which the
+            # interrupt cancels: the cleanup runs, then the interrupt goes on.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run, send, claim, one_round, claimer_scope, claimer_done)
         except BaseExceptionGroup as group:
             # One error (the journal's, the progress callback's…) and the
             # cancellations it caused: the run's error is that one.
             error = _one_error(group)
             if error is None:
                 raise
-            raise error.with_traceback(error.__traceback__) from error.__cause__
+            reraise(error)
         return self.summary
 
     async def _run(
@@ -707,19 +747,36 @@ class Worker:
                 raise
             finally:
                 claimer_scope.cancel()
+                self.reporter_scope.cancel()
                 with trio.CancelScope(shield=True):
                     # The claimer's last transaction is over, and send_bulk has
                     # returned: every row of this worker is ready (claimed),
                     # or has its outcome here.
                     await claimer_done.wait()
                     try:
-                        await self.flush(final=True)
-                    finally:
-                        # Even when the flush failed: the claimed rows that
-                        # were never sent go back now, not when the lease ends.
-                        self.ready.clear()
-                        await self.call(self.store.release, self.id)
+                        await self._finish()
+                    except Exception as exc:
+                        first = self.journal_error or self.failure
+                        if first is None:
+                            raise
+                        # The database failed first (the journal's error ends
+                        # the run), and again here: the first error is the
+                        # run's, not an exception group of both.
+                        first.add_note(
+                            f"the run's last transaction failed too ({type(exc).__name__})"
+                        )
                 nursery.cancel_scope.cancel()
                 due = self.report_due.is_set() and not self.progress_failed
                 if self.progress is not None and due:
-                    self.report()  # the final flush's outcomes
+                    failing = self.journal_error or self.failure
+                    if failing is None:
+                        self.report()  # the final flush's outcomes
+                    else:
+                        # The run ends with another error: the callback's
+                        # must not replace it.
+                        try:
+                            self.report()
+                        except Exception as exc:
+                            failing.add_note(
+                                f"the progress callback failed too ({type(exc).__name__})"
+                            )
