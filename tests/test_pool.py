@@ -1207,3 +1207,28 @@ async def test_no_connection_before_the_first_send() -> None:
         assert stub.conns == []
         assert pool.statistics().connections_open == 0
         assert "open=0" in repr(pool)
+
+
+# --------------------------------------------------------------------------------------------
+# Errors while the caller is cancelled
+
+
+async def test_an_error_in_the_block_survives_the_callers_cancellation(
+    server_variant: ServerVariant,
+) -> None:
+    """The block raises while its caller's scope is cancelled: closing the pool
+    (QUIT on the idle connection) must not replace the error with
+    ``Cancelled``, which the cancelled scope would then swallow, losing the
+    error for good."""
+    server = FakeSMTPServer(extensions=server_variant.extensions())
+
+    class Boom(Exception):
+        pass
+
+    async with serve_fake_smtp(server) as port:
+        with pytest.raises(Boom), trio.CancelScope() as scope:
+            async with pool_at(port) as pool:
+                await pool.send(SENDER, ["r1@example.com"], body(1))  # an idle connection
+                scope.cancel()
+                raise Boom("the caller's own error")
+    assert len(server.messages) == 1

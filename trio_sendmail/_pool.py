@@ -464,15 +464,21 @@ async def open_pool(
     # The caller's block runs inside the pool's nursery; its exception is kept
     # out of the nursery (which would wrap it in a group) and raised as it was.
     error: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-        pool = Pool(config, limits, nursery)
-        nursery.start_soon(pool._reap)
-        try:
-            yield pool
-        except BaseException as exc:
-            error = exc
-        finally:
-            await pool.aclose()
-            nursery.cancel_scope.cancel()
+    with trio.CancelScope() as closing:
+        async with trio.open_nursery() as nursery:
+            pool = Pool(config, limits, nursery)
+            nursery.start_soon(pool._reap)
+            try:
+                yield pool
+            except BaseException as exc:
+                error = exc
+                # Closing is shielded then (it is bounded: each QUIT by
+                # Timeouts.quit, the reaper cancelled): when the caller's scope
+                # is cancelled, a Cancelled from the close would replace the
+                # block's error, and that scope would swallow it for good.
+                closing.shield = True
+            finally:
+                await pool.aclose()
+                nursery.cancel_scope.cancel()
     if error is not None:
         raise error
