@@ -27,6 +27,10 @@ TIMEOUTS = ts.Timeouts(
 
 
 async def main(url: str, host: str, port: int, worker_id: str, lease: float, chunk: bool) -> None:
+    if url.startswith("postgres"):
+        # Names this worker's database sessions, so that the test can wait
+        # for them to end after killing it (see backends_gone).
+        url += ("&" if "?" in url else "?") + f"application_name={worker_id}"
     async with open_outbox(url) as outbox:
         summary = await outbox.work(
             host, port=port, tls=ts.TLSMode.INSECURE_PLAINTEXT, domain="crash.example.test",

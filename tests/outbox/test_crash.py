@@ -54,6 +54,28 @@ RUN_TIMEOUT = 60.0 + MESSAGES / 20
 ROOT = Path(__file__).resolve().parents[2]
 
 
+async def backends_gone(url: str, worker_id: str) -> None:
+    """Wait until PostgreSQL has no session left of the killed *worker_id*.
+    The worker may have sent its last transaction's COMMIT just before it
+    died: the server still makes it (the bytes are in its socket), and ends
+    the session only then. Rows read before would miss that commit."""
+    import psycopg
+
+    def count() -> int:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                (worker_id,),
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+    with trio.fail_after(30):
+        while True:  # polls another process's sessions: no event to wait for
+            if not await trio.to_thread.run_sync(count):
+                break
+            await trio.sleep(0.01)
+
+
 async def start_worker(
     url: str, env: PostfixEnv, worker_id: str, chunking: bool, logs: Path
 ) -> trio.Process:
@@ -104,6 +126,8 @@ async def test_sigkilled_workers_leave_exact_states(
                 victim = max(running, key=lambda w: (holding.count(w), rng.random()))
                 procs[victim].kill()  # SIGKILL
                 await procs[victim].wait()
+                if outbox_url.startswith("postgres"):
+                    await backends_gone(outbox_url, victim)
                 armed = await outbox.entries(state=State.SENDING)
                 claimed = await outbox.entries(state=State.CLAIMED)
                 sent = (await outbox.statistics()).counts[State.SENT]
