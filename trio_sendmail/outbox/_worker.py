@@ -3,7 +3,7 @@ send through :func:`~trio_sendmail.send_bulk`, arm at the end of data, record.
 
 Theory of operation
 -------------------
-Four tasks and a loop of send_bulk *rounds*:
+Five tasks (and the writer's thread) and a loop of send_bulk *rounds*:
 
 * the **claimer** (:meth:`Worker.claimer`) claims a batch of rows (one
   transaction) and keeps up to ``prefetch`` of them decoded in the ``ready``
@@ -36,7 +36,10 @@ Four tasks and a loop of send_bulk *rounds*:
   so this hop is on every message's path: a thread started per commit, and a
   task that resumes to open the gate, cost the event loop about 8 % of W7's
   rate (``docs/design.rst``);
-* the **heartbeat** extends the worker's claims every third of the lease.
+* the **heartbeat** extends the worker's claims every third of the lease;
+* the **reporter** calls ``work(progress=…)`` after each transaction that
+  recorded outcomes (in a task of the run, with the caller's context
+  variables; the last report comes after the run's last transaction).
 
 So when a worker dies, the rows it leaves ``sending`` (``unknown`` once its
 claim expires) are those whose end of data was written, or was about to be,
