@@ -212,7 +212,6 @@ class _Journal:
     settlements: list[Settlement]
     #: id -> the worker's entry for each settled row, taken out of ``rows``.
     entries: dict[int, tuple[float, int] | None]
-    now: float
 
 
 class Worker:
@@ -380,24 +379,19 @@ class Worker:
         """Commit the rows waiting at the gate and the outcomes received:
         one transaction at a time, made by the writer thread, up to
         :data:`COMMITS_IN_FLIGHT` queued at once."""
-        try:
-            async with trio.open_nursery() as nursery:
-                # Not nursery.start(): a start cancelled before the writer says
-                # it started waits for the writer to end, which it does only
-                # once told to (below). A new task always runs its first step,
-                # where the writer shields itself and starts its thread.
-                nursery.start_soon(self._run_writer, trio.lowlevel.current_trio_token())
-                try:
-                    await self._gather()
-                finally:
-                    # The writer makes the transactions queued before this, then
-                    # ends (their results come back before it does).
-                    self.jobs.put(None)
-        except BaseExceptionGroup as group:  # a transaction's error, as it raised it
-            if len(group.exceptions) == 1:
-                leaf = group.exceptions[0]
-                reraise(leaf)
-            raise
+        # (run() takes a transaction's error out of the nurseries' groups.)
+        async with trio.open_nursery() as nursery:
+            # Not nursery.start(): a start cancelled before the writer says
+            # it started waits for the writer to end, which it does only
+            # once told to (below). A new task always runs its first step,
+            # where the writer shields itself and starts its thread.
+            nursery.start_soon(self._run_writer, trio.lowlevel.current_trio_token())
+            try:
+                await self._gather()
+            finally:
+                # The writer makes the transactions queued before this, then
+                # ends (their results come back before it does).
+                self.jobs.put(None)
 
     @trio.lowlevel.enable_ki_protection
     async def _run_writer(self, token: trio.lowlevel.TrioToken) -> None:
@@ -543,7 +537,7 @@ class Worker:
         # may claim a row again (a retry due at once), and its new entry must
         # stay.
         entries = {s.id: self.rows.pop(s.id, None) for s in settlements}
-        return _Journal(group, results, held, settlements, entries, now)
+        return _Journal(group, results, held, settlements, entries)
 
     def _committed(
         self,
@@ -684,6 +678,24 @@ class Worker:
     async def run(self, send: Callable[[Iterator[BulkMessage]], Awaitable[Any]]) -> WorkSummary:
         """Send rounds through *send* (send_bulk on one pool) until the queue
         is empty (``until_empty``), cancelled, or a fatal error."""
+        try:
+            # In a task of its own: trio delivers a KeyboardInterrupt to the
+            # main task at its next wait, shielded or not, and the run's
+            # cleanup (the last transaction, giving back the claimed rows)
+            # waits. Here the main task only waits for this task, which the
+            # interrupt cancels: the cleanup runs, then the interrupt goes on.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._run, send)
+        except BaseExceptionGroup as group:
+            # One error (the journal's, the progress callback's…) and the
+            # cancellations it caused: the run's error is that one.
+            error = _one_error(group)
+            if error is None:
+                raise
+            reraise(error)
+        return self.summary
+
+    async def _run(self, send: Callable[[Iterator[BulkMessage]], Awaitable[Any]]) -> None:
         claimer_scope = trio.CancelScope()
         claimer_done = trio.Event()
 
@@ -700,31 +712,6 @@ class Worker:
             finally:
                 round_.ended.set()
 
-        try:
-            # In a task of its own: trio delivers a KeyboardInterrupt to the
-            # main task at its next wait, shielded or not, and the run's
-            # cleanup (the last transaction, giving back the claimed rows)
-            # waits. Here the main task only waits for this task, which the
-            # interrupt cancels: the cleanup runs, then the interrupt goes on.
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._run, send, claim, one_round, claimer_scope, claimer_done)
-        except BaseExceptionGroup as group:
-            # One error (the journal's, the progress callback's…) and the
-            # cancellations it caused: the run's error is that one.
-            error = _one_error(group)
-            if error is None:
-                raise
-            reraise(error)
-        return self.summary
-
-    async def _run(
-        self,
-        send: Callable[[Iterator[BulkMessage]], Awaitable[Any]],
-        claim: Callable[[], Awaitable[None]],
-        one_round: Callable[[_Round], Awaitable[None]],
-        claimer_scope: trio.CancelScope,
-        claimer_done: trio.Event,
-    ) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.heartbeat)
             nursery.start_soon(self.journal)
@@ -771,15 +758,14 @@ class Worker:
                 nursery.cancel_scope.cancel()
                 due = self.report_due.is_set() and not self.progress_failed
                 if self.progress is not None and due:
-                    failing = self.journal_error or self.failure
-                    if failing is None:
+                    try:
                         self.report()  # the final flush's outcomes
-                    else:
+                    except Exception as exc:
+                        failing = self.journal_error or self.failure
+                        if failing is None:
+                            raise
                         # The run ends with another error: the callback's
                         # must not replace it.
-                        try:
-                            self.report()
-                        except Exception as exc:
-                            failing.add_note(
-                                f"the progress callback failed too ({type(exc).__name__})"
-                            )
+                        failing.add_note(
+                            f"the progress callback failed too ({type(exc).__name__})"
+                        )
